@@ -1,0 +1,46 @@
+// 8-bit images and PNG I/O (libpng). Reading accepts every PNG colour type (palette, grey,
+// grey+alpha, RGB, RGBA, tRNS, 16-bit) and yields RGBA; sprites are composited onto black
+// because transparent pixels carry no colour.
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "core/status.h"
+
+namespace spritediff {
+
+struct Image {
+  int width = 0;
+  int height = 0;
+  int channels = 0;  // 3 (RGB) or 4 (RGBA)
+  std::vector<uint8_t> pixels;  // row-major, interleaved channels
+
+  Image() = default;
+  Image(int w, int h, int c) : width(w), height(h), channels(c), pixels(static_cast<size_t>(w) * h * c, 0) {}
+  uint8_t& at(int x, int y, int c) { return pixels[(static_cast<size_t>(y) * width + x) * channels + c]; }
+  uint8_t at(int x, int y, int c) const { return pixels[(static_cast<size_t>(y) * width + x) * channels + c]; }
+};
+
+Result<Image> ReadPng(const std::string& path);
+Result<Image> DecodePng(const std::string& bytes);
+
+// RGBA -> RGB with colour multiplied by alpha (black background). RGB passes through.
+Image CompositeOnBlack(const Image& image);
+
+// Averages factor x factor blocks; width and height must be multiples of factor.
+Result<Image> BoxDownscale(const Image& image, int factor);
+
+// Repeats each pixel factor x factor times (pixel art stays crisp).
+Image UpscaleNearest(const Image& image, int factor);
+
+// Tiles equally sized images into rows of `columns`, separated by `padding` black pixels.
+Result<Image> MakeGrid(const std::vector<Image>& images, int columns, int padding);
+
+Result<std::string> EncodePng(const Image& image);
+// Writes path.tmp and renames it over path, so a crash never leaves half a file.
+Status WritePng(const std::string& path, const Image& image);
+Status WriteFileAtomic(const std::string& path, const std::string& bytes);
+
+}  // namespace spritediff

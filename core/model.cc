@@ -1,0 +1,118 @@
+#include "core/model.h"
+
+namespace spritediff {
+
+namespace nn = torch::nn;
+
+Status ModelConfig::Validate() const {
+  if (in_channels < 1 || in_channels > 4) {
+    return Status::InvalidArgument("in_channels must be in [1, 4], got " + std::to_string(in_channels));
+  }
+  if (n_feat < 8 || n_feat % 8 != 0 || n_feat > 1024) {
+    return Status::InvalidArgument("n_feat must be a multiple of 8 in [8, 1024], got " +
+                                   std::to_string(n_feat));
+  }
+  if (n_cfeat < 1 || n_cfeat > 1024) {
+    return Status::InvalidArgument("n_cfeat must be in [1, 1024], got " + std::to_string(n_cfeat));
+  }
+  if (height < 8 || height % 4 != 0 || height > 256) {
+    return Status::InvalidArgument("height must be a multiple of 4 in [8, 256], got " +
+                                   std::to_string(height));
+  }
+  return Status::Ok();
+}
+
+namespace {
+nn::Sequential ConvBnGelu(int in, int out) {
+  return nn::Sequential(nn::Conv2d(nn::Conv2dOptions(in, out, 3).stride(1).padding(1)),
+                        nn::BatchNorm2d(out), nn::GELU());
+}
+}  // namespace
+
+ResidualConvBlockImpl::ResidualConvBlockImpl(int in_channels, int out_channels, bool is_res)
+    : is_res_(is_res), same_channels_(in_channels == out_channels) {
+  conv1_ = register_module("conv1", ConvBnGelu(in_channels, out_channels));
+  conv2_ = register_module("conv2", ConvBnGelu(out_channels, out_channels));
+  if (is_res_ && !same_channels_) {
+    shortcut_ = register_module("shortcut", nn::Conv2d(nn::Conv2dOptions(in_channels, out_channels, 1)));
+  }
+}
+
+torch::Tensor ResidualConvBlockImpl::forward(const torch::Tensor& x) {
+  torch::Tensor x2 = conv2_->forward(conv1_->forward(x));
+  if (!is_res_) return x2;
+  torch::Tensor skip = same_channels_ ? x : shortcut_->forward(x);
+  return (skip + x2) / 1.414;  // the course's constant, kept so imported weights behave alike
+}
+
+UnetDownImpl::UnetDownImpl(int in_channels, int out_channels) {
+  model_ = register_module("model", nn::Sequential(ResidualConvBlock(in_channels, out_channels),
+                                                   ResidualConvBlock(out_channels, out_channels),
+                                                   nn::MaxPool2d(nn::MaxPool2dOptions(2))));
+}
+
+UnetUpImpl::UnetUpImpl(int in_channels, int out_channels) {
+  model_ = register_module(
+      "model", nn::Sequential(nn::ConvTranspose2d(nn::ConvTranspose2dOptions(in_channels, out_channels, 2).stride(2)),
+                              ResidualConvBlock(out_channels, out_channels),
+                              ResidualConvBlock(out_channels, out_channels)));
+}
+
+torch::Tensor UnetUpImpl::forward(const torch::Tensor& x, const torch::Tensor& skip) {
+  return model_->forward(torch::cat({x, skip}, 1));
+}
+
+EmbedFCImpl::EmbedFCImpl(int input_dim, int emb_dim) {
+  model_ = register_module("model", nn::Sequential(nn::Linear(input_dim, emb_dim), nn::GELU(),
+                                                   nn::Linear(emb_dim, emb_dim)));
+}
+
+ContextUnetImpl::ContextUnetImpl(const ModelConfig& config) : config_(config) {
+  const int f = config.n_feat;
+  const int side = config.height / 4;
+  init_conv_ = register_module("init_conv", ResidualConvBlock(config.in_channels, f, /*is_res=*/true));
+  down1_ = register_module("down1", UnetDown(f, f));
+  down2_ = register_module("down2", UnetDown(f, 2 * f));
+  timeembed1_ = register_module("timeembed1", EmbedFC(1, 2 * f));
+  timeembed2_ = register_module("timeembed2", EmbedFC(1, f));
+  contextembed1_ = register_module("contextembed1", EmbedFC(config.n_cfeat, 2 * f));
+  contextembed2_ = register_module("contextembed2", EmbedFC(config.n_cfeat, f));
+  up0_ = register_module(
+      "up0", nn::Sequential(nn::ConvTranspose2d(nn::ConvTranspose2dOptions(2 * f, 2 * f, side).stride(side)),
+                            nn::GroupNorm(nn::GroupNormOptions(8, 2 * f)), nn::ReLU()));
+  up1_ = register_module("up1", UnetUp(4 * f, f));
+  up2_ = register_module("up2", UnetUp(2 * f, f));
+  out_ = register_module("out", nn::Sequential(nn::Conv2d(nn::Conv2dOptions(2 * f, f, 3).padding(1)),
+                                               nn::GroupNorm(nn::GroupNormOptions(8, f)), nn::ReLU(),
+                                               nn::Conv2d(nn::Conv2dOptions(f, config.in_channels, 3).padding(1))));
+}
+
+torch::Tensor ContextUnetImpl::forward(const torch::Tensor& x, const torch::Tensor& t,
+                                       const torch::Tensor& context) {
+  const int64_t f = config_.n_feat;
+  const int side = config_.height / 4;
+  torch::Tensor h = init_conv_->forward(x);
+  torch::Tensor d1 = down1_->forward(h);
+  torch::Tensor d2 = down2_->forward(d1);
+  // AvgPool over the whole (height/4)^2 map, then GELU: the course's to_vec.
+  torch::Tensor hidden = torch::gelu(torch::avg_pool2d(d2, side));
+
+  torch::Tensor tt = t.reshape({-1, 1}).to(x.dtype());
+  torch::Tensor cemb1 = contextembed1_->forward(context).view({-1, 2 * f, 1, 1});
+  torch::Tensor temb1 = timeembed1_->forward(tt).view({-1, 2 * f, 1, 1});
+  torch::Tensor cemb2 = contextembed2_->forward(context).view({-1, f, 1, 1});
+  torch::Tensor temb2 = timeembed2_->forward(tt).view({-1, f, 1, 1});
+
+  torch::Tensor u1 = up0_->forward(hidden);
+  torch::Tensor u2 = up1_->forward(cemb1 * u1 + temb1, d2);
+  torch::Tensor u3 = up2_->forward(cemb2 * u2 + temb2, d1);
+  return out_->forward(torch::cat({u3, h}, 1));
+}
+
+int64_t ParameterCount(const torch::nn::Module& module) {
+  int64_t n = 0;
+  for (const auto& p : module.parameters()) n += p.numel();
+  return n;
+}
+
+}  // namespace spritediff

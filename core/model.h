@@ -1,0 +1,93 @@
+// ContextUnet: the small conditional U-Net of minDiffusion and the "How Diffusion Models
+// Work" course. Submodule names follow the course's so that its state_dicts map one to one.
+// Differences from the course, on purpose: a residual block whose channel count changes owns
+// a learned 1x1 shortcut (the course makes a fresh random conv on every call).
+#pragma once
+
+#include <torch/torch.h>
+
+#include <string>
+
+#include "core/status.h"
+
+namespace spritediff {
+
+struct ModelConfig {
+  int in_channels = 3;
+  int n_feat = 64;   // base width; GroupNorm(8, .) needs a multiple of 8
+  int n_cfeat = 5;   // context vector length
+  int height = 16;   // square images; a multiple of 4
+
+  Status Validate() const;
+};
+
+class ResidualConvBlockImpl : public torch::nn::Module {
+ public:
+  ResidualConvBlockImpl(int in_channels, int out_channels, bool is_res = false);
+  torch::Tensor forward(const torch::Tensor& x);
+
+ private:
+  bool is_res_;
+  bool same_channels_;
+  torch::nn::Sequential conv1_{nullptr}, conv2_{nullptr};
+  torch::nn::Conv2d shortcut_{nullptr};
+};
+TORCH_MODULE(ResidualConvBlock);
+
+class UnetDownImpl : public torch::nn::Module {
+ public:
+  UnetDownImpl(int in_channels, int out_channels);
+  torch::Tensor forward(const torch::Tensor& x) { return model_->forward(x); }
+
+ private:
+  torch::nn::Sequential model_{nullptr};
+};
+TORCH_MODULE(UnetDown);
+
+class UnetUpImpl : public torch::nn::Module {
+ public:
+  UnetUpImpl(int in_channels, int out_channels);
+  torch::Tensor forward(const torch::Tensor& x, const torch::Tensor& skip);
+
+ private:
+  torch::nn::Sequential model_{nullptr};
+};
+TORCH_MODULE(UnetUp);
+
+// Two-layer MLP embedding (Linear, GELU, Linear).
+class EmbedFCImpl : public torch::nn::Module {
+ public:
+  EmbedFCImpl(int input_dim, int emb_dim);
+  torch::Tensor forward(const torch::Tensor& x) { return model_->forward(x); }
+
+ private:
+  torch::nn::Sequential model_{nullptr};
+};
+TORCH_MODULE(EmbedFC);
+
+class ContextUnetImpl : public torch::nn::Module {
+ public:
+  explicit ContextUnetImpl(const ModelConfig& config);
+
+  // x: [B, C, H, W]; t: [B] network time t/T in [0, 1]; context: [B, n_cfeat].
+  // Returns the predicted noise, shaped like x.
+  torch::Tensor forward(const torch::Tensor& x, const torch::Tensor& t, const torch::Tensor& context);
+
+  const ModelConfig& config() const { return config_; }
+
+ private:
+  ModelConfig config_;
+  ResidualConvBlock init_conv_{nullptr};
+  UnetDown down1_{nullptr}, down2_{nullptr};
+  EmbedFC timeembed1_{nullptr}, timeembed2_{nullptr};
+  EmbedFC contextembed1_{nullptr}, contextembed2_{nullptr};
+  torch::nn::Sequential up0_{nullptr};
+  UnetUp up1_{nullptr}, up2_{nullptr};
+  torch::nn::Sequential out_{nullptr};
+};
+TORCH_MODULE(ContextUnet);
+
+// Number of trainable parameters.
+int64_t ParameterCount(const torch::nn::Module& module);
+
+}  // namespace spritediff

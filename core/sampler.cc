@@ -1,0 +1,198 @@
+#include "core/sampler.h"
+
+#include <cmath>
+#include <sstream>
+
+namespace spritediff {
+
+const char* SamplerName(SamplerKind kind) { return kind == SamplerKind::kDdpm ? "ddpm" : "ddim"; }
+
+Status ValidateRowSpec(const RowSpec& spec, int timesteps, int n_cfeat) {
+  if (spec.steps < 1 || spec.steps > timesteps) {
+    return Status::InvalidArgument("steps must be in [1, " + std::to_string(timesteps) + "], got " +
+                                   std::to_string(spec.steps));
+  }
+  if (!(spec.eta >= 0.0 && spec.eta <= 1.0)) {
+    return Status::InvalidArgument("eta must be in [0, 1], got " + std::to_string(spec.eta));
+  }
+  if (!(spec.guidance >= 0.0 && spec.guidance <= 20.0)) {
+    return Status::InvalidArgument("guidance must be in [0, 20], got " + std::to_string(spec.guidance));
+  }
+  if (static_cast<int>(spec.context.size()) != n_cfeat) {
+    return Status::InvalidArgument("context must have " + std::to_string(n_cfeat) + " values, got " +
+                                   std::to_string(spec.context.size()));
+  }
+  for (float v : spec.context) {
+    if (!std::isfinite(v) || std::fabs(v) > 100.0f) {
+      return Status::InvalidArgument("context values must be finite and within [-100, 100]");
+    }
+  }
+  return Status::Ok();
+}
+
+std::vector<int> TimestepSequence(int timesteps, int steps) {
+  std::vector<int> seq(steps + 1);
+  for (int i = 0; i <= steps; ++i) {
+    seq[i] = static_cast<int>(std::llround(static_cast<double>(timesteps) * (steps - i) / steps));
+  }
+  return seq;
+}
+
+SampleRow::SampleRow(const RowSpec& spec, const NoiseSchedule& schedule, const ModelConfig& arch,
+                     torch::Device device)
+    : spec_(spec),
+      timesteps_(TimestepSequence(schedule.timesteps(), spec.steps)),
+      generator_(at::detail::createCPUGenerator(spec.seed)) {
+  // Noise is drawn on the CPU from the row's own generator, so it is the same on every device.
+  x_ = torch::randn({arch.in_channels, arch.height, arch.height}, generator_, torch::kFloat32).to(device);
+  context_ = torch::tensor(spec.context, torch::kFloat32).to(device);
+}
+
+StepRule ComputeStepRule(const NoiseSchedule& sched, SamplerKind sampler, double eta, int t, int s) {
+  const double ab_t = sched.alpha_bar(t);
+  const double ab_s = sched.alpha_bar(s);
+  StepRule c;
+  if (sampler == SamplerKind::kDdpm) {
+    const double alpha = (s == t - 1) ? sched.alpha(t) : ab_t / ab_s;
+    const double beta = 1.0 - alpha;
+    c.a = 1.0 / std::sqrt(alpha);
+    c.b = -beta / (std::sqrt(1.0 - ab_t) * std::sqrt(alpha));
+    c.sigma = s > 0 ? std::sqrt(beta) : 0.0;
+  } else {
+    c.sigma = eta * std::sqrt((1.0 - ab_s) / (1.0 - ab_t)) * std::sqrt(1.0 - ab_t / ab_s);
+    const double dir = std::sqrt(std::max(0.0, 1.0 - ab_s - c.sigma * c.sigma));
+    c.a = std::sqrt(ab_s / ab_t);
+    c.b = -std::sqrt(ab_s) * std::sqrt(1.0 - ab_t) / std::sqrt(ab_t) + dir;
+  }
+  return c;
+}
+
+void DenoiseStep(ContextUnet& net, const NoiseSchedule& schedule, const std::vector<SampleRow*>& rows,
+                 bool want_x0) {
+  std::vector<SampleRow*> active;
+  for (SampleRow* r : rows)
+    if (!r->done()) active.push_back(r);
+  if (active.empty()) return;
+  torch::NoGradGuard no_grad;
+  const int64_t n = static_cast<int64_t>(active.size());
+  const torch::Device device = active.front()->x_.device();
+  const double T = schedule.timesteps();
+
+  std::vector<torch::Tensor> xs, ctxs;
+  std::vector<float> times;
+  std::vector<int64_t> guided;  // rows that need an unconditional half
+  for (int64_t i = 0; i < n; ++i) {
+    xs.push_back(active[i]->x_);
+    ctxs.push_back(active[i]->context_);
+    times.push_back(static_cast<float>(active[i]->current_t() / T));
+    if (active[i]->spec_.guidance != 1.0) guided.push_back(i);
+  }
+  torch::Tensor x = torch::stack(xs);
+  torch::Tensor ctx = torch::stack(ctxs);
+  torch::Tensor tt = torch::tensor(times, torch::kFloat32).to(device);
+
+  torch::Tensor eps;
+  if (guided.empty()) {
+    eps = net->forward(x, tt, ctx);
+  } else {
+    torch::Tensor gi = torch::tensor(guided, torch::kInt64).to(device);
+    torch::Tensor in_x = torch::cat({x, x.index_select(0, gi)});
+    torch::Tensor in_t = torch::cat({tt, tt.index_select(0, gi)});
+    torch::Tensor in_c = torch::cat({ctx, torch::zeros({static_cast<int64_t>(guided.size()), ctx.size(1)}, ctx.options())});
+    torch::Tensor out = net->forward(in_x, in_t, in_c);
+    eps = out.slice(0, 0, n).clone();
+    torch::Tensor eps_u = out.slice(0, n);
+    std::vector<float> w;
+    for (int64_t i : guided) w.push_back(static_cast<float>(active[i]->spec_.guidance));
+    torch::Tensor wt = torch::tensor(w, torch::kFloat32).to(device).view({-1, 1, 1, 1});
+    torch::Tensor eps_c = eps.index_select(0, gi);
+    eps.index_copy_(0, gi, eps_u + wt * (eps_c - eps_u));
+  }
+
+  std::vector<float> a(n), b(n), sigma(n), x0_scale(n), x0_shift(n);
+  std::vector<torch::Tensor> noise;
+  bool any_noise = false;
+  for (int64_t i = 0; i < n; ++i) {
+    SampleRow* r = active[i];
+    const int t = r->current_t(), s = r->next_t();
+    const StepRule c = ComputeStepRule(schedule, r->spec_.sampler, r->spec_.eta, t, s);
+    a[i] = static_cast<float>(c.a);
+    b[i] = static_cast<float>(c.b);
+    sigma[i] = static_cast<float>(c.sigma);
+    x0_scale[i] = static_cast<float>(1.0 / std::sqrt(schedule.alpha_bar(t)));
+    x0_shift[i] = static_cast<float>(-std::sqrt(1.0 - schedule.alpha_bar(t)) / std::sqrt(schedule.alpha_bar(t)));
+    if (c.sigma > 0) {
+      noise.push_back(torch::randn(r->x_.sizes(), r->generator_, torch::kFloat32));
+      any_noise = true;
+    } else {
+      noise.push_back(torch::zeros(r->x_.sizes(), torch::kFloat32));
+    }
+  }
+  auto col = [&](const std::vector<float>& v) { return torch::tensor(v, torch::kFloat32).to(device).view({-1, 1, 1, 1}); };
+  torch::Tensor next = col(a) * x + col(b) * eps;
+  if (any_noise) next = next + col(sigma) * torch::stack(noise).to(device);
+  torch::Tensor x0;
+  if (want_x0) x0 = col(x0_scale) * x + col(x0_shift) * eps;
+  for (int64_t i = 0; i < n; ++i) {
+    active[i]->x_ = next[i];
+    if (want_x0) active[i]->x0_pred_ = x0[i];
+    active[i]->position_++;
+  }
+}
+
+torch::Tensor SampleAll(ContextUnet& net, const NoiseSchedule& schedule, const std::vector<RowSpec>& specs,
+                        torch::Device device) {
+  std::vector<SampleRow> rows;
+  rows.reserve(specs.size());
+  for (const RowSpec& spec : specs) rows.emplace_back(spec, schedule, net->config(), device);
+  std::vector<SampleRow*> ptrs;
+  for (SampleRow& r : rows) ptrs.push_back(&r);
+  bool pending = true;
+  while (pending) {
+    DenoiseStep(net, schedule, ptrs);
+    pending = false;
+    for (SampleRow* r : ptrs) pending = pending || !r->done();
+  }
+  std::vector<torch::Tensor> out;
+  for (SampleRow& r : rows) out.push_back(r.x());
+  return torch::stack(out).to(torch::kCPU);
+}
+
+Result<std::vector<float>> ContextFromLabels(const std::vector<std::string>& model_labels,
+                                             const std::vector<std::pair<std::string, float>>& mix) {
+  std::vector<float> ctx(model_labels.size(), 0.0f);
+  for (const auto& [name, weight] : mix) {
+    auto it = std::find(model_labels.begin(), model_labels.end(), name);
+    if (it == model_labels.end()) {
+      std::string known;
+      for (const auto& l : model_labels) known += (known.empty() ? "" : ", ") + l;
+      return Status::InvalidArgument("unknown label '" + name + "'; this model knows: " + known);
+    }
+    if (!std::isfinite(weight) || std::fabs(weight) > 100.0f) {
+      return Status::InvalidArgument("label weight for '" + name + "' must be finite and within [-100, 100]");
+    }
+    ctx[it - model_labels.begin()] += weight;
+  }
+  return ctx;
+}
+
+Image TensorToImage(const torch::Tensor& chw) {
+  torch::Tensor u8 = chw.detach()
+                         .to(torch::kCPU, torch::kFloat32)
+                         .clamp(-1.0, 1.0)
+                         .add(1.0)
+                         .mul(127.5)
+                         .round()
+                         .to(torch::kUInt8)
+                         .permute({1, 2, 0})
+                         .contiguous();
+  const int c = static_cast<int>(u8.size(2));
+  Image image(static_cast<int>(u8.size(1)), static_cast<int>(u8.size(0)), 3);
+  const uint8_t* src = u8.data_ptr<uint8_t>();
+  for (int64_t p = 0; p < u8.size(0) * u8.size(1); ++p) {
+    for (int k = 0; k < 3; ++k) image.pixels[p * 3 + k] = src[p * c + (c == 1 ? 0 : k)];
+  }
+  return image;
+}
+
+}  // namespace spritediff

@@ -1,0 +1,100 @@
+// Reverse-process samplers (DDPM and DDIM) that work row by row: every row of a batch carries
+// its own sampler, step count, eta, guidance, context, seeded generator and position in its
+// own timestep sequence. One DenoiseStep runs one batched forward for all rows (the
+// unconditional halves of guided rows included) and advances each row by its own rule. This
+// is what lets the daemon add and retire rows at every step (iteration-level batching), and
+// why a row's pixels do not depend on what else shares the batch.
+//
+// Each step, from t to the row's next timestep s < t, is  x_s = A x_t + B eps + sigma z:
+//   DDPM (Ho et al.), respaced for s < t-1 with alpha = ab_t/ab_s, beta = 1 - alpha:
+//     x_s = (x_t - eps * beta / sqrt(1 - ab_t)) / sqrt(alpha) + sqrt(beta) z,  no noise when s = 0
+//   DDIM (Song et al.):
+//     x0 = (x_t - sqrt(1 - ab_t) eps) / sqrt(ab_t)
+//     sigma = eta * sqrt((1 - ab_s) / (1 - ab_t)) * sqrt(1 - ab_t / ab_s)
+//     x_s = sqrt(ab_s) x0 + sqrt(1 - ab_s - sigma^2) eps + sigma z
+#pragma once
+
+#include <torch/torch.h>
+
+#include <cstdint>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "core/image.h"
+#include "core/model.h"
+#include "core/schedule.h"
+#include "core/status.h"
+
+namespace spritediff {
+
+enum class SamplerKind { kDdpm, kDdim };
+
+const char* SamplerName(SamplerKind kind);
+
+// One sprite's recipe, validated.
+struct RowSpec {
+  SamplerKind sampler = SamplerKind::kDdim;
+  int steps = 25;         // 1..T denoising steps
+  double eta = 0.0;       // DDIM only; 0 deterministic, 1 DDPM-like variance
+  double guidance = 1.0;  // classifier-free guidance w; 1 = conditional only (one forward)
+  std::vector<float> context;  // n_cfeat values
+  uint64_t seed = 0;
+};
+
+// Checks steps, eta, guidance and context length against a schedule and model; the message
+// names the field and its allowed range.
+Status ValidateRowSpec(const RowSpec& spec, int timesteps, int n_cfeat);
+
+// The descending timestep sequence a row visits: T = t_0 > t_1 > ... > t_steps = 0.
+std::vector<int> TimestepSequence(int timesteps, int steps);
+
+// The coefficients of one step from t to s (< t): x_s = a x_t + b eps + sigma z.
+struct StepRule {
+  double a = 1, b = 0, sigma = 0;
+};
+StepRule ComputeStepRule(const NoiseSchedule& schedule, SamplerKind sampler, double eta, int t, int s);
+
+// One row being sampled.
+class SampleRow {
+ public:
+  SampleRow(const RowSpec& spec, const NoiseSchedule& schedule, const ModelConfig& arch, torch::Device device);
+
+  const RowSpec& spec() const { return spec_; }
+  bool done() const { return position_ + 1 >= static_cast<int>(timesteps_.size()); }
+  int steps_done() const { return position_; }
+  int steps_total() const { return static_cast<int>(timesteps_.size()) - 1; }
+  int current_t() const { return timesteps_[position_]; }
+  int next_t() const { return timesteps_[position_ + 1]; }
+
+  const torch::Tensor& x() const { return x_; }            // [C, H, W], current sample
+  const torch::Tensor& x0_pred() const { return x0_pred_; }  // last predicted x0; undefined before a step
+
+ private:
+  friend void DenoiseStep(ContextUnet& net, const NoiseSchedule& schedule, const std::vector<SampleRow*>& rows,
+                          bool want_x0);
+  RowSpec spec_;
+  std::vector<int> timesteps_;
+  int position_ = 0;
+  torch::Generator generator_;
+  torch::Tensor context_;  // [n_cfeat] on the device
+  torch::Tensor x_;
+  torch::Tensor x0_pred_;
+};
+
+// Advances every row that is not done by one step. The network must be in eval mode.
+void DenoiseStep(ContextUnet& net, const NoiseSchedule& schedule, const std::vector<SampleRow*>& rows,
+                 bool want_x0 = false);
+
+// Runs rows built from specs to completion as one batch; returns [N, C, H, W] in [-1, 1].
+torch::Tensor SampleAll(ContextUnet& net, const NoiseSchedule& schedule, const std::vector<RowSpec>& specs,
+                        torch::Device device);
+
+// A one-hot mix: sum of weight * onehot(label). Unknown labels are an error naming them.
+Result<std::vector<float>> ContextFromLabels(const std::vector<std::string>& model_labels,
+                                             const std::vector<std::pair<std::string, float>>& mix);
+
+// [C, H, W] in [-1, 1] -> 8-bit RGB (clamped).
+Image TensorToImage(const torch::Tensor& chw);
+
+}  // namespace spritediff

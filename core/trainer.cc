@@ -1,0 +1,399 @@
+#include "core/trainer.h"
+
+#include <chrono>
+#include <cmath>
+#include <filesystem>
+#include <sstream>
+
+#include "core/image.h"
+#include "core/sampler.h"
+
+namespace spritediff {
+
+namespace fs = std::filesystem;
+using nlohmann::json;
+using Clock = std::chrono::steady_clock;
+
+Status TrainConfig::Validate() const {
+  if (data.empty()) return Status::InvalidArgument("--data is required");
+  if (out.empty()) return Status::InvalidArgument("--out is required");
+  if (height != 16 && height != 32) return Status::InvalidArgument("--height must be 16 or 32");
+  if (epochs < 1 || epochs > 100000) return Status::InvalidArgument("--epochs must be in [1, 100000]");
+  if (batch_size < 2 || batch_size > 4096) return Status::InvalidArgument("--batch-size must be in [2, 4096]");
+  if (!(lr > 0 && lr <= 1)) return Status::InvalidArgument("--lr must be in (0, 1]");
+  if (!(context_dropout >= 0 && context_dropout <= 1)) return Status::InvalidArgument("--context-dropout must be in [0, 1]");
+  if (!(ema_decay >= 0 && ema_decay < 1)) return Status::InvalidArgument("--ema-decay must be in [0, 1)");
+  if (class_balance != "none" && class_balance != "sqrt") {
+    return Status::InvalidArgument("--class-balance must be none or sqrt");
+  }
+  if (checkpoint_every < 1) return Status::InvalidArgument("--checkpoint-every must be >= 1");
+  if (sample_grid_per_label < 0 || sample_grid_per_label > 64) {
+    return Status::InvalidArgument("--grid-per-label must be in [0, 64]");
+  }
+  ModelConfig arch;
+  arch.n_feat = n_feat;
+  arch.height = height;
+  return arch.Validate();
+}
+
+void UpdateEma(torch::nn::Module& ema, torch::nn::Module& live, double decay) {
+  torch::NoGradGuard no_grad;
+  auto ema_params = ema.parameters();
+  auto live_params = live.parameters();
+  for (size_t i = 0; i < ema_params.size(); ++i) ema_params[i].lerp_(live_params[i], 1.0 - decay);
+  auto ema_buffers = ema.buffers();
+  auto live_buffers = live.buffers();
+  for (size_t i = 0; i < ema_buffers.size(); ++i) {
+    if (ema_buffers[i].is_floating_point()) ema_buffers[i].lerp_(live_buffers[i], 1.0 - decay);
+    else ema_buffers[i].copy_(live_buffers[i]);
+  }
+}
+
+torch::Tensor ForwardDiffuse(const torch::Tensor& x0, const torch::Tensor& t, const torch::Tensor& noise,
+                             const torch::Tensor& sqrt_alpha_bar, const torch::Tensor& sqrt_one_minus_alpha_bar) {
+  return sqrt_alpha_bar.index_select(0, t).view({-1, 1, 1, 1}) * x0 +
+         sqrt_one_minus_alpha_bar.index_select(0, t).view({-1, 1, 1, 1}) * noise;
+}
+
+namespace {
+
+// Everything that changes while training runs; what the state file holds.
+struct TrainState {
+  int epoch = 0;               // epochs completed
+  int64_t batch_in_epoch = 0;  // batches of the current epoch completed
+  int64_t step = 0;
+  torch::Tensor order;         // sample order of the current epoch
+  double epoch_loss_sum = 0;
+  int64_t epoch_loss_count = 0;
+  std::vector<double> epoch_losses;
+  double wall_s = 0;           // across all sessions
+};
+
+json RunIdentity(const TrainConfig& c, const ModelInfo& info) {
+  return json{{"architecture", ModelInfoToJson(info)["architecture"]},
+              {"schedule", ModelInfoToJson(info)["schedule"]},
+              {"labels", info.labels},
+              {"batch_size", c.batch_size}};
+}
+
+torch::Tensor DoubleTensor(const std::vector<double>& v) {
+  return torch::tensor(v.empty() ? std::vector<double>{} : v, torch::kFloat64);
+}
+
+Status SaveState(const std::string& path, const TrainConfig& c, const ModelInfo& info, ContextUnet& net,
+                 ContextUnet& ema, torch::optim::Adam& opt, torch::Generator& gen, const TrainState& st) {
+  torch::serialize::OutputArchive archive, net_ar, ema_ar, opt_ar;
+  WriteModuleTensors(net_ar, *net);
+  WriteModuleTensors(ema_ar, *ema);
+  opt.save(opt_ar);
+  archive.write("net", net_ar);
+  archive.write("ema", ema_ar);
+  archive.write("optimizer", opt_ar);
+  archive.write("generator", gen.get_state());
+  archive.write("order", st.order.defined() ? st.order : torch::empty({0}, torch::kInt64));
+  archive.write("counters", torch::tensor({static_cast<int64_t>(st.epoch), st.batch_in_epoch, st.step,
+                                           st.epoch_loss_count}, torch::kInt64));
+  archive.write("sums", torch::tensor({st.epoch_loss_sum, st.wall_s}, torch::kFloat64));
+  archive.write("epoch_losses", DoubleTensor(st.epoch_losses));
+  archive.write("identity", c10::IValue(RunIdentity(c, info).dump()));
+  fs::create_directories(fs::path(path).parent_path().empty() ? fs::path(".") : fs::path(path).parent_path());
+  return SaveArchiveAtomic(archive, path);
+}
+
+Status LoadState(const std::string& path, const TrainConfig& c, const ModelInfo& info, ContextUnet& net,
+                 ContextUnet& ema, torch::optim::Adam& opt, torch::Generator& gen, TrainState& st) {
+  try {
+    torch::serialize::InputArchive archive, net_ar, ema_ar, opt_ar;
+    archive.load_from(path);
+    c10::IValue identity;
+    archive.read("identity", identity);
+    const json saved = json::parse(identity.toStringRef());
+    const json now = RunIdentity(c, info);
+    if (saved != now) {
+      return Status::FailedPrecondition(path + ": the saved run differs from this one (saved " + saved.dump() +
+                                        ", now " + now.dump() + ")");
+    }
+    archive.read("net", net_ar);
+    archive.read("ema", ema_ar);
+    archive.read("optimizer", opt_ar);
+    Status s = ReadModuleTensors(net_ar, *net, path + " [net]");
+    if (!s.ok()) return s;
+    s = ReadModuleTensors(ema_ar, *ema, path + " [ema]");
+    if (!s.ok()) return s;
+    opt.load(opt_ar);
+    torch::Tensor g, order, counters, sums, losses;
+    archive.read("generator", g);
+    gen.set_state(g);
+    archive.read("order", order);
+    archive.read("counters", counters);
+    archive.read("sums", sums);
+    archive.read("epoch_losses", losses);
+    st.epoch = static_cast<int>(counters[0].item<int64_t>());
+    st.batch_in_epoch = counters[1].item<int64_t>();
+    st.step = counters[2].item<int64_t>();
+    st.epoch_loss_count = counters[3].item<int64_t>();
+    st.epoch_loss_sum = sums[0].item<double>();
+    st.wall_s = sums[1].item<double>();
+    st.order = order.numel() > 0 ? order : torch::Tensor();
+    st.epoch_losses.assign(losses.data_ptr<double>(), losses.data_ptr<double>() + losses.numel());
+    return Status::Ok();
+  } catch (const c10::Error& e) {
+    return Status::InvalidArgument(path + ": not a readable training state (" + e.what_without_backtrace() + ")");
+  } catch (const json::exception& e) {
+    return Status::InvalidArgument(path + ": bad identity record (" + e.what() + ")");
+  }
+}
+
+Status WriteTrainingLog(const std::string& dir, const TrainState& st) {
+  std::ostringstream csv;
+  csv << "epoch,loss\n";
+  for (size_t i = 0; i < st.epoch_losses.size(); ++i) csv << (i + 1) << "," << st.epoch_losses[i] << "\n";
+  return WriteFileAtomic((fs::path(dir) / "training-log.csv").string(), csv.str());
+}
+
+Result<std::string> WriteSampleGrid(const std::string& dir, ContextUnet& ema, const ModelInfo& info, int per_label,
+                                    torch::Device device) {
+  NoiseSchedule schedule(info.schedule);
+  std::vector<RowSpec> specs;
+  for (size_t c = 0; c < info.labels.size(); ++c) {
+    for (int i = 0; i < per_label; ++i) {
+      RowSpec spec;
+      spec.sampler = SamplerKind::kDdim;
+      spec.steps = std::min(25, info.schedule.timesteps);
+      spec.guidance = 2.0;
+      spec.context.assign(info.labels.size(), 0.0f);
+      spec.context[c] = 1.0f;
+      spec.seed = 1000 + i;
+      specs.push_back(spec);
+    }
+  }
+  torch::Tensor x = SampleAll(ema, schedule, specs, device);
+  std::vector<Image> tiles;
+  for (int64_t i = 0; i < x.size(0); ++i) tiles.push_back(UpscaleNearest(TensorToImage(x[i]), 4));
+  Result<Image> grid = MakeGrid(tiles, per_label, 2);
+  if (!grid.ok()) return grid.status();
+  const std::string path = (fs::path(dir) / "samples.png").string();
+  Status s = WritePng(path, *grid);
+  if (!s.ok()) return s;
+  return path;
+}
+
+}  // namespace
+
+Result<TrainSummary> Train(const TrainConfig& config, const std::atomic<bool>* stop, const ProgressFn& progress) {
+  Status valid = config.Validate();
+  if (!valid.ok()) return valid;
+  TrainConfig c = config;
+  if (c.state_path.empty()) c.state_path = (fs::path(c.out) / "train-state.pt").string();
+  if (c.name.empty()) c.name = fs::path(c.out).lexically_normal().filename().string();
+  if (c.name.empty() || c.name == ".") c.name = fs::path(c.out).lexically_normal().parent_path().filename().string();
+  if (c.resume && !fs::exists(c.state_path)) {
+    return Status::NotFound(c.state_path + ": no training state to resume from");
+  }
+
+  Result<Dataset> data = LoadDataset(c.data, c.height);
+  if (!data.ok()) return data.status();
+  const int64_t n = data->size();
+  if (n < c.batch_size) {
+    return Status::FailedPrecondition(c.data + ": " + std::to_string(n) + " images, fewer than one batch of " +
+                                      std::to_string(c.batch_size));
+  }
+  const torch::Device device(c.device);
+
+  ModelInfo info;
+  info.name = c.name;
+  info.arch.n_feat = c.n_feat;
+  info.arch.height = c.height;
+  info.arch.n_cfeat = static_cast<int>(data->labels.size());
+  info.schedule = c.schedule;
+  info.labels = data->labels;
+  Status s = ValidateModelInfo(info);
+  if (!s.ok()) return s;
+
+  torch::manual_seed(c.seed);  // weight initialisation
+  ContextUnet net(info.arch);
+  ContextUnet ema(info.arch);
+  UpdateEma(*ema, *net, 0.0);
+  net->to(device);
+  ema->to(device);
+  ema->eval();
+  torch::optim::Adam opt(net->parameters(), torch::optim::AdamOptions(c.lr));
+  torch::Generator gen = at::detail::createCPUGenerator(c.seed * 2654435761ULL + 1);
+
+  TrainState st;
+  if (c.resume) {
+    s = LoadState(c.state_path, c, info, net, ema, opt, gen, st);
+    if (!s.ok()) return s;
+  }
+
+  const int T = c.schedule.timesteps;
+  NoiseSchedule schedule(c.schedule);
+  std::vector<float> sab(T + 1), s1mab(T + 1);
+  for (int t = 0; t <= T; ++t) {
+    sab[t] = static_cast<float>(std::sqrt(schedule.alpha_bar(t)));
+    s1mab[t] = static_cast<float>(std::sqrt(1.0 - schedule.alpha_bar(t)));
+  }
+  const torch::Tensor sqrt_ab = torch::tensor(sab).to(device);
+  const torch::Tensor sqrt_1mab = torch::tensor(s1mab).to(device);
+  const torch::Tensor images = data->images.to(device);
+  const torch::Tensor contexts = data->contexts.to(device);
+  torch::Tensor sample_weights;
+  if (c.class_balance == "sqrt") {
+    torch::Tensor counts = torch::tensor(data->class_counts, torch::kFloat64);
+    sample_weights = counts.index_select(0, data->contexts.argmax(1)).rsqrt();
+  }
+
+  const int64_t B = c.batch_size;
+  const int64_t steps_per_epoch = n / B;
+  const int64_t H = c.height;
+  const int64_t C = info.arch.in_channels;
+
+  json provenance = {{"data", c.data},
+                     {"data_format", data->format},
+                     {"images", n},
+                     {"class_counts", data->class_counts},
+                     {"epochs", c.epochs},
+                     {"batch_size", c.batch_size},
+                     {"lr", c.lr},
+                     {"lr_schedule", "linear decay to 0 over the epochs"},
+                     {"context_dropout", c.context_dropout},
+                     {"ema_decay", c.ema_decay},
+                     {"flip", c.flip},
+                     {"class_balance", c.class_balance},
+                     {"seed", c.seed},
+                     {"threads", at::get_num_threads()},
+                     {"device", c.device},
+                     {"command", c.command_line}};
+
+  TrainSummary summary;
+  const auto session_start = Clock::now();
+  const double wall_before = st.wall_s;
+  auto wall_now = [&] { return wall_before + std::chrono::duration<double>(Clock::now() - session_start).count(); };
+  double report_loss = 0;
+  int64_t report_count = 0;
+  auto report_time = Clock::now();
+  const int64_t start_step = st.step;
+
+  auto save_all = [&](bool write_grid) -> Result<std::string> {
+    st.wall_s = wall_now();
+    Status ss = SaveState(c.state_path, c, info, net, ema, opt, gen, st);
+    if (!ss.ok()) return ss;
+    ModelInfo out = info;
+    out.provenance = provenance;
+    out.provenance["epochs_done"] = st.epoch;
+    out.provenance["steps"] = st.step;
+    out.provenance["images_seen"] = st.step * B;
+    out.provenance["wall_s"] = std::round(st.wall_s);
+    out.provenance["final_loss"] = st.epoch_losses.empty() ? 0.0 : st.epoch_losses.back();
+    out.provenance["weights"] = c.ema_decay > 0 ? "ema" : "live";
+    ContextUnet& to_save = c.ema_decay > 0 ? ema : net;
+    to_save->to(torch::kCPU);
+    ss = SaveModel(c.out, out, to_save);
+    to_save->to(device);
+    if (!ss.ok()) return ss;
+    ss = WriteTrainingLog(c.out, st);
+    if (!ss.ok()) return ss;
+    if (write_grid && c.sample_grid_per_label > 0) return WriteSampleGrid(c.out, to_save, info, c.sample_grid_per_label, device);
+    return std::string();
+  };
+
+  net->train();
+  for (; st.epoch < c.epochs; ++st.epoch) {
+    const double lr = c.lr * (1.0 - static_cast<double>(st.epoch) / c.epochs);
+    for (auto& group : opt.param_groups()) static_cast<torch::optim::AdamOptions&>(group.options()).lr(lr);
+    if (st.batch_in_epoch == 0 || !st.order.defined()) {
+      st.order = sample_weights.defined() ? torch::multinomial(sample_weights, n, /*replacement=*/true, gen)
+                                          : torch::randperm(n, gen, torch::kInt64);
+      st.batch_in_epoch = 0;
+      st.epoch_loss_sum = 0;
+      st.epoch_loss_count = 0;
+    }
+    for (; st.batch_in_epoch < steps_per_epoch; ++st.batch_in_epoch) {
+      if (stop != nullptr && stop->load()) {
+        Result<std::string> saved = save_all(false);
+        if (!saved.ok()) return saved.status();
+        summary.stopped_early = true;
+        summary.epochs_done = st.epoch;
+        summary.steps = st.step;
+        summary.wall_s = st.wall_s;
+        summary.epoch_losses = st.epoch_losses;
+        return summary;
+      }
+      torch::Tensor idx = st.order.slice(0, st.batch_in_epoch * B, (st.batch_in_epoch + 1) * B).to(device);
+      torch::Tensor x0 = images.index_select(0, idx);
+      torch::Tensor ctx = contexts.index_select(0, idx);
+      torch::Tensor flip_rows = torch::rand({B}, gen) < 0.5;
+      torch::Tensor keep = (torch::rand({B}, gen) >= c.context_dropout).to(torch::kFloat32);
+      torch::Tensor t = torch::randint(1, T + 1, {B}, gen, torch::kInt64);
+      torch::Tensor noise = torch::randn({B, C, H, H}, gen, torch::kFloat32).to(device);
+      if (c.flip) x0 = torch::where(flip_rows.to(device).view({-1, 1, 1, 1}), x0.flip({3}), x0);
+      ctx = ctx * keep.to(device).view({-1, 1});
+      t = t.to(device);
+      torch::Tensor xt = ForwardDiffuse(x0, t, noise, sqrt_ab, sqrt_1mab);
+      torch::Tensor pred = net->forward(xt, t.to(torch::kFloat32) / static_cast<float>(T), ctx);
+      torch::Tensor loss = torch::mse_loss(pred, noise);
+      opt.zero_grad();
+      loss.backward();
+      opt.step();
+      // Warm-up keeps early EMA from dragging the random initial weights along.
+      const double decay = std::min(c.ema_decay, (1.0 + st.step) / (10.0 + st.step));
+      UpdateEma(*ema, *net, c.ema_decay > 0 ? decay : 0.0);
+      ++st.step;
+      const double l = loss.item<double>();
+      st.epoch_loss_sum += l;
+      st.epoch_loss_count++;
+      report_loss += l;
+      report_count++;
+      if (progress && c.log_every > 0 && st.step % c.log_every == 0) {
+        const double dt = std::chrono::duration<double>(Clock::now() - report_time).count();
+        const double session_s = std::chrono::duration<double>(Clock::now() - session_start).count();
+        const int64_t remaining = (c.epochs - st.epoch) * steps_per_epoch - st.batch_in_epoch - 1;
+        TrainProgress p;
+        p.epoch = st.epoch + 1;
+        p.epochs = c.epochs;
+        p.step = st.step;
+        p.steps_per_epoch = steps_per_epoch;
+        p.loss = report_loss / report_count;
+        p.images_per_s = report_count * B / std::max(dt, 1e-9);
+        p.lr = lr;
+        p.elapsed_s = wall_now();
+        p.eta_s = remaining * session_s / std::max<int64_t>(1, st.step - start_step);
+        progress(p);
+        report_loss = 0;
+        report_count = 0;
+        report_time = Clock::now();
+      }
+    }
+    st.batch_in_epoch = 0;
+    st.order = torch::Tensor();
+    st.epoch_losses.push_back(st.epoch_loss_sum / std::max<int64_t>(1, st.epoch_loss_count));
+    const bool last = st.epoch + 1 == c.epochs;
+    const bool checkpoint = last || (st.epoch + 1) % c.checkpoint_every == 0;
+    TrainProgress p;
+    p.epoch = st.epoch + 1;
+    p.epochs = c.epochs;
+    p.step = st.step + 0;
+    p.steps_per_epoch = steps_per_epoch;
+    p.loss = st.epoch_losses.back();
+    p.lr = lr;
+    p.elapsed_s = wall_now();
+    p.epoch_end = true;
+    if (checkpoint) {
+      ++st.epoch;  // the state on disk says this epoch is complete
+      Result<std::string> grid = save_all(true);
+      --st.epoch;
+      if (!grid.ok()) return grid.status();
+      p.checkpoint = true;
+      p.grid_path = *grid;
+    }
+    if (progress) progress(p);
+  }
+  summary.epochs_done = st.epoch;
+  summary.steps = st.step;
+  summary.final_loss = st.epoch_losses.empty() ? 0.0 : st.epoch_losses.back();
+  summary.wall_s = wall_now();
+  summary.epoch_losses = st.epoch_losses;
+  return summary;
+}
+
+}  // namespace spritediff

@@ -1,0 +1,86 @@
+// Trains a ContextUnet to predict the noise added by the forward process
+//   x_t = sqrt(ab_t) x0 + sqrt(1 - ab_t) eps,  t ~ U{1..T},  loss = MSE(eps_hat, eps),
+// with Adam whose learning rate decays linearly to 0 over the run, context zeroed for a
+// fraction of rows (so classifier-free guidance works), random horizontal flips, and an EMA
+// copy of the weights that is what gets saved for sampling. The whole training state (weights,
+// EMA, Adam, epoch, position in the epoch, RNG) is checkpointed so a resumed run continues
+// exactly where the interrupted one stopped.
+#pragma once
+
+#include <torch/torch.h>
+
+#include <atomic>
+#include <functional>
+#include <nlohmann/json.hpp>
+#include <string>
+#include <vector>
+
+#include "core/checkpoint.h"
+#include "core/dataset.h"
+#include "core/status.h"
+
+namespace spritediff {
+
+struct TrainConfig {
+  std::string data;        // dataset directory
+  std::string out;         // model directory written at checkpoints and at the end
+  std::string state_path;  // resume state file; empty = <out>/train-state.pt
+  std::string name;        // model name; empty = last component of out
+  int height = 16;
+  int n_feat = 64;
+  int epochs = 100;
+  int batch_size = 64;
+  double lr = 1e-3;
+  double context_dropout = 0.1;
+  double ema_decay = 0.999;  // 0 disables EMA (the live weights are saved)
+  bool flip = true;
+  std::string class_balance = "none";  // none | sqrt: per-image sampling weight 1/sqrt(class size)
+  int checkpoint_every = 10;  // epochs
+  int log_every = 50;         // optimizer steps
+  uint64_t seed = 0;
+  bool resume = false;
+  int sample_grid_per_label = 8;  // grid written next to the model at checkpoints; 0 disables
+  std::string device = "cpu";
+  ScheduleConfig schedule;
+  std::string command_line;  // recorded in the model's provenance
+
+  Status Validate() const;
+};
+
+struct TrainProgress {
+  int epoch = 0;        // 1-based epoch being run
+  int epochs = 0;
+  int64_t step = 0;     // optimizer steps so far
+  int64_t steps_per_epoch = 0;
+  double loss = 0;      // mean loss since the last report
+  double images_per_s = 0;
+  double lr = 0;
+  double elapsed_s = 0;
+  double eta_s = 0;
+  bool epoch_end = false;
+  bool checkpoint = false;
+  std::string grid_path;  // set when a sample grid was written
+};
+
+struct TrainSummary {
+  int epochs_done = 0;
+  int64_t steps = 0;
+  double final_loss = 0;  // mean over the last epoch
+  double wall_s = 0;
+  bool stopped_early = false;
+  std::vector<double> epoch_losses;
+};
+
+using ProgressFn = std::function<void(const TrainProgress&)>;
+
+// Runs (or resumes) training. `stop`, when set, makes it save the state and return cleanly.
+Result<TrainSummary> Train(const TrainConfig& config, const std::atomic<bool>* stop, const ProgressFn& progress);
+
+// Copies parameters with decay and floating buffers likewise: ema = d * ema + (1 - d) * live.
+void UpdateEma(torch::nn::Module& ema, torch::nn::Module& live, double decay);
+
+// Adds noise for timesteps t (int64 [B]) per the forward process.
+torch::Tensor ForwardDiffuse(const torch::Tensor& x0, const torch::Tensor& t, const torch::Tensor& noise,
+                             const torch::Tensor& sqrt_alpha_bar, const torch::Tensor& sqrt_one_minus_alpha_bar);
+
+}  // namespace spritediff

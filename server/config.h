@@ -1,0 +1,33 @@
+// The daemon's configuration: one JSON file (configs/default.json) parsed into one typed
+// struct with defaults; command-line flags override fields after parsing.
+#pragma once
+
+#include <string>
+
+#include "core/status.h"
+
+namespace spritediff {
+
+struct AppConfig {
+  std::string bind = "127.0.0.1";
+  int port = 50051;
+  std::string models_dir = "models";
+  std::string default_model = "sprites16";
+  std::string device = "auto";   // auto | cpu | cuda | cuda:N
+  int threads = 0;               // intra-op threads; 0 = all cores
+  // Batching.
+  int max_batch_rows = 64;       // rows in one denoising forward (guidance halves not counted)
+  int max_queued_rows = 1024;    // rows waiting for admission; past it, RESOURCE_EXHAUSTED
+  int max_rows_per_request = 64; // upper bound of SampleRequest.count
+  // Frames.
+  int max_frames_per_request = 100;  // a finer frame_every is coarsened to stay within this
+  int max_pending_frames = 4;        // frames buffered for a slow reader before older ones drop
+  int shutdown_grace_s = 10;
+
+  Status Validate() const;
+};
+
+// Reads path (missing file -> error) and fills fields present in it over the defaults.
+Result<AppConfig> LoadConfig(const std::string& path);
+
+}  // namespace spritediff

@@ -1,0 +1,29 @@
+// spritediffd: the spritediff daemon (serve) and its offline tools (train, sample, bench).
+#include <CLI/CLI.hpp>
+
+#include <iostream>
+
+#include "server/offline_commands.h"
+
+int main(int argc, char** argv) {
+  CLI::App app{"spritediffd: trains and serves small diffusion models for pixel-art sprites"};
+  app.require_subcommand(1);
+  spritediff::CommonOptions common;
+  app.add_option("--config", common.config_path, "JSON config file (default configs/default.json)")
+      ->each([&](const std::string&) { common.config_given = true; });
+  app.add_option("--threads", common.threads, "intra-op CPU threads; 0 = all cores (overrides config)")
+      ->check(CLI::Range(0, 1024));
+  app.add_option("--device", common.device, "auto | cpu | cuda | cuda:N (overrides config)");
+  app.fallthrough();
+
+  spritediff::AddTrainCommand(app, common);
+  spritediff::AddSampleCommand(app, common);
+  spritediff::AddBenchCommand(app, common);
+
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::ParseError& e) {
+    return app.exit(e);
+  }
+  return 0;
+}

@@ -1,0 +1,84 @@
+#include "core/dataset.h"
+
+#include <gtest/gtest.h>
+
+#include <filesystem>
+#include <fstream>
+
+namespace spritediff {
+namespace {
+
+namespace fs = std::filesystem;
+
+TEST(Dataset, ImageFolderReadsTheRealSprites) {
+  Result<Dataset> ds = LoadDataset(SPRITEDIFF_DATA_DIR, 16);
+  ASSERT_TRUE(ds.ok()) << ds.status().message();
+  EXPECT_EQ(ds->size(), 2830);
+  EXPECT_EQ(ds->labels, (std::vector<std::string>{"hero", "non_hero", "food", "spell", "item"}));
+  EXPECT_EQ(ds->class_counts, (std::vector<int64_t>{290, 1138, 28, 366, 1008}));
+  EXPECT_EQ(ds->images.sizes(), (std::vector<int64_t>{2830, 3, 16, 16}));
+  EXPECT_GE(ds->images.min().item<float>(), -1.0f);
+  EXPECT_LE(ds->images.max().item<float>(), 1.0f);
+  EXPECT_EQ(ds->images.min().item<float>(), -1.0f) << "composited backgrounds are black";
+  EXPECT_TRUE(torch::equal(ds->contexts.sum(1), torch::ones({2830})));
+
+  Result<Dataset> big = LoadDataset(SPRITEDIFF_DATA_DIR, 32);
+  ASSERT_TRUE(big.ok());
+  // The 16px images are the 2x2 box filter of the 32px ones (up to 8-bit rounding).
+  torch::Tensor pooled = torch::avg_pool2d(big->images.slice(0, 0, 64), 2);
+  EXPECT_LT((pooled - ds->images.slice(0, 0, 64)).abs().max().item<float>(), 1.5f / 127.5f);
+}
+
+// Writes a .npy file (version 1.0 header) the way numpy does.
+void WriteNpy(const fs::path& path, const std::string& descr, const std::vector<int64_t>& shape, const void* data,
+              size_t bytes) {
+  std::string dims;
+  for (int64_t d : shape) dims += std::to_string(d) + ", ";
+  std::string header = "{'descr': '" + descr + "', 'fortran_order': False, 'shape': (" + dims + "), }";
+  while ((10 + header.size() + 1) % 64 != 0) header += ' ';
+  header += '\n';
+  std::ofstream out(path, std::ios::binary);
+  out.write("\x93NUMPY\x01\x00", 8);
+  const uint16_t len = static_cast<uint16_t>(header.size());
+  out.put(static_cast<char>(len & 0xff));
+  out.put(static_cast<char>(len >> 8));
+  out << header;
+  out.write(static_cast<const char*>(data), static_cast<std::streamsize>(bytes));
+}
+
+TEST(Dataset, CourseNpyPairMatchesTheImageFolder) {
+  Result<Dataset> folder = LoadDataset(SPRITEDIFF_DATA_DIR, 16);
+  ASSERT_TRUE(folder.ok());
+  const int64_t n = 40;
+  // Back to uint8 NHWC, as the course stores its sprites, with float64 one-hot labels.
+  torch::Tensor nhwc = folder->images.slice(0, 0, n).add(1).mul(127.5).round().to(torch::kUInt8).permute({0, 2, 3, 1}).contiguous();
+  torch::Tensor labels = folder->contexts.slice(0, 0, n).to(torch::kFloat64).contiguous();
+  const fs::path dir = fs::temp_directory_path() / ("spritediff_npy_" + std::to_string(::getpid()));
+  fs::create_directories(dir);
+  WriteNpy(dir / "sprites_40_16x16.npy", "|u1", {n, 16, 16, 3}, nhwc.data_ptr(), nhwc.numel());
+  WriteNpy(dir / "sprite_labels_nc_40_16x16.npy", "<f8", {n, 5}, labels.data_ptr(), labels.numel() * 8);
+  Result<Dataset> npy = LoadDataset(dir.string(), 16);
+  fs::remove_all(dir);
+  ASSERT_TRUE(npy.ok()) << npy.status().message();
+  EXPECT_EQ(npy->format, "npy");
+  EXPECT_EQ(npy->size(), n);
+  EXPECT_TRUE(torch::allclose(npy->images, folder->images.slice(0, 0, n), 0, 1e-6));
+  EXPECT_TRUE(torch::equal(npy->contexts, folder->contexts.slice(0, 0, n)));
+}
+
+TEST(Dataset, MissingOrEmptyDirectoriesAreClearErrors) {
+  Result<Dataset> missing = LoadDataset("/nonexistent/sprites", 16);
+  ASSERT_FALSE(missing.ok());
+  EXPECT_NE(missing.status().message().find("/nonexistent/sprites"), std::string::npos);
+  const fs::path dir = fs::temp_directory_path() / ("spritediff_empty_" + std::to_string(::getpid()));
+  fs::create_directories(dir / "cats");
+  EXPECT_EQ(LoadDataset(dir.string(), 16).status().code(), Status::Code::kFailedPrecondition);
+  std::ofstream(dir / "cats" / "broken.png") << "not a png";
+  Result<Dataset> broken = LoadDataset(dir.string(), 16);
+  ASSERT_FALSE(broken.ok());
+  EXPECT_NE(broken.status().message().find("broken.png"), std::string::npos);
+  fs::remove_all(dir);
+}
+
+}  // namespace
+}  // namespace spritediff
