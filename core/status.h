@@ -10,7 +10,19 @@ namespace spritediff {
 
 class Status {
  public:
-  enum class Code { kOk, kInvalidArgument, kNotFound, kFailedPrecondition, kIoError, kInternal };
+  enum class Code {
+    kOk,
+    kInvalidArgument,
+    kNotFound,
+    kFailedPrecondition,
+    kIoError,
+    kInternal,
+    kCancelled,
+    kDeadlineExceeded,
+    kResourceExhausted,
+    kUnavailable,
+    kPermissionDenied,
+  };
 
   Status() = default;
   static Status Ok() { return Status(); }
@@ -21,6 +33,11 @@ class Status {
   }
   static Status IoError(std::string msg) { return Status(Code::kIoError, std::move(msg)); }
   static Status Internal(std::string msg) { return Status(Code::kInternal, std::move(msg)); }
+  static Status Cancelled(std::string msg) { return Status(Code::kCancelled, std::move(msg)); }
+  static Status DeadlineExceeded(std::string msg) { return Status(Code::kDeadlineExceeded, std::move(msg)); }
+  static Status ResourceExhausted(std::string msg) { return Status(Code::kResourceExhausted, std::move(msg)); }
+  static Status Unavailable(std::string msg) { return Status(Code::kUnavailable, std::move(msg)); }
+  static Status PermissionDenied(std::string msg) { return Status(Code::kPermissionDenied, std::move(msg)); }
 
   bool ok() const { return code_ == Code::kOk; }
   Code code() const { return code_; }

@@ -4,6 +4,7 @@
 #include <iostream>
 
 #include "server/offline_commands.h"
+#include "server/serve_command.h"
 
 int main(int argc, char** argv) {
   CLI::App app{"spritediffd: trains and serves small diffusion models for pixel-art sprites"};
@@ -19,6 +20,7 @@ int main(int argc, char** argv) {
   spritediff::AddTrainCommand(app, common);
   spritediff::AddSampleCommand(app, common);
   spritediff::AddBenchCommand(app, common);
+  spritediff::AddServeCommand(app, common);
 
   try {
     app.parse(argc, argv);

@@ -1,0 +1,477 @@
+// spritectl: the command-line client of spritediffd. It speaks only the public proto API.
+#include <CLI/CLI.hpp>
+#include <grpcpp/grpcpp.h>
+#include <nlohmann/json.hpp>
+#include <unistd.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <filesystem>
+#include <iostream>
+#include <map>
+#include <mutex>
+#include <sstream>
+#include <thread>
+
+#include "client/gif_writer.h"
+#include "core/image.h"
+#include "grpc/health/v1/health.grpc.pb.h"
+#include "spritediff/v1/sprites.grpc.pb.h"
+
+namespace fs = std::filesystem;
+namespace v1 = spritediff::v1;
+using Clock = std::chrono::steady_clock;
+using spritediff::Image;
+using spritediff::Result;
+using spritediff::Status;
+
+namespace {
+
+struct Connection {
+  std::string server = "127.0.0.1:50051";
+  double timeout_s = 120;
+  double connect_timeout_s = 5;
+};
+
+[[noreturn]] void Fail(const std::string& message) {
+  std::cerr << "spritectl: error: " << message << "\n";
+  throw CLI::RuntimeError(1);
+}
+
+const char* CodeName(grpc::StatusCode code) {
+  static const std::map<grpc::StatusCode, const char*> names = {
+      {grpc::StatusCode::OK, "OK"},
+      {grpc::StatusCode::CANCELLED, "CANCELLED"},
+      {grpc::StatusCode::UNKNOWN, "UNKNOWN"},
+      {grpc::StatusCode::INVALID_ARGUMENT, "INVALID_ARGUMENT"},
+      {grpc::StatusCode::DEADLINE_EXCEEDED, "DEADLINE_EXCEEDED"},
+      {grpc::StatusCode::NOT_FOUND, "NOT_FOUND"},
+      {grpc::StatusCode::ALREADY_EXISTS, "ALREADY_EXISTS"},
+      {grpc::StatusCode::PERMISSION_DENIED, "PERMISSION_DENIED"},
+      {grpc::StatusCode::RESOURCE_EXHAUSTED, "RESOURCE_EXHAUSTED"},
+      {grpc::StatusCode::FAILED_PRECONDITION, "FAILED_PRECONDITION"},
+      {grpc::StatusCode::ABORTED, "ABORTED"},
+      {grpc::StatusCode::UNIMPLEMENTED, "UNIMPLEMENTED"},
+      {grpc::StatusCode::INTERNAL, "INTERNAL"},
+      {grpc::StatusCode::UNAVAILABLE, "UNAVAILABLE"},
+  };
+  auto it = names.find(code);
+  return it == names.end() ? "ERROR" : it->second;
+}
+
+[[noreturn]] void FailRpc(const grpc::Status& s, const Connection& c) {
+  Fail(std::string(CodeName(s.error_code())) + ": " + s.error_message() +
+       (s.error_code() == grpc::StatusCode::UNAVAILABLE ? " (server " + c.server + ")" : ""));
+}
+
+std::shared_ptr<grpc::Channel> Connect(const Connection& c) {
+  grpc::ChannelArguments args;
+  args.SetMaxReceiveMessageSize(64 << 20);
+  auto channel = grpc::CreateCustomChannel(c.server, grpc::InsecureChannelCredentials(), args);
+  const auto deadline = std::chrono::system_clock::now() +
+                        std::chrono::milliseconds(static_cast<int64_t>(std::min(c.connect_timeout_s, c.timeout_s) * 1000));
+  if (!channel->WaitForConnected(deadline)) {
+    Fail("cannot reach spritediffd at " + c.server + " within " +
+         std::to_string(static_cast<int>(std::ceil(std::min(c.connect_timeout_s, c.timeout_s)))) +
+         "s (is it running? start it with `make serve`)");
+  }
+  return channel;
+}
+
+void SetDeadline(grpc::ClientContext& ctx, double seconds) {
+  ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::milliseconds(static_cast<int64_t>(seconds * 1000)));
+}
+
+void AddConnectionOptions(CLI::App* cmd, Connection& c) {
+  cmd->add_option("--server", c.server, "daemon address host:port")->capture_default_str();
+  cmd->add_option("--timeout", c.timeout_s, "seconds before a call is abandoned")->check(CLI::Range(0.1, 86400.0))
+      ->capture_default_str();
+  cmd->add_option("--connect-timeout", c.connect_timeout_s, "seconds to wait for the server to answer")
+      ->check(CLI::Range(0.1, 3600.0))->capture_default_str();
+}
+
+// NAME or NAME:WEIGHT.
+void AddLabels(v1::SampleRequest& req, const std::vector<std::string>& labels) {
+  for (const std::string& l : labels) {
+    v1::LabelWeight* lw = req.add_labels();
+    const size_t colon = l.find(':');
+    lw->set_label(l.substr(0, colon));
+    if (colon == std::string::npos) continue;
+    const std::string w = l.substr(colon + 1);
+    try {
+      size_t used = 0;
+      lw->set_weight(std::stof(w, &used));
+      if (used != w.size()) throw std::invalid_argument(w);
+    } catch (const std::exception&) {
+      Fail("--label '" + l + "': expected NAME or NAME:WEIGHT with a numeric weight");
+    }
+  }
+}
+
+void AddContext(v1::SampleRequest& req, const std::string& text) {
+  std::stringstream ss(text);
+  std::string item;
+  while (std::getline(ss, item, ',')) {
+    try {
+      size_t used = 0;
+      req.add_context(std::stof(item, &used));
+      if (used != item.size()) throw std::invalid_argument(item);
+    } catch (const std::exception&) {
+      Fail("--context: '" + item + "' is not a number (expected e.g. 1,0,0,0,0)");
+    }
+  }
+}
+
+// Options shared by sample and bench that shape the request.
+struct RequestOptions {
+  std::string model;
+  std::vector<std::string> labels;
+  std::string context;
+  int count = 1;
+  std::string sampler = "ddim";
+  int steps = 0;
+  double eta = 0;
+  double guidance = 2.0;
+  uint64_t seed = 0;
+};
+
+void AddRequestOptions(CLI::App* cmd, RequestOptions& o, int default_count) {
+  o.count = default_count;
+  cmd->add_option("--model", o.model, "model name (default: the server's default)");
+  cmd->add_option("--label", o.labels, "condition on a label, NAME or NAME:WEIGHT; repeat to mix (e.g. --label hero --label food:0.5)");
+  cmd->add_option("--context", o.context, "raw context vector instead of labels, e.g. 1,0,0,0,0");
+  cmd->add_option("--count", o.count, "sprites per request")->check(CLI::Range(1, 4096))->capture_default_str();
+  cmd->add_option("--sampler", o.sampler, "ddpm or ddim")->check(CLI::IsMember({"ddpm", "ddim"}))->capture_default_str();
+  cmd->add_option("--steps", o.steps, "denoising steps; 0 = server default (25 for ddim, T for ddpm)")
+      ->check(CLI::Range(0, 100000))->capture_default_str();
+  cmd->add_option("--eta", o.eta, "DDIM eta in [0, 1]; 0 = deterministic")->check(CLI::Range(0.0, 1.0))->capture_default_str();
+  cmd->add_option("--guidance", o.guidance, "classifier-free guidance scale in [0, 20]; 1 = conditional only")
+      ->check(CLI::Range(0.0, 20.0))->capture_default_str();
+  cmd->add_option("--seed", o.seed, "seed of the first sprite (sprite i uses seed+i); 0 = random")->capture_default_str();
+}
+
+v1::SampleRequest BuildRequest(const RequestOptions& o) {
+  if (!o.labels.empty() && !o.context.empty()) Fail("give --label or --context, not both");
+  v1::SampleRequest req;
+  req.set_model(o.model);
+  req.set_count(static_cast<uint32_t>(o.count));
+  req.set_sampler(o.sampler == "ddpm" ? v1::SAMPLER_DDPM : v1::SAMPLER_DDIM);
+  req.set_steps(static_cast<uint32_t>(o.steps));
+  req.set_eta(static_cast<float>(o.eta));
+  req.set_guidance_scale(static_cast<float>(o.guidance));
+  req.set_seed(o.seed);
+  AddLabels(req, o.labels);
+  if (!o.context.empty()) AddContext(req, o.context);
+  return req;
+}
+
+Image DecodeOrFail(const std::string& png) {
+  Result<Image> image = spritediff::DecodePng(png);
+  if (!image.ok()) Fail("server sent an unreadable PNG: " + image.status().message());
+  return spritediff::CompositeOnBlack(*image);
+}
+
+Image GridOf(const google::protobuf::RepeatedPtrField<std::string>& pngs, int upscale, int columns) {
+  std::vector<Image> tiles;
+  for (const std::string& png : pngs) tiles.push_back(spritediff::UpscaleNearest(DecodeOrFail(png), upscale));
+  Result<Image> grid = spritediff::MakeGrid(tiles, columns, upscale);
+  if (!grid.ok()) Fail(grid.status().message());
+  return *grid;
+}
+
+class Progress {
+ public:
+  explicit Progress(bool tty) : tty_(tty), start_(Clock::now()) {}
+  void Update(int step, int total) {
+    const double s = std::chrono::duration<double>(Clock::now() - start_).count();
+    const double rate = step / std::max(s, 1e-9);
+    const double eta = (total - step) / std::max(rate, 1e-9);
+    if (tty_) {
+      const int width = 30;
+      const int filled = total > 0 ? step * width / total : 0;
+      std::fprintf(stderr, "\r[%s%s] %d/%d steps  %.1f steps/s  ETA %.1fs ", std::string(filled, '#').c_str(),
+                   std::string(width - filled, '.').c_str(), step, total, rate, eta);
+    } else {
+      std::fprintf(stderr, "step %d/%d (%.1f steps/s, ETA %.1fs)\n", step, total, rate, eta);
+    }
+    std::fflush(stderr);
+  }
+  void Done() {
+    if (tty_) std::fprintf(stderr, "\n");
+  }
+
+ private:
+  bool tty_;
+  Clock::time_point start_;
+};
+
+void ModelsCommand(CLI::App& app) {
+  auto c = std::make_shared<Connection>();
+  auto json_out = std::make_shared<bool>(false);
+  auto* cmd = app.add_subcommand("models", "list the models the daemon serves");
+  AddConnectionOptions(cmd, *c);
+  cmd->add_flag("--json", *json_out, "machine-readable output");
+  cmd->callback([c, json_out] {
+    auto stub = v1::Sprites::NewStub(Connect(*c));
+    grpc::ClientContext ctx;
+    SetDeadline(ctx, c->timeout_s);
+    v1::ListModelsResponse resp;
+    grpc::Status s = stub->ListModels(&ctx, v1::ListModelsRequest(), &resp);
+    if (!s.ok()) FailRpc(s, *c);
+    if (*json_out) {
+      nlohmann::json j = nlohmann::json::array();
+      for (const auto& m : resp.models()) {
+        j.push_back({{"name", m.name()}, {"image_size", m.image_size()}, {"labels", std::vector<std::string>(m.labels().begin(), m.labels().end())},
+                     {"default", m.is_default()}, {"timesteps", m.schedule().timesteps()}, {"parameters", m.parameters()}});
+      }
+      std::cout << j.dump(2) << "\n";
+      return;
+    }
+    std::printf("%-20s %-7s %-6s %-8s %s\n", "NAME", "SIZE", "T", "DEFAULT", "LABELS");
+    for (const auto& m : resp.models()) {
+      std::string labels;
+      for (const auto& l : m.labels()) labels += (labels.empty() ? "" : ",") + l;
+      const std::string size = std::to_string(m.image_size()) + "x" + std::to_string(m.image_size());
+      std::printf("%-20s %-7s %-6u %-8s %s\n", m.name().c_str(), size.c_str(), m.schedule().timesteps(),
+                  m.is_default() ? "yes" : "", labels.c_str());
+    }
+  });
+}
+
+void HealthCommand(CLI::App& app) {
+  auto c = std::make_shared<Connection>();
+  c->timeout_s = 5;
+  auto service = std::make_shared<std::string>();
+  auto* cmd = app.add_subcommand("health", "standard gRPC health check; exit 0 when SERVING");
+  AddConnectionOptions(cmd, *c);
+  cmd->add_option("--service", *service, "service name to check (empty = the whole server)");
+  cmd->callback([c, service] {
+    auto stub = grpc::health::v1::Health::NewStub(Connect(*c));
+    grpc::ClientContext ctx;
+    SetDeadline(ctx, c->timeout_s);
+    grpc::health::v1::HealthCheckRequest req;
+    req.set_service(*service);
+    grpc::health::v1::HealthCheckResponse resp;
+    grpc::Status s = stub->Check(&ctx, req, &resp);
+    if (!s.ok()) FailRpc(s, *c);
+    const bool serving = resp.status() == grpc::health::v1::HealthCheckResponse::SERVING;
+    std::printf("%s\n", grpc::health::v1::HealthCheckResponse::ServingStatus_Name(resp.status()).c_str());
+    if (!serving) throw CLI::RuntimeError(1);
+  });
+}
+
+void SampleCommand(CLI::App& app) {
+  struct Args {
+    Connection c;
+    RequestOptions r;
+    std::string out;
+    bool gif = false;
+    int frame_every = -1;
+    int upscale = 4;
+    int columns = 8;
+    bool quiet = false;
+  };
+  auto a = std::make_shared<Args>();
+  auto* cmd = app.add_subcommand("sample", "make sprites; writes sprite-NNN.png, grid.png and with --gif denoise.gif");
+  AddConnectionOptions(cmd, a->c);
+  AddRequestOptions(cmd, a->r, 16);
+  cmd->add_option("--out", a->out, "output directory (created)")->required();
+  cmd->add_flag("--gif", a->gif, "also write denoise.gif, one frame per streamed frame plus the final sprites");
+  cmd->add_option("--frame-every", a->frame_every, "stream a frame every k steps (default: about 25 frames; 0 = none)")
+      ->check(CLI::Range(-1, 100000));
+  cmd->add_option("--upscale", a->upscale, "nearest-neighbour factor for grid.png and the GIF")->check(CLI::Range(1, 32))
+      ->capture_default_str();
+  cmd->add_option("--columns", a->columns, "sprites per grid row")->check(CLI::Range(1, 256))->capture_default_str();
+  cmd->add_flag("--quiet", a->quiet, "no progress output");
+  cmd->callback([a] {
+    v1::SampleRequest req = BuildRequest(a->r);
+    std::error_code ec;
+    fs::create_directories(a->out, ec);
+    if (ec) Fail("--out " + a->out + ": cannot create (" + ec.message() + ")");
+    auto stub = v1::Sprites::NewStub(Connect(a->c));
+    // The step count is needed to pick a frame interval; ask the model for T when steps is 0.
+    int steps = a->r.steps;
+    if (steps == 0) {
+      grpc::ClientContext ctx;
+      SetDeadline(ctx, a->c.timeout_s);
+      v1::GetModelRequest gm;
+      gm.set_name(a->r.model);
+      v1::ModelInfo info;
+      grpc::Status s = stub->GetModel(&ctx, gm, &info);
+      if (!s.ok()) FailRpc(s, a->c);
+      steps = a->r.sampler == "ddpm" ? static_cast<int>(info.schedule().timesteps())
+                                     : std::min(25, static_cast<int>(info.schedule().timesteps()));
+    }
+    const int frame_every = a->frame_every >= 0 ? a->frame_every : std::max(1, steps / 25);
+    req.set_frame_every(static_cast<uint32_t>(std::min(frame_every, steps)));
+
+    grpc::ClientContext ctx;
+    SetDeadline(ctx, a->c.timeout_s);
+    auto reader = stub->Sample(&ctx, req);
+    v1::SampleEvent ev;
+    Progress progress(isatty(STDERR_FILENO) != 0);
+    std::vector<Image> gif_frames;
+    std::optional<v1::Result> result;
+    int frames = 0;
+    while (reader->Read(&ev)) {
+      if (ev.has_frame()) {
+        ++frames;
+        if (!a->quiet) progress.Update(static_cast<int>(ev.frame().step()), static_cast<int>(ev.frame().total_steps()));
+        if (a->gif) gif_frames.push_back(GridOf(ev.frame().images(), a->upscale, a->columns));
+      } else if (ev.has_result()) {
+        result = ev.result();
+      }
+    }
+    grpc::Status s = reader->Finish();
+    if (!a->quiet) progress.Done();
+    if (!s.ok()) FailRpc(s, a->c);
+    if (!result) Fail("the stream ended without a result");
+    for (int i = 0; i < result->images_size(); ++i) {
+      char name[64];
+      std::snprintf(name, sizeof(name), "sprite-%03d.png", i);
+      Status w = spritediff::WriteFileAtomic((fs::path(a->out) / name).string(), result->images(i));
+      if (!w.ok()) Fail(w.message());
+    }
+    Image grid = GridOf(result->images(), a->upscale, a->columns);
+    Status w = spritediff::WritePng((fs::path(a->out) / "grid.png").string(), grid);
+    if (!w.ok()) Fail(w.message());
+    if (a->gif) {
+      gif_frames.push_back(grid);
+      w = spritediff::WriteGif((fs::path(a->out) / "denoise.gif").string(), gif_frames, 8, 150);
+      if (!w.ok()) Fail(w.message());
+    }
+    std::printf("%d sprites from %s (%u steps, seeds %llu..%llu) in %.0f ms (queued %.1f ms), %d frames -> %s\n",
+                result->images_size(), result->model().c_str(), result->steps(),
+                static_cast<unsigned long long>(result->seeds(0)),
+                static_cast<unsigned long long>(result->seeds(result->seeds_size() - 1)), result->run_ms(),
+                result->queued_ms(), frames, a->out.c_str());
+  });
+}
+
+double Percentile(std::vector<double> v, double p) {
+  if (v.empty()) return 0;
+  std::sort(v.begin(), v.end());
+  const double rank = p / 100.0 * (v.size() - 1);
+  const size_t lo = static_cast<size_t>(std::floor(rank)), hi = static_cast<size_t>(std::ceil(rank));
+  return v[lo] + (v[hi] - v[lo]) * (rank - lo);
+}
+
+void BenchCommand(CLI::App& app) {
+  struct Args {
+    Connection c;
+    RequestOptions r;
+    int clients = 8;
+    int requests = 4;
+    int frame_every = 0;
+    bool json = false;
+  };
+  auto a = std::make_shared<Args>();
+  auto* cmd = app.add_subcommand("bench", "load generator: concurrent clients, throughput and latency percentiles");
+  AddConnectionOptions(cmd, a->c);
+  AddRequestOptions(cmd, a->r, 1);
+  cmd->add_option("--clients", a->clients, "concurrent clients (one channel each)")->check(CLI::Range(1, 1024))
+      ->capture_default_str();
+  cmd->add_option("--requests", a->requests, "requests per client, sent one after another")->check(CLI::Range(1, 100000))
+      ->capture_default_str();
+  cmd->add_option("--frame-every", a->frame_every, "ask for a frame every k steps (0 = none)")->check(CLI::Range(0, 100000))
+      ->capture_default_str();
+  cmd->add_flag("--json", a->json, "print one JSON object instead of text");
+  cmd->callback([a] {
+    v1::SampleRequest base = BuildRequest(a->r);
+    base.set_frame_every(static_cast<uint32_t>(a->frame_every));
+    Connect(a->c);  // fail fast, with a clear message, when the server is not there
+    std::mutex mu;
+    std::vector<double> latency_ms, ttff_ms, run_ms, queued_ms;
+    std::map<std::string, int> errors;
+    int64_t sprites = 0;
+    const auto start = Clock::now();
+    std::vector<std::thread> threads;
+    for (int ci = 0; ci < a->clients; ++ci) {
+      threads.emplace_back([&, ci] {
+        grpc::ChannelArguments args;
+        args.SetInt("grpc.use_local_subchannel_pool", 1);  // one connection per client
+        args.SetMaxReceiveMessageSize(64 << 20);
+        auto stub = v1::Sprites::NewStub(grpc::CreateCustomChannel(a->c.server, grpc::InsecureChannelCredentials(), args));
+        for (int k = 0; k < a->requests; ++k) {
+          v1::SampleRequest req = base;
+          if (req.seed() != 0) req.set_seed(base.seed() + static_cast<uint64_t>(ci * a->requests + k) * 4096);
+          grpc::ClientContext ctx;
+          SetDeadline(ctx, a->c.timeout_s);
+          const auto t0 = Clock::now();
+          auto reader = stub->Sample(&ctx, req);
+          v1::SampleEvent ev;
+          double first = -1;
+          v1::Result result;
+          while (reader->Read(&ev)) {
+            if (first < 0) first = std::chrono::duration<double, std::milli>(Clock::now() - t0).count();
+            if (ev.has_result()) result = ev.result();
+          }
+          grpc::Status s = reader->Finish();
+          const double total = std::chrono::duration<double, std::milli>(Clock::now() - t0).count();
+          std::lock_guard<std::mutex> lock(mu);
+          if (!s.ok()) {
+            errors[CodeName(s.error_code())]++;
+            continue;
+          }
+          latency_ms.push_back(total);
+          ttff_ms.push_back(first);
+          run_ms.push_back(result.run_ms());
+          queued_ms.push_back(result.queued_ms());
+          sprites += result.images_size();
+        }
+      });
+    }
+    for (auto& t : threads) t.join();
+    const double wall = std::chrono::duration<double>(Clock::now() - start).count();
+    nlohmann::json report = {
+        {"server", a->c.server},
+        {"clients", a->clients},
+        {"requests", a->clients * a->requests},
+        {"count", a->r.count},
+        {"sampler", a->r.sampler},
+        {"steps", a->r.steps},
+        {"guidance", a->r.guidance},
+        {"ok", latency_ms.size()},
+        {"errors", errors},
+        {"wall_s", wall},
+        {"sprites", sprites},
+        {"sprites_per_s", sprites / wall},
+        {"latency_ms", {{"p50", Percentile(latency_ms, 50)}, {"p95", Percentile(latency_ms, 95)}, {"p99", Percentile(latency_ms, 99)}}},
+        {"first_event_ms", {{"p50", Percentile(ttff_ms, 50)}, {"p95", Percentile(ttff_ms, 95)}, {"p99", Percentile(ttff_ms, 99)}}},
+        {"server_queued_ms", {{"p50", Percentile(queued_ms, 50)}, {"p95", Percentile(queued_ms, 95)}}},
+        {"server_run_ms", {{"p50", Percentile(run_ms, 50)}, {"p95", Percentile(run_ms, 95)}}},
+    };
+    if (a->json) {
+      std::cout << report.dump() << "\n";
+    } else {
+      std::printf("%d clients x %d requests x %d sprites (%s, steps %d, guidance %.1f) in %.2f s\n", a->clients,
+                  a->requests, a->r.count, a->r.sampler.c_str(), a->r.steps, a->r.guidance, wall);
+      std::printf("throughput   %.2f sprites/s, %.2f requests/s\n", sprites / wall, latency_ms.size() / wall);
+      std::printf("latency ms   p50 %.1f  p95 %.1f  p99 %.1f\n", Percentile(latency_ms, 50), Percentile(latency_ms, 95),
+                  Percentile(latency_ms, 99));
+      std::printf("first event  p50 %.1f  p95 %.1f  p99 %.1f ms\n", Percentile(ttff_ms, 50), Percentile(ttff_ms, 95),
+                  Percentile(ttff_ms, 99));
+      std::printf("errors       %s\n", errors.empty() ? "none" : nlohmann::json(errors).dump().c_str());
+    }
+    if (!errors.empty()) throw CLI::RuntimeError(1);
+  });
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  CLI::App app{"spritectl: the command-line client of spritediffd"};
+  app.require_subcommand(1);
+  ModelsCommand(app);
+  HealthCommand(app);
+  SampleCommand(app);
+  BenchCommand(app);
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::ParseError& e) {
+    return app.exit(e);
+  }
+  return 0;
+}

@@ -1,0 +1,85 @@
+#include "server/model_registry.h"
+
+#include <spdlog/spdlog.h>
+
+#include <filesystem>
+
+namespace spritediff {
+
+namespace fs = std::filesystem;
+
+ModelRegistry::ModelRegistry(std::string models_dir, std::string default_model, torch::Device device,
+                             SchedulerLimits limits)
+    : models_dir_(std::move(models_dir)), device_(device), limits_(limits), default_model_(std::move(default_model)) {}
+
+ModelRegistry::~ModelRegistry() { StopAll(); }
+
+Status ModelRegistry::LoadAll() {
+  std::error_code ec;
+  if (!fs::is_directory(models_dir_, ec)) return Status::NotFound("models_dir " + models_dir_ + " is not a directory");
+  std::vector<fs::path> dirs;
+  for (const auto& entry : fs::directory_iterator(models_dir_, ec)) {
+    if (entry.is_directory() && fs::exists(entry.path() / "model.json")) dirs.push_back(entry.path());
+  }
+  std::sort(dirs.begin(), dirs.end());
+  for (const fs::path& dir : dirs) {
+    Status s = Add(dir.filename().string(), dir.string());
+    if (!s.ok()) spdlog::warn("skipping model {}: {}", dir.string(), s.message());
+  }
+  std::lock_guard<std::mutex> lock(mu_);
+  if (models_.empty()) return Status::NotFound("no loadable model under " + models_dir_);
+  if (models_.count(default_model_) == 0) {
+    if (!default_model_.empty()) {
+      return Status::NotFound("default model '" + default_model_ + "' is not under " + models_dir_);
+    }
+    default_model_ = models_.begin()->first;
+  }
+  return Status::Ok();
+}
+
+Status ModelRegistry::Add(const std::string& name, const std::string& dir) {
+  Result<LoadedModel> loaded = LoadModel(dir);
+  if (!loaded.ok()) return loaded.status();
+  auto served = std::make_shared<ServedModel>();
+  served->name = name;
+  served->dir = dir;
+  served->info = loaded->info;
+  served->parameters = ParameterCount(*loaded->net);
+  served->scheduler = std::make_unique<BatchScheduler>(name, *loaded, device_, limits_);
+  std::shared_ptr<ServedModel> previous;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    auto it = models_.find(name);
+    if (it != models_.end()) previous = it->second;
+    models_[name] = served;
+  }
+  // Requests running on the replaced model end with UNAVAILABLE; new ones go to the new model.
+  if (previous) previous->scheduler->Stop();
+  spdlog::info("model {} loaded from {} ({}x{}, labels {}, {} parameters)", name, dir, served->info.arch.height,
+               served->info.arch.height, served->info.labels.size(), served->parameters);
+  return Status::Ok();
+}
+
+std::shared_ptr<ServedModel> ModelRegistry::Find(const std::string& name) const {
+  std::lock_guard<std::mutex> lock(mu_);
+  auto it = models_.find(name.empty() ? default_model_ : name);
+  return it == models_.end() ? nullptr : it->second;
+}
+
+std::vector<std::shared_ptr<ServedModel>> ModelRegistry::List() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  std::vector<std::shared_ptr<ServedModel>> out;
+  for (const auto& [name, model] : models_) out.push_back(model);
+  return out;
+}
+
+std::string ModelRegistry::default_model() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  return default_model_;
+}
+
+void ModelRegistry::StopAll() {
+  for (const auto& model : List()) model->scheduler->Stop();
+}
+
+}  // namespace spritediff

@@ -1,0 +1,119 @@
+#include "server/sample_plan.h"
+
+#include <cmath>
+#include <random>
+
+namespace spritediff {
+
+namespace {
+
+grpc::Status Invalid(const std::string& message) { return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, message); }
+
+uint64_t RandomSeed() {
+  static std::mutex mu;
+  static std::mt19937_64 rng{std::random_device{}()};
+  std::lock_guard<std::mutex> lock(mu);
+  uint64_t seed = 0;
+  while (seed == 0 || seed > (UINT64_MAX >> 1)) seed = rng() >> 1;
+  return seed;
+}
+
+}  // namespace
+
+grpc::Status ToGrpc(const Status& s) {
+  using C = Status::Code;
+  grpc::StatusCode code = grpc::StatusCode::INTERNAL;
+  switch (s.code()) {
+    case C::kOk: return grpc::Status::OK;
+    case C::kInvalidArgument: code = grpc::StatusCode::INVALID_ARGUMENT; break;
+    case C::kNotFound: code = grpc::StatusCode::NOT_FOUND; break;
+    case C::kFailedPrecondition: code = grpc::StatusCode::FAILED_PRECONDITION; break;
+    case C::kCancelled: code = grpc::StatusCode::CANCELLED; break;
+    case C::kDeadlineExceeded: code = grpc::StatusCode::DEADLINE_EXCEEDED; break;
+    case C::kResourceExhausted: code = grpc::StatusCode::RESOURCE_EXHAUSTED; break;
+    case C::kUnavailable: code = grpc::StatusCode::UNAVAILABLE; break;
+    case C::kPermissionDenied: code = grpc::StatusCode::PERMISSION_DENIED; break;
+    case C::kIoError:
+    case C::kInternal: code = grpc::StatusCode::INTERNAL; break;
+  }
+  return grpc::Status(code, s.message());
+}
+
+grpc::Status PlanSample(const v1::SampleRequest& req, const ServedModel& model, const AppConfig& config,
+                        SamplePlan* plan) {
+  const ModelInfo& info = model.info;
+  const int T = info.schedule.timesteps;
+  const int count = req.count() == 0 ? 1 : static_cast<int>(std::min<uint32_t>(req.count(), 1u << 20));
+  if (count > config.max_rows_per_request) {
+    return Invalid("count must be in [1, " + std::to_string(config.max_rows_per_request) + "], got " +
+                   std::to_string(req.count()));
+  }
+  switch (req.sampler()) {
+    case v1::SAMPLER_UNSPECIFIED:
+    case v1::SAMPLER_DDIM: plan->sampler = SamplerKind::kDdim; break;
+    case v1::SAMPLER_DDPM: plan->sampler = SamplerKind::kDdpm; break;
+    default: return Invalid("sampler must be SAMPLER_DDPM or SAMPLER_DDIM, got " + std::to_string(req.sampler()));
+  }
+  const int default_steps = plan->sampler == SamplerKind::kDdpm ? T : std::min(25, T);
+  if (req.steps() > static_cast<uint32_t>(T)) {
+    return Invalid("steps must be in [1, " + std::to_string(T) + "] (0 = default), got " + std::to_string(req.steps()));
+  }
+  plan->steps = req.steps() == 0 ? default_steps : static_cast<int>(req.steps());
+  if (!(req.eta() >= 0.0f && req.eta() <= 1.0f)) {
+    return Invalid("eta must be in [0, 1], got " + std::to_string(req.eta()));
+  }
+  plan->guidance = req.has_guidance_scale() ? req.guidance_scale() : 1.0;
+  if (!(plan->guidance >= 0.0 && plan->guidance <= 20.0)) {
+    return Invalid("guidance_scale must be in [0, 20], got " + std::to_string(plan->guidance));
+  }
+  if (req.frame_every() > static_cast<uint32_t>(plan->steps)) {
+    return Invalid("frame_every must be in [0, steps=" + std::to_string(plan->steps) + "], got " +
+                   std::to_string(req.frame_every()));
+  }
+  plan->frame_every = static_cast<int>(req.frame_every());
+  if (plan->frame_every > 0 && plan->steps / plan->frame_every > config.max_frames_per_request) {
+    plan->frame_every = (plan->steps + config.max_frames_per_request - 1) / config.max_frames_per_request;
+  }
+  plan->include_x0 = req.include_x0();
+
+  std::vector<float> context(info.arch.n_cfeat, 0.0f);
+  if (req.labels_size() > 0 && req.context_size() > 0) return Invalid("give labels or context, not both");
+  if (req.context_size() > 0) {
+    if (req.context_size() != info.arch.n_cfeat) {
+      return Invalid("context must have exactly " + std::to_string(info.arch.n_cfeat) + " values for model '" +
+                     model.name + "', got " + std::to_string(req.context_size()));
+    }
+    for (int i = 0; i < req.context_size(); ++i) {
+      const float v = req.context(i);
+      if (!std::isfinite(v) || std::fabs(v) > 100.0f) {
+        return Invalid("context[" + std::to_string(i) + "] must be finite and in [-100, 100]");
+      }
+      context[i] = v;
+    }
+  } else if (req.labels_size() > 0) {
+    if (req.labels_size() > 64) return Invalid("labels may hold at most 64 entries");
+    std::vector<std::pair<std::string, float>> mix;
+    for (const auto& lw : req.labels()) mix.emplace_back(lw.label(), lw.has_weight() ? lw.weight() : 1.0f);
+    Result<std::vector<float>> ctx = ContextFromLabels(info.labels, mix);
+    if (!ctx.ok()) return Invalid("labels: " + ctx.status().message());
+    context = *ctx;
+  }
+
+  const uint64_t seed = req.seed() == 0 ? RandomSeed() : req.seed();
+  plan->rows.clear();
+  for (int i = 0; i < count; ++i) {
+    RowSpec spec;
+    spec.sampler = plan->sampler;
+    spec.steps = plan->steps;
+    spec.eta = req.eta();
+    spec.guidance = plan->guidance;
+    spec.context = context;
+    spec.seed = seed + static_cast<uint64_t>(i);
+    Status s = ValidateRowSpec(spec, T, info.arch.n_cfeat);
+    if (!s.ok()) return Invalid(s.message());
+    plan->rows.push_back(std::move(spec));
+  }
+  return grpc::Status::OK;
+}
+
+}  // namespace spritediff

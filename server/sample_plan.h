@@ -1,0 +1,31 @@
+// Turns a SampleRequest into a validated plan at the RPC boundary: every field is checked
+// against the model and the config, and an error names the field and its allowed range.
+#pragma once
+
+#include <grpcpp/grpcpp.h>
+
+#include <vector>
+
+#include "core/sampler.h"
+#include "server/config.h"
+#include "server/model_registry.h"
+#include "spritediff/v1/sprites.pb.h"
+
+namespace spritediff {
+
+struct SamplePlan {
+  std::vector<RowSpec> rows;
+  int frame_every = 0;  // after coarsening to max_frames_per_request
+  bool include_x0 = false;
+  int steps = 0;
+  SamplerKind sampler = SamplerKind::kDdim;
+  double guidance = 1.0;
+};
+
+grpc::Status PlanSample(const v1::SampleRequest& request, const ServedModel& model, const AppConfig& config,
+                        SamplePlan* plan);
+
+// core Status -> gRPC status with the same meaning.
+grpc::Status ToGrpc(const Status& status);
+
+}  // namespace spritediff

@@ -1,0 +1,91 @@
+#include "server/serve_command.h"
+
+#include <grpcpp/ext/proto_server_reflection_plugin.h>
+#include <grpcpp/grpcpp.h>
+#include <grpcpp/health_check_service_interface.h>
+#include <spdlog/spdlog.h>
+
+#include <csignal>
+#include <iostream>
+
+#include "core/runtime.h"
+#include "server/model_registry.h"
+#include "server/sprites_service.h"
+
+namespace spritediff {
+
+namespace {
+
+[[noreturn]] void Fail(const std::string& message) {
+  std::cerr << "spritediffd: error: " << message << "\n";
+  throw CLI::RuntimeError(1);
+}
+
+}  // namespace
+
+void AddServeCommand(CLI::App& app, const CommonOptions& common) {
+  struct Args {
+    int port = -1;
+    std::string bind;
+    std::string models_dir;
+    std::string default_model;
+  };
+  auto a = std::make_shared<Args>();
+  auto* cmd = app.add_subcommand("serve", "serve every model under the models dir over gRPC");
+  cmd->add_option("--port", a->port, "TCP port (overrides config; default 50051)")->check(CLI::Range(0, 65535));
+  cmd->add_option("--bind", a->bind, "bind address (overrides config; default 127.0.0.1)");
+  cmd->add_option("--models-dir", a->models_dir, "directory of model directories (overrides config)");
+  cmd->add_option("--default-model", a->default_model, "model used when a request names none (overrides config)");
+  cmd->callback([a, &common] {
+    AppConfig config = ResolveConfig(common);
+    if (a->port >= 0) config.port = a->port;
+    if (!a->bind.empty()) config.bind = a->bind;
+    if (!a->models_dir.empty()) config.models_dir = a->models_dir;
+    if (!a->default_model.empty()) config.default_model = a->default_model;
+    Status valid = config.Validate();
+    if (!valid.ok()) Fail(valid.message());
+
+    // Signals are taken by sigwait below; every thread started from here on inherits the mask.
+    sigset_t signals;
+    sigemptyset(&signals);
+    sigaddset(&signals, SIGINT);
+    sigaddset(&signals, SIGTERM);
+    pthread_sigmask(SIG_BLOCK, &signals, nullptr);
+
+    Result<std::string> device = ResolveDevice(config.device);
+    if (!device.ok()) Fail(device.status().message());
+    const int threads = ConfigureThreads(config.threads);
+    ModelRegistry registry(config.models_dir, config.default_model, torch::Device(*device),
+                           SchedulerLimits{config.max_batch_rows, config.max_queued_rows});
+    Status loaded = registry.LoadAll();
+    if (!loaded.ok()) Fail(loaded.message());
+
+    SpritesService sprites(registry, config);
+    grpc::EnableDefaultHealthCheckService(true);
+    grpc::reflection::InitProtoReflectionServerBuilderPlugin();
+    grpc::ServerBuilder builder;
+    const std::string address = config.bind + ":" + std::to_string(config.port);
+    int bound_port = 0;
+    builder.AddListeningPort(address, grpc::InsecureServerCredentials(), &bound_port);
+    builder.RegisterService(&sprites);
+    builder.SetMaxSendMessageSize(64 << 20);
+    std::unique_ptr<grpc::Server> server = builder.BuildAndStart();
+    if (!server || bound_port == 0) Fail("cannot listen on " + address + " (address in use or not permitted?)");
+    grpc::HealthCheckServiceInterface* health = server->GetHealthCheckService();
+    health->SetServingStatus("spritediff.v1.Sprites", true);
+    spdlog::info("spritediffd listening on {}:{} (device {}, {} threads, default model {})", config.bind, bound_port,
+                 *device, threads, registry.default_model());
+
+    int received = 0;
+    sigwait(&signals, &received);
+    spdlog::info("signal {}: draining (grace {}s)", received == SIGINT ? "SIGINT" : "SIGTERM", config.shutdown_grace_s);
+    health->SetServingStatus(false);
+    // New calls are refused at once; calls in flight get the grace period, then are cancelled.
+    server->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(config.shutdown_grace_s));
+    registry.StopAll();
+    server->Wait();
+    spdlog::info("stopped");
+  });
+}
+
+}  // namespace spritediff

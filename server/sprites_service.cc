@@ -1,0 +1,245 @@
+#include "server/sprites_service.h"
+
+#include <spdlog/spdlog.h>
+
+#include <deque>
+#include <mutex>
+#include <optional>
+
+#include "server/sample_plan.h"
+
+namespace spritediff {
+
+namespace {
+
+const char* CodeName(grpc::StatusCode code) {
+  switch (code) {
+    case grpc::StatusCode::OK: return "OK";
+    case grpc::StatusCode::CANCELLED: return "CANCELLED";
+    case grpc::StatusCode::INVALID_ARGUMENT: return "INVALID_ARGUMENT";
+    case grpc::StatusCode::DEADLINE_EXCEEDED: return "DEADLINE_EXCEEDED";
+    case grpc::StatusCode::NOT_FOUND: return "NOT_FOUND";
+    case grpc::StatusCode::RESOURCE_EXHAUSTED: return "RESOURCE_EXHAUSTED";
+    case grpc::StatusCode::UNAVAILABLE: return "UNAVAILABLE";
+    case grpc::StatusCode::INTERNAL: return "INTERNAL";
+    default: return "ERROR";
+  }
+}
+
+// One Sample call. Events come from the model's scheduler thread; at most one write is in
+// flight; frames for a slow reader are dropped oldest-first past max_pending_frames, the
+// Result never. Finish is called exactly once: directly for a request that never reached the
+// scheduler, otherwise after the job's on_done, so the scheduler never outlives the reactor.
+class SampleReactor : public grpc::ServerWriteReactor<v1::SampleEvent> {
+ public:
+  SampleReactor(std::string id, int max_pending_frames) : id_(std::move(id)), max_pending_(max_pending_frames) {}
+
+  void FinishNow(const grpc::Status& status, const std::string& model) {
+    spdlog::info("request {} model {} status {} ({})", id_, model.empty() ? "-" : model, CodeName(status.error_code()),
+                 status.error_message());
+    Finish(status);
+  }
+
+  void Run(std::shared_ptr<SampleJob> job, BatchScheduler* scheduler, const std::string& model, int steps) {
+    job_ = job;
+    scheduler_ = scheduler;
+    job->on_frame = [this](FrameData&& f) { OnFrame(std::move(f)); };
+    job->on_done = [this, model, steps, rows = job->rows.size()](JobOutcome&& o) { OnJobDone(std::move(o), model, rows, steps); };
+    Status submitted = scheduler->Submit(job);
+    if (!submitted.ok()) {
+      job_.reset();
+      FinishNow(ToGrpc(submitted), model);
+    }
+  }
+
+  void OnWriteDone(bool ok) override {
+    std::unique_lock<std::mutex> lock(mu_);
+    writing_ = false;
+    if (!ok && !broken_) {
+      broken_ = true;  // the client is gone: stop sending, let the scheduler drop the rows
+      frames_.clear();
+      result_.reset();
+      if (job_done_) {
+        if (!final_status_) final_status_ = grpc::Status(grpc::StatusCode::CANCELLED, "client went away");
+      } else {
+        job_->cancelled.store(true);
+        scheduler_->Wake();
+      }
+    }
+    if (ok && wrote_result_ && !final_status_) final_status_ = grpc::Status::OK;
+    Pump(lock);
+  }
+
+  void OnCancel() override {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (job_ && !final_status_) {
+      job_->cancelled.store(true);
+      scheduler_->Wake();
+    }
+  }
+
+  void OnDone() override { delete this; }
+
+ private:
+  void OnFrame(FrameData&& f) {
+    std::unique_lock<std::mutex> lock(mu_);
+    if (broken_) return;
+    v1::SampleEvent ev;
+    v1::Frame* frame = ev.mutable_frame();
+    frame->set_step(f.step);
+    frame->set_total_steps(f.total_steps);
+    frame->set_t(f.t);
+    for (auto& png : f.images) frame->add_images(std::move(png));
+    for (auto& png : f.x0_images) frame->add_x0_images(std::move(png));
+    frames_.push_back(std::move(ev));
+    while (static_cast<int>(frames_.size()) > max_pending_) {
+      frames_.pop_front();
+      ++dropped_;
+    }
+    Pump(lock);
+  }
+
+  void OnJobDone(JobOutcome&& o, const std::string& model, size_t rows, int steps) {
+    std::unique_lock<std::mutex> lock(mu_);
+    spdlog::info("request {} model {} rows {} steps {} queued {:.1f}ms run {:.1f}ms status {}{}", id_, model, rows,
+                 steps, o.queued_ms, o.run_ms, CodeName(ToGrpc(o.status).error_code()),
+                 o.status.ok() ? "" : " (" + o.status.message() + ")");
+    if (!o.status.ok() || broken_) {
+      frames_.clear();
+      final_status_ = broken_ ? grpc::Status(grpc::StatusCode::CANCELLED, "client went away") : ToGrpc(o.status);
+    } else {
+      v1::SampleEvent ev;
+      v1::Result* r = ev.mutable_result();
+      for (auto& png : o.images) r->add_images(std::move(png));
+      for (const RowSpec& spec : job_->rows) r->add_seeds(spec.seed);
+      r->set_queued_ms(o.queued_ms);
+      r->set_run_ms(o.run_ms);
+      r->set_model(model);
+      r->set_steps(static_cast<uint32_t>(steps));
+      r->set_request_id(id_);
+      result_ = std::move(ev);
+    }
+    job_done_ = true;
+    Pump(lock);
+  }
+
+  // Starts the next write or the Finish, outside the lock; called with the lock held.
+  void Pump(std::unique_lock<std::mutex>& lock) {
+    if (writing_ || finished_) return;
+    if (!broken_ && !frames_.empty()) {
+      current_ = std::move(frames_.front());
+      frames_.pop_front();
+      current_.mutable_frame()->set_dropped_before(dropped_);
+      dropped_ = 0;
+      writing_ = true;
+      lock.unlock();
+      StartWrite(&current_);
+      return;
+    }
+    if (!broken_ && result_) {
+      current_ = std::move(*result_);
+      result_.reset();
+      wrote_result_ = true;
+      writing_ = true;
+      lock.unlock();
+      StartWrite(&current_);
+      return;
+    }
+    if (final_status_ && job_done_) {
+      finished_ = true;
+      const grpc::Status status = *final_status_;
+      lock.unlock();
+      Finish(status);
+    }
+  }
+
+  const std::string id_;
+  const int max_pending_;
+  std::shared_ptr<SampleJob> job_;
+  BatchScheduler* scheduler_ = nullptr;
+
+  std::mutex mu_;
+  std::deque<v1::SampleEvent> frames_;          // GUARDED_BY(mu_)
+  std::optional<v1::SampleEvent> result_;       // GUARDED_BY(mu_)
+  std::optional<grpc::Status> final_status_;    // GUARDED_BY(mu_)
+  v1::SampleEvent current_;                     // the write in flight
+  uint32_t dropped_ = 0;                        // GUARDED_BY(mu_)
+  bool writing_ = false;                        // GUARDED_BY(mu_)
+  bool wrote_result_ = false;                   // GUARDED_BY(mu_)
+  bool job_done_ = false;                       // GUARDED_BY(mu_)
+  bool broken_ = false;                         // GUARDED_BY(mu_)
+  bool finished_ = false;                       // GUARDED_BY(mu_)
+};
+
+}  // namespace
+
+grpc::ServerWriteReactor<v1::SampleEvent>* SpritesService::Sample(grpc::CallbackServerContext* context,
+                                                                   const v1::SampleRequest* request) {
+  char id[32];
+  std::snprintf(id, sizeof(id), "r%06llu", static_cast<unsigned long long>(next_id_++));
+  auto* reactor = new SampleReactor(id, config_.max_pending_frames);
+  std::shared_ptr<ServedModel> model = registry_.Find(request->model());
+  if (!model) {
+    reactor->FinishNow(grpc::Status(grpc::StatusCode::NOT_FOUND,
+                                    "model '" + request->model() + "' is not served; see ListModels"),
+                       request->model());
+    return reactor;
+  }
+  SamplePlan plan;
+  grpc::Status valid = PlanSample(*request, *model, config_, &plan);
+  if (!valid.ok()) {
+    reactor->FinishNow(valid, model->name);
+    return reactor;
+  }
+  auto job = std::make_shared<SampleJob>();
+  job->id = id;
+  job->rows = std::move(plan.rows);
+  job->frame_every = plan.frame_every;
+  job->include_x0 = plan.include_x0;
+  const auto deadline = context->deadline();
+  if (deadline != std::chrono::system_clock::time_point::max()) {
+    job->deadline = SteadyClock::now() + std::chrono::duration_cast<SteadyClock::duration>(
+                                             deadline - std::chrono::system_clock::now());
+  }
+  reactor->Run(job, model->scheduler.get(), model->name, plan.steps);
+  return reactor;
+}
+
+void SpritesService::Describe(const ServedModel& model, v1::ModelInfo* out) const {
+  out->set_name(model.name);
+  out->set_image_size(static_cast<uint32_t>(model.info.arch.height));
+  out->set_channels(static_cast<uint32_t>(model.info.arch.in_channels));
+  for (const auto& l : model.info.labels) out->add_labels(l);
+  v1::NoiseScheduleInfo* s = out->mutable_schedule();
+  s->set_kind("linear");
+  s->set_timesteps(static_cast<uint32_t>(model.info.schedule.timesteps));
+  s->set_beta1(model.info.schedule.beta1);
+  s->set_beta2(model.info.schedule.beta2);
+  out->set_provenance_json(model.info.provenance.dump());
+  out->set_is_default(model.name == registry_.default_model());
+  out->set_parameters(static_cast<uint64_t>(model.parameters));
+  out->set_n_feat(static_cast<uint32_t>(model.info.arch.n_feat));
+}
+
+grpc::ServerUnaryReactor* SpritesService::ListModels(grpc::CallbackServerContext* context,
+                                                     const v1::ListModelsRequest*, v1::ListModelsResponse* response) {
+  for (const auto& model : registry_.List()) Describe(*model, response->add_models());
+  auto* reactor = context->DefaultReactor();
+  reactor->Finish(grpc::Status::OK);
+  return reactor;
+}
+
+grpc::ServerUnaryReactor* SpritesService::GetModel(grpc::CallbackServerContext* context,
+                                                   const v1::GetModelRequest* request, v1::ModelInfo* response) {
+  auto* reactor = context->DefaultReactor();
+  std::shared_ptr<ServedModel> model = registry_.Find(request->name());
+  if (!model) {
+    reactor->Finish(grpc::Status(grpc::StatusCode::NOT_FOUND, "model '" + request->name() + "' is not served"));
+    return reactor;
+  }
+  Describe(*model, response);
+  reactor->Finish(grpc::Status::OK);
+  return reactor;
+}
+
+}  // namespace spritediff
