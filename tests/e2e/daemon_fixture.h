@@ -1,0 +1,132 @@
+// Starts the real spritediffd binary on a free port with a models dir of its own, and stops
+// it with SIGTERM (checking that it exits 0). Shared by the end-to-end tests.
+#pragma once
+
+#include <grpcpp/grpcpp.h>
+#include <gtest/gtest.h>
+#include <fcntl.h>
+#include <netinet/in.h>
+#include <signal.h>
+#include <sys/socket.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <filesystem>
+#include <fstream>
+#include <string>
+#include <thread>
+
+#include "core/checkpoint.h"
+#include "grpc/health/v1/health.grpc.pb.h"
+#include "spritediff/v1/sprites.grpc.pb.h"
+
+namespace spritediff::e2e {
+
+namespace fs = std::filesystem;
+
+inline int FreePort() {
+  int fd = socket(AF_INET, SOCK_STREAM, 0);
+  sockaddr_in addr{};
+  addr.sin_family = AF_INET;
+  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  addr.sin_port = 0;
+  bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr));
+  socklen_t len = sizeof(addr);
+  getsockname(fd, reinterpret_cast<sockaddr*>(&addr), &len);
+  close(fd);
+  return ntohs(addr.sin_port);
+}
+
+// A randomly initialised small model: the protocol does not care how good the sprites are.
+inline void WriteTinyModel(const fs::path& dir, const std::string& name) {
+  ModelInfo info;
+  info.name = name;
+  info.arch.n_feat = 16;
+  info.arch.height = 16;
+  info.labels = {"hero", "non_hero", "food", "spell", "item"};
+  torch::manual_seed(1);
+  ContextUnet net(info.arch);
+  net->eval();
+  Status s = SaveModel((dir / name).string(), info, net);
+  ASSERT_TRUE(s.ok()) << s.message();
+}
+
+class Daemon {
+ public:
+  // config: extra JSON config fields (max_batch_rows and the like).
+  void Start(const std::string& config_json) {
+    root_ = fs::temp_directory_path() / ("spritediff_e2e_" + std::to_string(::getpid()) + "_" + std::to_string(FreePort()));
+    fs::create_directories(root_ / "models");
+    WriteTinyModel(root_ / "models", "tiny");
+    std::ofstream(root_ / "config.json") << config_json;
+    port_ = FreePort();
+    const std::string log = (root_ / "daemon.log").string();
+    pid_ = fork();
+    if (pid_ == 0) {
+      const int fd = ::open(log.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
+      dup2(fd, 1);
+      dup2(fd, 2);
+      const std::string bin = std::string(SPRITEDIFF_BIN_DIR) + "/spritediffd";
+      const std::string config = (root_ / "config.json").string();
+      const std::string port = std::to_string(port_);
+      const std::string models = (root_ / "models").string();
+      execl(bin.c_str(), bin.c_str(), "--config", config.c_str(), "--threads", "1", "--device", "cpu", "serve",
+            "--port", port.c_str(), "--models-dir", models.c_str(), "--default-model", "tiny", nullptr);
+      _exit(127);
+    }
+    // A fresh channel per probe: a channel that failed once waits out its reconnect backoff.
+    for (int i = 0; i < 300; ++i) {
+      grpc::ChannelArguments args;
+      args.SetInt(GRPC_ARG_USE_LOCAL_SUBCHANNEL_POOL, 1);
+      auto probe = grpc::CreateCustomChannel(address(), grpc::InsecureChannelCredentials(), args);
+      auto health = grpc::health::v1::Health::NewStub(probe);
+      grpc::ClientContext ctx;
+      ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::milliseconds(200));
+      grpc::health::v1::HealthCheckResponse resp;
+      if (health->Check(&ctx, {}, &resp).ok() && resp.status() == grpc::health::v1::HealthCheckResponse::SERVING) {
+        channel_ = grpc::CreateChannel(address(), grpc::InsecureChannelCredentials());
+        return;
+      }
+      int status = 0;
+      if (waitpid(pid_, &status, WNOHANG) == pid_) break;
+      std::this_thread::sleep_for(std::chrono::milliseconds(100));
+    }
+    FAIL() << "daemon did not become healthy; log:\n" << Log();
+  }
+
+  // SIGTERM, then the exit status (0 expected).
+  int Stop() {
+    if (pid_ <= 0) return -1;
+    channel_.reset();  // an idle client connection would hold up the drain
+    kill(pid_, SIGTERM);
+    int status = 0;
+    waitpid(pid_, &status, 0);
+    pid_ = -1;
+    return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+  }
+
+  ~Daemon() {
+    if (pid_ > 0) {
+      kill(pid_, SIGKILL);
+      waitpid(pid_, nullptr, 0);
+    }
+    if (!root_.empty()) fs::remove_all(root_);
+  }
+
+  std::string address() const { return "127.0.0.1:" + std::to_string(port_); }
+  std::shared_ptr<grpc::Channel> channel() const { return channel_; }
+  const fs::path& root() const { return root_; }
+  std::string Log() const {
+    std::ifstream in(root_ / "daemon.log");
+    return std::string(std::istreambuf_iterator<char>(in), {});
+  }
+
+ private:
+  fs::path root_;
+  int port_ = 0;
+  pid_t pid_ = -1;
+  std::shared_ptr<grpc::Channel> channel_;
+};
+
+}  // namespace spritediff::e2e
