@@ -187,9 +187,12 @@ void AddSampleCommand(CLI::App& app, const CommonOptions& common) {
     uint64_t seed = 0;
     std::string out;
     int upscale = 4;
+    int per_label = 0;
   };
   auto a = std::make_shared<Args>();
   auto* cmd = app.add_subcommand("sample", "sample sprites offline and write PNGs");
+  cmd->add_option("--per-label", a->per_label, "N sprites of every label, one grid row per label (instead of --label)")
+      ->check(CLI::Range(0, 256));
   cmd->add_option("--model", a->model, "model directory, or a name under the models dir")->capture_default_str();
   cmd->add_option("--label", a->labels, "label to condition on, NAME or NAME:WEIGHT; repeat to mix");
   cmd->add_option("--context", a->context, "raw context vector, comma separated (instead of --label)");
@@ -218,6 +221,9 @@ void AddSampleCommand(CLI::App& app, const CommonOptions& common) {
     spec.eta = a->eta;
     spec.guidance = a->guidance;
     if (!a->labels.empty() && !a->context.empty()) Fail("give --label or --context, not both");
+    if (a->per_label > 0 && (!a->labels.empty() || !a->context.empty())) {
+      Fail("--per-label makes every label; leave out --label and --context");
+    }
     if (!a->context.empty()) {
       Result<std::vector<float>> ctx = ParseContext(a->context);
       if (!ctx.ok()) Fail(ctx.status().message());
@@ -235,9 +241,23 @@ void AddSampleCommand(CLI::App& app, const CommonOptions& common) {
     if (!valid.ok()) Fail("--" + valid.message());
     uint64_t seed = a->seed;
     if (seed == 0) seed = std::random_device{}() | 1ULL;
-    std::vector<RowSpec> specs(a->count, spec);
-    for (int i = 0; i < a->count; ++i) specs[i].seed = seed + i;
-
+    std::vector<RowSpec> specs;
+    if (a->per_label > 0) {
+      // Row c of the grid is label c; column i uses seed + i in every row.
+      for (size_t c = 0; c < info.labels.size(); ++c) {
+        for (int i = 0; i < a->per_label; ++i) {
+          RowSpec s = spec;
+          s.context.assign(info.labels.size(), 0.0f);
+          s.context[c] = 1.0f;
+          s.seed = seed + i;
+          specs.push_back(s);
+        }
+      }
+    } else {
+      specs.assign(a->count, spec);
+      for (int i = 0; i < a->count; ++i) specs[i].seed = seed + i;
+    }
+    const int total = static_cast<int>(specs.size());
     std::error_code ec;
     fs::create_directories(a->out, ec);
     if (ec) Fail(a->out + ": cannot create (" + ec.message() + ")");
@@ -245,7 +265,7 @@ void AddSampleCommand(CLI::App& app, const CommonOptions& common) {
     torch::Tensor x = SampleAll(model->net, NoiseSchedule(info.schedule), specs, torch::Device(device));
     const double seconds = std::chrono::duration<double>(Clock::now() - start).count();
     std::vector<Image> tiles;
-    for (int i = 0; i < a->count; ++i) {
+    for (int i = 0; i < total; ++i) {
       Image sprite = TensorToImage(x[i]);
       char name[64];
       std::snprintf(name, sizeof(name), "sprite-%03d.png", i);
@@ -253,11 +273,11 @@ void AddSampleCommand(CLI::App& app, const CommonOptions& common) {
       if (!s.ok()) Fail(s.message());
       tiles.push_back(UpscaleNearest(sprite, a->upscale));
     }
-    Result<Image> grid = MakeGrid(tiles, std::min(a->count, 8), a->upscale);
+    Result<Image> grid = MakeGrid(tiles, a->per_label > 0 ? a->per_label : std::min(total, 8), a->upscale);
     if (!grid.ok()) Fail(grid.status().message());
     Status s = WritePng((fs::path(a->out) / "grid.png").string(), *grid);
     if (!s.ok()) Fail(s.message());
-    spdlog::info("{} sprites from {} ({} {} steps, guidance {}, seed {}) in {:.2f}s -> {}", a->count, info.name,
+    spdlog::info("{} sprites from {} ({} {} steps, guidance {}, seed {}) in {:.2f}s -> {}", total, info.name,
                  SamplerName(spec.sampler), spec.steps, spec.guidance, seed, seconds, a->out);
   });
 }
