@@ -21,6 +21,7 @@ int main(int argc, char** argv) {
   spritediff::AddSampleCommand(app, common);
   spritediff::AddBenchCommand(app, common);
   spritediff::AddServeCommand(app, common);
+  spritediff::AddImportCommand(app, common);
 
   try {
     app.parse(argc, argv);

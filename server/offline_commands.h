@@ -25,5 +25,6 @@ AppConfig ResolveConfig(const CommonOptions& common);
 void AddTrainCommand(CLI::App& app, const CommonOptions& common);
 void AddSampleCommand(CLI::App& app, const CommonOptions& common);
 void AddBenchCommand(CLI::App& app, const CommonOptions& common);
+void AddImportCommand(CLI::App& app, const CommonOptions& common);
 
 }  // namespace spritediff
