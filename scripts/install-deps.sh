@@ -10,6 +10,7 @@ PACKAGES=(
   libspdlog-dev nlohmann-json3-dev libpng-dev libgif-dev
   libcli11-dev libcpp-httplib-dev
   libgtest-dev
+  python3 python3-yaml
 )
 
 missing=()

@@ -1,0 +1,51 @@
+#!/usr/bin/env bash
+# Builds docker/Dockerfile without a docker engine (Debian's buildah, chroot isolation, on a
+# bookworm base made with debootstrap; see ../shared/notes/containers.md), starts the daemon
+# from the image, and checks from outside that the health service answers and that a sample
+# request returns sprites. Prints each check. Needs root. Slow (a full build): not a CTest.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PORT=${PORT:-50061}
+ROOTFS=${ROOTFS:-/var/tmp/spritediff-bookworm-rootfs}
+
+step() { printf '\n== %s\n' "$*"; }
+
+step "tools: buildah, podman, debootstrap"
+command -v buildah >/dev/null && command -v debootstrap >/dev/null && command -v podman >/dev/null || \
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq buildah podman debootstrap >/dev/null
+
+if ! podman image exists docker.io/library/debian:bookworm-slim; then
+  step "base image: debootstrap --variant=minbase bookworm (close to, not the same as, the official slim image)"
+  MIRROR=$(sed -n 's/^URIs: //p' /etc/apt/sources.list.d/debian.sources | head -1)
+  rm -rf "$ROOTFS"
+  debootstrap --variant=minbase bookworm "$ROOTFS" "$MIRROR" >/dev/null
+  tar -C "$ROOTFS" -c . | podman import - localhost/debian:bookworm-slim >/dev/null
+  podman tag localhost/debian:bookworm-slim docker.io/library/debian:bookworm-slim
+fi
+
+step "build: buildah bud -f docker/Dockerfile -t spritediff:cpu ."
+buildah bud --pull=never --isolation chroot -t spritediff:cpu -f docker/Dockerfile .
+
+step "run: spritediffd serve from the image on port $PORT"
+c=$(buildah from spritediff:cpu)
+cleanup() { pkill -f "spritediffd --config configs/container.json serve --port $PORT" 2>/dev/null || true; buildah rm "$c" >/dev/null 2>&1 || true; }
+trap cleanup EXIT
+buildah run --isolation chroot --user spritediff --workingdir /srv/spritediff "$c" -- \
+  spritediffd --config configs/container.json serve --port "$PORT" > /tmp/spritediff-image.log 2>&1 &
+for _ in $(seq 120); do
+  build/bin/spritectl health --server "127.0.0.1:$PORT" --connect-timeout 0.5 >/dev/null 2>&1 && break
+  sleep 1
+done
+
+step "check: health from outside the image (host spritectl)"
+build/bin/spritectl health --server "127.0.0.1:$PORT"
+step "check: health with the image's own spritectl (the HEALTHCHECK command)"
+buildah run --isolation chroot "$c" -- spritectl health --server "127.0.0.1:$PORT"
+step "check: a sample request returns sprites"
+out=$(mktemp -d)
+build/bin/spritectl sample --server "127.0.0.1:$PORT" --label food --count 4 --quiet --out "$out"
+ls "$out"
+test -s "$out/sprite-003.png" && test -s "$out/grid.png"
+step "check: the daemon runs as a non-root user"
+buildah run --isolation chroot --user spritediff "$c" -- id
+echo; echo "verify-image: all checks passed (daemon log: /tmp/spritediff-image.log)"

@@ -1,0 +1,86 @@
+#!/usr/bin/env python3
+"""Checks that the compose and Kubernetes files parse and carry what operators rely on.
+
+Run by CTest (test name deploy_files). Exits non-zero with one line per problem.
+"""
+import json
+import os
+import sys
+
+import yaml
+
+ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..")
+problems = []
+
+
+def check(cond, msg):
+    if not cond:
+        problems.append(msg)
+
+
+def load_all(rel):
+    with open(os.path.join(ROOT, rel)) as f:
+        return [d for d in yaml.safe_load_all(f) if d is not None]
+
+
+# compose
+compose = load_all("deploy/compose.yaml")[0]
+services = compose.get("services", {})
+gpu = services.get("spritediff", {})
+devices = gpu.get("deploy", {}).get("resources", {}).get("reservations", {}).get("devices", [])
+check(any(d.get("driver") == "nvidia" and "gpu" in d.get("capabilities", []) for d in devices),
+      "compose: spritediff must reserve an nvidia device with capabilities [gpu]")
+cpu = services.get("spritediff-cpu", {})
+check("cpu" in cpu.get("profiles", []), "compose: a spritediff-cpu service in profile 'cpu'")
+check(not cpu.get("deploy"), "compose: the CPU service reserves no GPU")
+for name, svc in [("spritediff", gpu), ("spritediff-cpu", cpu)]:
+    vols = svc.get("volumes", [])
+    check(any(str(v).endswith("/models") for v in vols), f"compose {name}: a models volume")
+    check(any(str(v).endswith(":ro") and "/data" in str(v) for v in vols), f"compose {name}: training data read-only")
+    check(any("/state" in str(v) for v in vols), f"compose {name}: a job state volume")
+    check("healthcheck" in svc and "health" in " ".join(svc["healthcheck"].get("test", [])),
+          f"compose {name}: a healthcheck through spritectl health")
+    check(any("50051" in str(p) for p in svc.get("ports", [])), f"compose {name}: the gRPC port")
+
+# kubernetes
+docs = []
+for f in sorted(os.listdir(os.path.join(ROOT, "deploy", "k8s"))):
+    if f.endswith(".yaml"):
+        docs += load_all(os.path.join("deploy", "k8s", f))
+kinds = {}
+for d in docs:
+    kinds.setdefault(d["kind"], []).append(d)
+for kind in ["Deployment", "Service", "ConfigMap", "PersistentVolumeClaim", "Job"]:
+    check(kind in kinds, f"k8s: a {kind}")
+
+config = json.loads(kinds["ConfigMap"][0]["data"]["container.json"])
+with open(os.path.join(ROOT, "configs", "default.json")) as f:
+    known = set(json.load(f))
+check(set(config) <= known, f"k8s ConfigMap: unknown config keys {sorted(set(config) - known)}")
+check(config.get("bind") == "0.0.0.0", "k8s ConfigMap: bind 0.0.0.0 inside the pod")
+
+dep = kinds["Deployment"][0]["spec"]["template"]["spec"]
+main = dep["containers"][0]
+check(main["resources"]["limits"].get("nvidia.com/gpu") == 1, "k8s Deployment: nvidia.com/gpu: 1")
+check("requests" in main["resources"], "k8s Deployment: resource requests")
+for probe in ["livenessProbe", "readinessProbe"]:
+    check("grpc" in main.get(probe, {}), f"k8s Deployment: native gRPC {probe}")
+check(dep.get("terminationGracePeriodSeconds", 30) > config.get("shutdown_grace_s", 10),
+      "k8s Deployment: terminationGracePeriodSeconds must exceed shutdown_grace_s")
+svc = kinds["Service"][0]["spec"]
+check(svc["ports"][0]["port"] == 50051, "k8s Service: port 50051")
+job = kinds["Job"][0]["spec"]["template"]["spec"]["containers"][0]
+check(job["resources"]["limits"].get("nvidia.com/gpu") == 1, "k8s Job: training has its own GPU")
+
+# Dockerfiles: one source of truth with the README, non-root, health-checked.
+for name in ["docker/Dockerfile", "docker/Dockerfile.cuda"]:
+    with open(os.path.join(ROOT, name)) as f:
+        text = f.read()
+    check("scripts/install-deps.sh" in text and "make build" in text, f"{name}: builds with install-deps.sh and make build")
+    check("\nUSER " in text and "USER root" not in text, f"{name}: runs as a non-root user")
+    check("HEALTHCHECK" in text and "spritectl" in text, f"{name}: HEALTHCHECK through the gRPC health service")
+
+for p in problems:
+    print("deploy check:", p)
+print(f"deploy files: {len(problems)} problem(s)")
+sys.exit(1 if problems else 0)
