@@ -19,6 +19,7 @@ Status GifError(const std::string& path, int code) {
 Status WriteGif(const std::string& path, const std::vector<Image>& frames, int delay_cs, int last_delay_cs) {
   if (frames.empty()) return Status::InvalidArgument("GIF needs at least one frame");
   const int w = frames.front().width, h = frames.front().height;
+  if (w > 65535 || h > 65535) return Status::InvalidArgument("GIF frames are limited to 65535 pixels per side");
   for (const Image& f : frames) {
     if (f.width != w || f.height != h || f.channels != 3) {
       return Status::InvalidArgument("GIF frames must be RGB and share one size");

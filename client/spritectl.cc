@@ -15,7 +15,9 @@
 #include <sstream>
 #include <thread>
 
+#include "client/cli_common.h"
 #include "client/gif_writer.h"
+#include "client/train_commands.h"
 #include "core/image.h"
 #include "grpc/health/v1/health.grpc.pb.h"
 #include "spritediff/v1/sprites.grpc.pb.h"
@@ -27,70 +29,9 @@ using spritediff::Image;
 using spritediff::Result;
 using spritediff::Status;
 
+using namespace spritectl;
+
 namespace {
-
-struct Connection {
-  std::string server = "127.0.0.1:50051";
-  double timeout_s = 120;
-  double connect_timeout_s = 5;
-};
-
-[[noreturn]] void Fail(const std::string& message) {
-  std::cerr << "spritectl: error: " << message << "\n";
-  throw CLI::RuntimeError(1);
-}
-
-const char* CodeName(grpc::StatusCode code) {
-  static const std::map<grpc::StatusCode, const char*> names = {
-      {grpc::StatusCode::OK, "OK"},
-      {grpc::StatusCode::CANCELLED, "CANCELLED"},
-      {grpc::StatusCode::UNKNOWN, "UNKNOWN"},
-      {grpc::StatusCode::INVALID_ARGUMENT, "INVALID_ARGUMENT"},
-      {grpc::StatusCode::DEADLINE_EXCEEDED, "DEADLINE_EXCEEDED"},
-      {grpc::StatusCode::NOT_FOUND, "NOT_FOUND"},
-      {grpc::StatusCode::ALREADY_EXISTS, "ALREADY_EXISTS"},
-      {grpc::StatusCode::PERMISSION_DENIED, "PERMISSION_DENIED"},
-      {grpc::StatusCode::RESOURCE_EXHAUSTED, "RESOURCE_EXHAUSTED"},
-      {grpc::StatusCode::FAILED_PRECONDITION, "FAILED_PRECONDITION"},
-      {grpc::StatusCode::ABORTED, "ABORTED"},
-      {grpc::StatusCode::UNIMPLEMENTED, "UNIMPLEMENTED"},
-      {grpc::StatusCode::INTERNAL, "INTERNAL"},
-      {grpc::StatusCode::UNAVAILABLE, "UNAVAILABLE"},
-  };
-  auto it = names.find(code);
-  return it == names.end() ? "ERROR" : it->second;
-}
-
-[[noreturn]] void FailRpc(const grpc::Status& s, const Connection& c) {
-  Fail(std::string(CodeName(s.error_code())) + ": " + s.error_message() +
-       (s.error_code() == grpc::StatusCode::UNAVAILABLE ? " (server " + c.server + ")" : ""));
-}
-
-std::shared_ptr<grpc::Channel> Connect(const Connection& c) {
-  grpc::ChannelArguments args;
-  args.SetMaxReceiveMessageSize(64 << 20);
-  auto channel = grpc::CreateCustomChannel(c.server, grpc::InsecureChannelCredentials(), args);
-  const auto deadline = std::chrono::system_clock::now() +
-                        std::chrono::milliseconds(static_cast<int64_t>(std::min(c.connect_timeout_s, c.timeout_s) * 1000));
-  if (!channel->WaitForConnected(deadline)) {
-    Fail("cannot reach spritediffd at " + c.server + " within " +
-         std::to_string(static_cast<int>(std::ceil(std::min(c.connect_timeout_s, c.timeout_s)))) +
-         "s (is it running? start it with `make serve`)");
-  }
-  return channel;
-}
-
-void SetDeadline(grpc::ClientContext& ctx, double seconds) {
-  ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::milliseconds(static_cast<int64_t>(seconds * 1000)));
-}
-
-void AddConnectionOptions(CLI::App* cmd, Connection& c) {
-  cmd->add_option("--server", c.server, "daemon address host:port")->capture_default_str();
-  cmd->add_option("--timeout", c.timeout_s, "seconds before a call is abandoned")->check(CLI::Range(0.1, 86400.0))
-      ->capture_default_str();
-  cmd->add_option("--connect-timeout", c.connect_timeout_s, "seconds to wait for the server to answer")
-      ->check(CLI::Range(0.1, 3600.0))->capture_default_str();
-}
 
 // NAME or NAME:WEIGHT.
 void AddLabels(v1::SampleRequest& req, const std::vector<std::string>& labels) {
@@ -185,6 +126,7 @@ class Progress {
  public:
   explicit Progress(bool tty) : tty_(tty), start_(Clock::now()) {}
   void Update(int step, int total) {
+    step = std::clamp(step, 0, std::max(total, 0));
     const double s = std::chrono::duration<double>(Clock::now() - start_).count();
     const double rate = step / std::max(s, 1e-9);
     const double eta = (total - step) / std::max(rate, 1e-9);
@@ -206,6 +148,20 @@ class Progress {
   bool tty_;
   Clock::time_point start_;
 };
+
+// The step count a request will run: --steps, or the server's default for the sampler.
+int ResolveSteps(v1::Sprites::Stub& stub, const RequestOptions& r, const Connection& c) {
+  if (r.steps > 0) return r.steps;
+  grpc::ClientContext ctx;
+  SetDeadline(ctx, c.timeout_s);
+  v1::GetModelRequest gm;
+  gm.set_name(r.model);
+  v1::ModelInfo info;
+  grpc::Status s = stub.GetModel(&ctx, gm, &info);
+  if (!s.ok()) FailRpc(s, c);
+  const int T = static_cast<int>(info.schedule().timesteps());
+  return r.sampler == "ddpm" ? T : std::min(25, T);
+}
 
 void ModelsCommand(CLI::App& app) {
   auto c = std::make_shared<Connection>();
@@ -291,19 +247,8 @@ void SampleCommand(CLI::App& app) {
     fs::create_directories(a->out, ec);
     if (ec) Fail("--out " + a->out + ": cannot create (" + ec.message() + ")");
     auto stub = v1::Sprites::NewStub(Connect(a->c));
-    // The step count is needed to pick a frame interval; ask the model for T when steps is 0.
-    int steps = a->r.steps;
-    if (steps == 0) {
-      grpc::ClientContext ctx;
-      SetDeadline(ctx, a->c.timeout_s);
-      v1::GetModelRequest gm;
-      gm.set_name(a->r.model);
-      v1::ModelInfo info;
-      grpc::Status s = stub->GetModel(&ctx, gm, &info);
-      if (!s.ok()) FailRpc(s, a->c);
-      steps = a->r.sampler == "ddpm" ? static_cast<int>(info.schedule().timesteps())
-                                     : std::min(25, static_cast<int>(info.schedule().timesteps()));
-    }
+    // The step count is needed to pick a frame interval.
+    const int steps = ResolveSteps(*stub, a->r, a->c);
     const int frame_every = a->frame_every >= 0 ? a->frame_every : std::max(1, steps / 25);
     req.set_frame_every(static_cast<uint32_t>(std::min(frame_every, steps)));
 
@@ -327,7 +272,9 @@ void SampleCommand(CLI::App& app) {
     grpc::Status s = reader->Finish();
     if (!a->quiet) progress.Done();
     if (!s.ok()) FailRpc(s, a->c);
-    if (!result) Fail("the stream ended without a result");
+    if (!result || result->seeds_size() != result->images_size() || result->images_size() == 0) {
+      Fail("the stream ended without a complete result");
+    }
     for (int i = 0; i < result->images_size(); ++i) {
       char name[64];
       std::snprintf(name, sizeof(name), "sprite-%03d.png", i);
@@ -380,8 +327,9 @@ void BenchCommand(CLI::App& app) {
   cmd->add_flag("--json", a->json, "print one JSON object instead of text");
   cmd->callback([a] {
     v1::SampleRequest base = BuildRequest(a->r);
-    base.set_frame_every(static_cast<uint32_t>(a->frame_every));
-    Connect(a->c);  // fail fast, with a clear message, when the server is not there
+    // Fail fast, with a clear message, when the server is not there.
+    auto probe = v1::Sprites::NewStub(Connect(a->c));
+    base.set_frame_every(static_cast<uint32_t>(std::min(a->frame_every, ResolveSteps(*probe, a->r, a->c))));
     std::mutex mu;
     std::vector<double> latency_ms, ttff_ms, run_ms, queued_ms;
     std::map<std::string, int> errors;
@@ -468,6 +416,7 @@ int main(int argc, char** argv) {
   HealthCommand(app);
   SampleCommand(app);
   BenchCommand(app);
+  AddTrainCommands(app);
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {

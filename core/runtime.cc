@@ -31,4 +31,9 @@ int ConfigureThreads(int threads) {
   return at::get_num_threads();
 }
 
+void SetThreadIntraOpThreads(int threads) {
+  at::parallel_for(0, 2, 1, [](int64_t, int64_t) {});  // runs this thread's lazy initialisation
+  at::set_num_threads(std::max(1, threads));
+}
+
 }  // namespace spritediff

@@ -220,6 +220,26 @@ Result<TrainSummary> Train(const TrainConfig& config, const std::atomic<bool>* s
   torch::optim::Adam opt(net->parameters(), torch::optim::AdamOptions(c.lr));
   torch::Generator gen = at::detail::createCPUGenerator(c.seed * 2654435761ULL + 1);
 
+  if (!c.init_from.empty() && !c.resume) {
+    Result<LoadedModel> base = LoadModel(c.init_from);
+    if (!base.ok()) return base.status();
+    const ModelConfig& b = base->info.arch;
+    if (b.n_feat != info.arch.n_feat || b.height != info.arch.height || b.n_cfeat != info.arch.n_cfeat ||
+        b.in_channels != info.arch.in_channels) {
+      return Status::FailedPrecondition(
+          c.init_from + ": base model has n_feat " + std::to_string(b.n_feat) + ", height " +
+          std::to_string(b.height) + ", " + std::to_string(b.n_cfeat) + " labels; this run needs n_feat " +
+          std::to_string(info.arch.n_feat) + ", height " + std::to_string(info.arch.height) + ", " +
+          std::to_string(info.arch.n_cfeat) + " labels");
+    }
+    torch::NoGradGuard no_grad;
+    auto src = base->net->named_parameters();
+    for (auto& p : net->named_parameters()) p.value().copy_(src[p.key()]);
+    auto src_buffers = base->net->named_buffers();
+    for (auto& b2 : net->named_buffers()) b2.value().copy_(src_buffers[b2.key()]);
+    UpdateEma(*ema, *net, 0.0);
+  }
+
   TrainState st;
   if (c.resume) {
     s = LoadState(c.state_path, c, info, net, ema, opt, gen, st);
@@ -264,6 +284,7 @@ Result<TrainSummary> Train(const TrainConfig& config, const std::atomic<bool>* s
                      {"threads", at::get_num_threads()},
                      {"device", c.device},
                      {"command", c.command_line}};
+  if (!c.init_from.empty()) provenance["fine_tuned_from"] = c.init_from;
 
   TrainSummary summary;
   const auto session_start = Clock::now();

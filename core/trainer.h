@@ -39,6 +39,8 @@ struct TrainConfig {
   int log_every = 50;         // optimizer steps
   uint64_t seed = 0;
   bool resume = false;
+  std::string init_from;  // a model directory whose weights start the run (fine-tuning); same
+                          // architecture and label count required; ignored when resuming
   int sample_grid_per_label = 8;  // grid written next to the model at checkpoints; 0 disables
   std::string device = "cpu";
   ScheduleConfig schedule;

@@ -1,5 +1,7 @@
 #include "server/batch_scheduler.h"
 
+#include "core/runtime.h"
+
 #include <spdlog/spdlog.h>
 
 namespace spritediff {
@@ -11,13 +13,14 @@ double MillisBetween(SteadyClock::time_point a, SteadyClock::time_point b) {
 }
 
 // PNG bytes for each [C, H, W] tensor, moved to the CPU in one go.
-std::vector<std::string> EncodeRows(const std::vector<torch::Tensor>& rows) {
+Result<std::vector<std::string>> EncodeRows(const std::vector<torch::Tensor>& rows) {
   torch::Tensor cpu = torch::stack(rows).to(torch::kCPU);
   std::vector<std::string> out;
   out.reserve(rows.size());
   for (int64_t i = 0; i < cpu.size(0); ++i) {
     Result<std::string> png = EncodePng(TensorToImage(cpu[i]));
-    out.push_back(png.ok() ? std::move(*png) : std::string());
+    if (!png.ok()) return png.status();
+    out.push_back(std::move(*png));
   }
   return out;
 }
@@ -65,9 +68,9 @@ void BatchScheduler::Wake() {
 }
 
 void BatchScheduler::Stop() {
+  std::lock_guard<std::mutex> stop_lock(stop_mu_);
   {
     std::lock_guard<std::mutex> lock(mu_);
-    if (stopping_ && !thread_.joinable()) return;
     stopping_ = true;
   }
   cv_.notify_one();
@@ -79,37 +82,59 @@ SchedulerStats BatchScheduler::stats() const {
   return stats_;
 }
 
-void BatchScheduler::AdmitLocked() {
-  int running_rows = 0;
-  for (const Running& r : running_) running_rows += static_cast<int>(r.rows.size());
+void BatchScheduler::TakeAdmissibleLocked(std::vector<std::shared_ptr<SampleJob>>& admitted) {
   // Strict arrival order: a large request at the head is not overtaken (no starvation).
   while (!queue_.empty()) {
-    const std::shared_ptr<SampleJob>& job = queue_.front();
-    const int rows = static_cast<int>(job->rows.size());
-    if (running_rows + rows > limits_.max_batch_rows && running_rows > 0) break;
-    Running r;
-    r.job = job;
-    r.admitted = SteadyClock::now();
-    r.rows.reserve(rows);
-    for (const RowSpec& spec : job->rows) r.rows.emplace_back(spec, schedule_, info_.arch, device_);
-    running_rows += rows;
+    const int rows = static_cast<int>(queue_.front()->rows.size());
+    if (running_rows_ + rows > limits_.max_batch_rows && running_rows_ > 0) break;
+    running_rows_ += rows;
     queued_rows_ -= rows;
-    running_.push_back(std::move(r));
+    admitted.push_back(std::move(queue_.front()));
     queue_.pop_front();
   }
   stats_.queued_rows = queued_rows_;
-  stats_.running_rows = running_rows;
+  stats_.running_rows = running_rows_;
+}
+
+void BatchScheduler::Admit(std::vector<std::shared_ptr<SampleJob>>& admitted) {
+  for (auto& job : admitted) {
+    Running r;
+    r.job = job;
+    r.admitted = SteadyClock::now();
+    try {
+      r.rows.reserve(job->rows.size());
+      for (const RowSpec& spec : job->rows) r.rows.emplace_back(spec, schedule_, info_.arch, device_);
+    } catch (const std::exception& e) {
+      spdlog::error("model {}: cannot start request {}: {}", model_name_, job->id, e.what());
+      FinishRunning(r, Status::Internal(std::string("cannot start sampling: ") + e.what()));
+      continue;
+    }
+    running_.push_back(std::move(r));
+  }
+  admitted.clear();
 }
 
 void BatchScheduler::FinishRunning(Running& r, Status status) {
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    running_rows_ -= static_cast<int>(r.job->rows.size());
+    stats_.running_rows = running_rows_;
+    if (status.ok()) stats_.jobs_done++;
+  }
   JobOutcome outcome;
   outcome.status = std::move(status);
   outcome.queued_ms = MillisBetween(r.job->arrived, r.admitted);
   outcome.run_ms = MillisBetween(r.admitted, SteadyClock::now());
   if (outcome.status.ok()) {
-    std::vector<torch::Tensor> xs;
-    for (const SampleRow& row : r.rows) xs.push_back(row.x());
-    outcome.images = EncodeRows(xs);
+    try {
+      std::vector<torch::Tensor> xs;
+      for (const SampleRow& row : r.rows) xs.push_back(row.x());
+      Result<std::vector<std::string>> images = EncodeRows(xs);
+      if (images.ok()) outcome.images = std::move(*images);
+      else outcome.status = Status::Internal("encoding the sprites failed: " + images.status().message());
+    } catch (const std::exception& e) {
+      outcome.status = Status::Internal(std::string("encoding the sprites failed: ") + e.what());
+    }
   }
   r.job->on_done(std::move(outcome));
 }
@@ -118,13 +143,13 @@ void BatchScheduler::RetireCancelledAndExpired() {
   const auto now = SteadyClock::now();
   for (size_t i = 0; i < running_.size();) {
     SampleJob& job = *running_[i].job;
-    if (job.cancelled.load()) {
-      FinishRunning(running_[i], Status::Cancelled("request cancelled"));
-    } else if (job.deadline && now > *job.deadline) {
+    if (job.deadline && now > *job.deadline) {
       FinishRunning(running_[i], Status::DeadlineExceeded("deadline passed after " +
                                                           std::to_string(running_[i].rows.front().steps_done()) +
                                                           " of " + std::to_string(running_[i].rows.front().steps_total()) +
                                                           " steps"));
+    } else if (job.cancelled.load()) {
+      FinishRunning(running_[i], Status::Cancelled("request cancelled"));
     } else {
       ++i;
       continue;
@@ -161,8 +186,6 @@ void BatchScheduler::StepOnce() {
     if (lead.done()) {
       FinishRunning(r, Status::Ok());
       running_.erase(running_.begin() + static_cast<std::ptrdiff_t>(i));
-      std::lock_guard<std::mutex> lock(mu_);
-      stats_.jobs_done++;
       continue;
     }
     const SampleJob& job = *r.job;
@@ -176,44 +199,66 @@ void BatchScheduler::StepOnce() {
         xs.push_back(row.x());
         if (job.include_x0) x0s.push_back(row.x0_pred());
       }
-      frame.images = EncodeRows(xs);
-      if (job.include_x0) frame.x0_images = EncodeRows(x0s);
-      job.on_frame(std::move(frame));
+      Result<std::vector<std::string>> images = EncodeRows(xs);
+      if (images.ok()) frame.images = std::move(*images);
+      if (images.ok() && job.include_x0) {
+        Result<std::vector<std::string>> x0 = EncodeRows(x0s);
+        if (x0.ok()) frame.x0_images = std::move(*x0);
+      }
+      if (images.ok()) job.on_frame(std::move(frame));  // a frame that cannot be encoded is skipped
     }
     ++i;
   }
 }
 
+void BatchScheduler::Iterate() {
+  std::vector<std::shared_ptr<SampleJob>> dropped, admitted;
+  {
+    std::unique_lock<std::mutex> lock(mu_);
+    cv_.wait(lock, [&] { return stopping_ || wake_ || !queue_.empty() || !running_.empty(); });
+    wake_ = false;
+    if (stopping_) return;
+    const auto now = SteadyClock::now();
+    for (auto it = queue_.begin(); it != queue_.end();) {
+      if ((*it)->cancelled.load() || ((*it)->deadline && now > *(*it)->deadline)) {
+        queued_rows_ -= static_cast<int>((*it)->rows.size());
+        dropped.push_back(*it);
+        it = queue_.erase(it);
+      } else {
+        ++it;
+      }
+    }
+    TakeAdmissibleLocked(admitted);
+  }
+  for (auto& job : dropped) {
+    JobOutcome outcome;
+    const bool expired = job->deadline && SteadyClock::now() > *job->deadline;
+    outcome.status = expired ? Status::DeadlineExceeded("deadline passed while queued")
+                             : Status::Cancelled("request cancelled while queued");
+    outcome.queued_ms = MillisBetween(job->arrived, SteadyClock::now());
+    job->on_done(std::move(outcome));
+  }
+  Admit(admitted);
+  RetireCancelledAndExpired();
+  if (!running_.empty()) StepOnce();
+}
+
 void BatchScheduler::Loop() {
+  SetThreadIntraOpThreads(limits_.threads);
   torch::NoGradGuard no_grad;
   while (true) {
-    std::vector<std::shared_ptr<SampleJob>> dropped;
     {
-      std::unique_lock<std::mutex> lock(mu_);
-      cv_.wait(lock, [&] { return stopping_ || wake_ || !queue_.empty() || !running_.empty(); });
-      wake_ = false;
+      std::lock_guard<std::mutex> lock(mu_);
       if (stopping_) break;
-      const auto now = SteadyClock::now();
-      for (auto it = queue_.begin(); it != queue_.end();) {
-        if ((*it)->cancelled.load() || ((*it)->deadline && now > *(*it)->deadline)) {
-          queued_rows_ -= static_cast<int>((*it)->rows.size());
-          dropped.push_back(*it);
-          it = queue_.erase(it);
-        } else {
-          ++it;
-        }
-      }
-      AdmitLocked();
     }
-    for (auto& job : dropped) {
-      JobOutcome outcome;
-      outcome.status = job->cancelled.load() ? Status::Cancelled("request cancelled while queued")
-                                             : Status::DeadlineExceeded("deadline passed while queued");
-      outcome.queued_ms = MillisBetween(job->arrived, SteadyClock::now());
-      job->on_done(std::move(outcome));
+    try {
+      Iterate();
+    } catch (const std::exception& e) {
+      // Whatever failed, no request is left without an answer and the daemon lives on.
+      spdlog::error("model {}: scheduler step failed: {}", model_name_, e.what());
+      for (Running& r : running_) FinishRunning(r, Status::Internal(std::string("sampling failed: ") + e.what()));
+      running_.clear();
     }
-    RetireCancelledAndExpired();
-    if (!running_.empty()) StepOnce();
   }
   // Stopping: nothing is left behind without an answer.
   for (Running& r : running_) FinishRunning(r, Status::Unavailable("server is shutting down"));

@@ -57,6 +57,7 @@ struct SampleJob {
 struct SchedulerLimits {
   int max_batch_rows = 64;
   int max_queued_rows = 1024;
+  int threads = 1;  // intra-op threads of the scheduler thread
 };
 
 struct SchedulerStats {
@@ -92,7 +93,10 @@ class BatchScheduler {
   };
 
   void Loop();
-  void AdmitLocked();
+  void Iterate();
+  // Moves queued jobs that fit into `admitted` (rows are built outside the lock).
+  void TakeAdmissibleLocked(std::vector<std::shared_ptr<SampleJob>>& admitted);
+  void Admit(std::vector<std::shared_ptr<SampleJob>>& admitted);
   void RetireCancelledAndExpired();
   void StepOnce();
   void FinishRunning(Running& r, Status status);
@@ -113,6 +117,8 @@ class BatchScheduler {
   SchedulerStats stats_;                          // GUARDED_BY(mu_)
 
   std::vector<Running> running_;  // owned by the loop thread
+  int running_rows_ = 0;          // GUARDED_BY(mu_): rows of running_ and of jobs being admitted
+  std::mutex stop_mu_;            // serialises Stop()
   std::thread thread_;
 };
 

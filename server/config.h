@@ -23,6 +23,13 @@ struct AppConfig {
   int max_frames_per_request = 100;  // a finer frame_every is coarsened to stay within this
   int max_pending_frames = 4;        // frames buffered for a slow reader before older ones drop
   int shutdown_grace_s = 10;
+  // Training jobs (service Training).
+  std::string data_root = "data";        // SubmitJob datasets are folders under here; nothing outside
+  std::string state_dir = "state";       // job records, checkpoints and staging models
+  int max_concurrent_jobs = 1;           // jobs training at once; more wait QUEUED (0 = Training disabled)
+  int training_threads = 1;              // intra-op threads each job uses; serving keeps `threads`
+  bool resume_interrupted_jobs = true;   // on restart, resume jobs the daemon stopped mid-run
+                                         // (false: mark them INTERRUPTED)
 
   Status Validate() const;
 };

@@ -19,8 +19,12 @@ Status ModelRegistry::LoadAll() {
   if (!fs::is_directory(models_dir_, ec)) return Status::NotFound("models_dir " + models_dir_ + " is not a directory");
   std::vector<fs::path> dirs;
   for (const auto& entry : fs::directory_iterator(models_dir_, ec)) {
-    if (entry.is_directory() && fs::exists(entry.path() / "model.json")) dirs.push_back(entry.path());
+    std::error_code entry_ec;
+    // Dot-directories are half-published models (see JobRunner::Publish), never served.
+    if (entry.path().filename().string().rfind('.', 0) == 0) continue;
+    if (entry.is_directory(entry_ec) && fs::exists(entry.path() / "model.json", entry_ec)) dirs.push_back(entry.path());
   }
+  if (ec) return Status::IoError("models_dir " + models_dir_ + ": " + ec.message());
   std::sort(dirs.begin(), dirs.end());
   for (const fs::path& dir : dirs) {
     Status s = Add(dir.filename().string(), dir.string());
@@ -45,7 +49,11 @@ Status ModelRegistry::Add(const std::string& name, const std::string& dir) {
   served->dir = dir;
   served->info = loaded->info;
   served->parameters = ParameterCount(*loaded->net);
-  served->scheduler = std::make_unique<BatchScheduler>(name, *loaded, device_, limits_);
+  try {
+    served->scheduler = std::make_unique<BatchScheduler>(name, *loaded, device_, limits_);
+  } catch (const std::exception& e) {
+    return Status::Internal("cannot place model " + name + " on " + device_.str() + ": " + e.what());
+  }
   std::shared_ptr<ServedModel> previous;
   {
     std::lock_guard<std::mutex> lock(mu_);

@@ -10,7 +10,9 @@
 
 #include "core/runtime.h"
 #include "server/model_registry.h"
+#include "server/job_runner.h"
 #include "server/sprites_service.h"
+#include "server/training_service.h"
 
 namespace spritediff {
 
@@ -29,6 +31,8 @@ void AddServeCommand(CLI::App& app, const CommonOptions& common) {
     std::string bind;
     std::string models_dir;
     std::string default_model;
+    std::string data_root;
+    std::string state_dir;
   };
   auto a = std::make_shared<Args>();
   auto* cmd = app.add_subcommand("serve", "serve every model under the models dir over gRPC");
@@ -36,12 +40,16 @@ void AddServeCommand(CLI::App& app, const CommonOptions& common) {
   cmd->add_option("--bind", a->bind, "bind address (overrides config; default 127.0.0.1)");
   cmd->add_option("--models-dir", a->models_dir, "directory of model directories (overrides config)");
   cmd->add_option("--default-model", a->default_model, "model used when a request names none (overrides config)");
+  cmd->add_option("--data-root", a->data_root, "folder that training datasets must lie under (overrides config)");
+  cmd->add_option("--state-dir", a->state_dir, "training job records and checkpoints (overrides config)");
   cmd->callback([a, &common] {
     AppConfig config = ResolveConfig(common);
     if (a->port >= 0) config.port = a->port;
     if (!a->bind.empty()) config.bind = a->bind;
     if (!a->models_dir.empty()) config.models_dir = a->models_dir;
     if (!a->default_model.empty()) config.default_model = a->default_model;
+    if (!a->data_root.empty()) config.data_root = a->data_root;
+    if (!a->state_dir.empty()) config.state_dir = a->state_dir;
     Status valid = config.Validate();
     if (!valid.ok()) Fail(valid.message());
 
@@ -56,11 +64,24 @@ void AddServeCommand(CLI::App& app, const CommonOptions& common) {
     if (!device.ok()) Fail(device.status().message());
     const int threads = ConfigureThreads(config.threads);
     ModelRegistry registry(config.models_dir, config.default_model, torch::Device(*device),
-                           SchedulerLimits{config.max_batch_rows, config.max_queued_rows});
+                           SchedulerLimits{config.max_batch_rows, config.max_queued_rows, threads});
     Status loaded = registry.LoadAll();
     if (!loaded.ok()) Fail(loaded.message());
 
+    TrainingLimits training;
+    training.data_root = config.data_root;
+    training.state_dir = config.state_dir;
+    training.models_dir = config.models_dir;
+    training.device = *device;
+    training.max_concurrent_jobs = config.max_concurrent_jobs;
+    training.threads = config.training_threads;
+    training.resume_interrupted = config.resume_interrupted_jobs;
+    JobRunner jobs(training, registry);
+    Status started = jobs.Start();
+    if (!started.ok()) Fail(started.message());
+
     SpritesService sprites(registry, config);
+    TrainingService trainer(jobs);
     grpc::EnableDefaultHealthCheckService(true);
     grpc::reflection::InitProtoReflectionServerBuilderPlugin();
     grpc::ServerBuilder builder;
@@ -68,11 +89,13 @@ void AddServeCommand(CLI::App& app, const CommonOptions& common) {
     int bound_port = 0;
     builder.AddListeningPort(address, grpc::InsecureServerCredentials(), &bound_port);
     builder.RegisterService(&sprites);
+    builder.RegisterService(&trainer);
     builder.SetMaxSendMessageSize(64 << 20);
     std::unique_ptr<grpc::Server> server = builder.BuildAndStart();
     if (!server || bound_port == 0) Fail("cannot listen on " + address + " (address in use or not permitted?)");
     grpc::HealthCheckServiceInterface* health = server->GetHealthCheckService();
     health->SetServingStatus("spritediff.v1.Sprites", true);
+    health->SetServingStatus("spritediff.v1.Training", config.max_concurrent_jobs > 0);
     spdlog::info("spritediffd listening on {}:{} (device {}, {} threads, default model {})", config.bind, bound_port,
                  *device, threads, registry.default_model());
 
@@ -80,6 +103,7 @@ void AddServeCommand(CLI::App& app, const CommonOptions& common) {
     sigwait(&signals, &received);
     spdlog::info("signal {}: draining (grace {}s)", received == SIGINT ? "SIGINT" : "SIGTERM", config.shutdown_grace_s);
     health->SetServingStatus(false);
+    jobs.Stop();  // running jobs save their state; their watchers are told to come back later
     // New calls are refused at once; calls in flight get the grace period, then are cancelled.
     server->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(config.shutdown_grace_s));
     registry.StopAll();

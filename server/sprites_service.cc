@@ -40,9 +40,11 @@ class SampleReactor : public grpc::ServerWriteReactor<v1::SampleEvent> {
     Finish(status);
   }
 
-  void Run(std::shared_ptr<SampleJob> job, BatchScheduler* scheduler, const std::string& model, int steps) {
+  void Run(std::shared_ptr<SampleJob> job, std::shared_ptr<ServedModel> served, int steps) {
     job_ = job;
-    scheduler_ = scheduler;
+    served_ = served;  // keeps the scheduler alive for as long as this call may wake it
+    BatchScheduler* scheduler = served->scheduler.get();
+    const std::string model = served->name;
     job->on_frame = [this](FrameData&& f) { OnFrame(std::move(f)); };
     job->on_done = [this, model, steps, rows = job->rows.size()](JobOutcome&& o) { OnJobDone(std::move(o), model, rows, steps); };
     Status submitted = scheduler->Submit(job);
@@ -63,7 +65,7 @@ class SampleReactor : public grpc::ServerWriteReactor<v1::SampleEvent> {
         if (!final_status_) final_status_ = grpc::Status(grpc::StatusCode::CANCELLED, "client went away");
       } else {
         job_->cancelled.store(true);
-        scheduler_->Wake();
+        served_->scheduler->Wake();
       }
     }
     if (ok && wrote_result_ && !final_status_) final_status_ = grpc::Status::OK;
@@ -72,9 +74,9 @@ class SampleReactor : public grpc::ServerWriteReactor<v1::SampleEvent> {
 
   void OnCancel() override {
     std::lock_guard<std::mutex> lock(mu_);
-    if (job_ && !final_status_) {
+    if (job_ && !job_done_) {
       job_->cancelled.store(true);
-      scheduler_->Wake();
+      served_->scheduler->Wake();
     }
   }
 
@@ -156,7 +158,7 @@ class SampleReactor : public grpc::ServerWriteReactor<v1::SampleEvent> {
   const std::string id_;
   const int max_pending_;
   std::shared_ptr<SampleJob> job_;
-  BatchScheduler* scheduler_ = nullptr;
+  std::shared_ptr<ServedModel> served_;
 
   std::mutex mu_;
   std::deque<v1::SampleEvent> frames_;          // GUARDED_BY(mu_)
@@ -201,7 +203,7 @@ grpc::ServerWriteReactor<v1::SampleEvent>* SpritesService::Sample(grpc::Callback
     job->deadline = SteadyClock::now() + std::chrono::duration_cast<SteadyClock::duration>(
                                              deadline - std::chrono::system_clock::now());
   }
-  reactor->Run(job, model->scheduler.get(), model->name, plan.steps);
+  reactor->Run(job, model, plan.steps);
   return reactor;
 }
 

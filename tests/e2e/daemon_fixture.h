@@ -11,7 +11,9 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <array>
 #include <chrono>
+#include <cstdio>
 #include <filesystem>
 #include <fstream>
 #include <string>
@@ -20,6 +22,7 @@
 #include "core/checkpoint.h"
 #include "grpc/health/v1/health.grpc.pb.h"
 #include "spritediff/v1/sprites.grpc.pb.h"
+#include "spritediff/v1/training.grpc.pb.h"
 
 namespace spritediff::e2e {
 
@@ -54,11 +57,15 @@ inline void WriteTinyModel(const fs::path& dir, const std::string& name) {
 
 class Daemon {
  public:
-  // config: extra JSON config fields (max_batch_rows and the like).
+  // config: extra JSON config fields (max_batch_rows and the like). A second Start after Stop
+  // restarts the daemon on the same directory (models, data and job state kept).
   void Start(const std::string& config_json) {
-    root_ = fs::temp_directory_path() / ("spritediff_e2e_" + std::to_string(::getpid()) + "_" + std::to_string(FreePort()));
-    fs::create_directories(root_ / "models");
-    WriteTinyModel(root_ / "models", "tiny");
+    if (root_.empty()) {
+      root_ = fs::temp_directory_path() / ("spritediff_e2e_" + std::to_string(::getpid()) + "_" + std::to_string(FreePort()));
+      fs::create_directories(root_ / "models");
+      fs::create_directories(root_ / "data");
+      WriteTinyModel(root_ / "models", "tiny");
+    }
     std::ofstream(root_ / "config.json") << config_json;
     port_ = FreePort();
     const std::string log = (root_ / "daemon.log").string();
@@ -71,8 +78,11 @@ class Daemon {
       const std::string config = (root_ / "config.json").string();
       const std::string port = std::to_string(port_);
       const std::string models = (root_ / "models").string();
+      const std::string data = (root_ / "data").string();
+      const std::string state = (root_ / "state").string();
       execl(bin.c_str(), bin.c_str(), "--config", config.c_str(), "--threads", "1", "--device", "cpu", "serve",
-            "--port", port.c_str(), "--models-dir", models.c_str(), "--default-model", "tiny", nullptr);
+            "--port", port.c_str(), "--models-dir", models.c_str(), "--default-model", "tiny", "--data-root",
+            data.c_str(), "--state-dir", state.c_str(), nullptr);
       _exit(127);
     }
     // A fresh channel per probe: a channel that failed once waits out its reconnect backoff.
@@ -93,6 +103,15 @@ class Daemon {
       std::this_thread::sleep_for(std::chrono::milliseconds(100));
     }
     FAIL() << "daemon did not become healthy; log:\n" << Log();
+  }
+
+  // SIGKILL: no drain, no state saved beyond the last checkpoint.
+  void Kill() {
+    if (pid_ <= 0) return;
+    channel_.reset();
+    kill(pid_, SIGKILL);
+    waitpid(pid_, nullptr, 0);
+    pid_ = -1;
   }
 
   // SIGTERM, then the exit status (0 expected).
@@ -118,7 +137,7 @@ class Daemon {
   std::shared_ptr<grpc::Channel> channel() const { return channel_; }
   const fs::path& root() const { return root_; }
   std::string Log() const {
-    std::ifstream in(root_ / "daemon.log");
+    std::ifstream in(root_ / "daemon.log");  // the current run's log
     return std::string(std::istreambuf_iterator<char>(in), {});
   }
 
@@ -128,5 +147,23 @@ class Daemon {
   pid_t pid_ = -1;
   std::shared_ptr<grpc::Channel> channel_;
 };
+
+// Runs build/bin/spritectl with args, collecting its output.
+struct Output {
+  int exit_code = -1;
+  std::string text;  // stdout and stderr together
+};
+
+inline Output RunCtl(const std::string& args) {
+  const std::string cmd = std::string(SPRITEDIFF_BIN_DIR) + "/spritectl " + args + " 2>&1";
+  Output out;
+  FILE* pipe = popen(cmd.c_str(), "r");
+  std::array<char, 4096> buf;
+  size_t n = 0;
+  while ((n = fread(buf.data(), 1, buf.size(), pipe)) > 0) out.text.append(buf.data(), n);
+  const int status = pclose(pipe);
+  out.exit_code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+  return out;
+}
 
 }  // namespace spritediff::e2e

@@ -11,23 +11,6 @@
 namespace spritediff::e2e {
 namespace {
 
-struct Output {
-  int exit_code = -1;
-  std::string text;  // stdout and stderr together
-};
-
-Output RunCtl(const std::string& args) {
-  const std::string cmd = std::string(SPRITEDIFF_BIN_DIR) + "/spritectl " + args + " 2>&1";
-  Output out;
-  FILE* pipe = popen(cmd.c_str(), "r");
-  std::array<char, 4096> buf;
-  size_t n = 0;
-  while ((n = fread(buf.data(), 1, buf.size(), pipe)) > 0) out.text.append(buf.data(), n);
-  const int status = pclose(pipe);
-  out.exit_code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
-  return out;
-}
-
 class SpritectlTest : public ::testing::Test {
  protected:
   static void SetUpTestSuite() {
