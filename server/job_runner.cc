@@ -71,6 +71,32 @@ std::string ToJson(const google::protobuf::Message& m) {
   return out;
 }
 
+// README.md for a model trained through the endpoint: how it was made and how it learned.
+std::string ModelCard(const v1::Job& job) {
+  const v1::JobSpec& spec = job.spec();
+  const v1::JobProgress& p = job.progress();
+  std::ostringstream md;
+  md << "# " << spec.model_name() << "\n\n"
+     << "Trained by spritediffd's Training service (job " << job.id() << "). Equivalent client command:\n\n"
+     << "```sh\nspritectl train submit --name " << spec.model_name() << " --dataset " << spec.dataset()
+     << " --image-size " << spec.image_size() << " --n-feat " << spec.n_feat() << " --epochs " << spec.epochs()
+     << " --batch-size " << spec.batch_size() << " --lr " << spec.lr() << " --context-dropout "
+     << spec.context_dropout() << " --ema-decay " << spec.ema_decay() << " --checkpoint-every "
+     << spec.checkpoint_every() << " --seed " << spec.seed() << " --class-balance " << spec.class_balance()
+     << (spec.no_flip() ? " --no-flip" : "") << (spec.base_model().empty() ? "" : " --base-model " + spec.base_model())
+     << "\n```\n\n"
+     << "| | |\n|---|---|\n"
+     << "| epochs | " << p.epoch() << " (" << p.step() << " optimizer steps of " << spec.batch_size() << " images) |\n"
+     << "| final epoch loss | " << (job.epoch_losses_size() ? job.epoch_losses(job.epoch_losses_size() - 1) : 0.0)
+     << " |\n"
+     << "| training wall time | " << static_cast<int64_t>(std::round(p.elapsed_s())) << " s |\n"
+     << "| resumed after restarts | " << job.resumes() << " |\n"
+     << "| weights | " << (spec.ema_decay() > 0 ? "EMA" : "live") << " |\n\n"
+     << "![guided DDIM-25 samples, one row per label](samples.png)\n\n"
+     << "Loss per epoch (mean MSE on the noise): `training-log.csv`.\n";
+  return md.str();
+}
+
 }  // namespace
 
 JobRunner::JobRunner(TrainingLimits limits, ModelRegistry& registry) : limits_(std::move(limits)), registry_(registry) {}
@@ -567,6 +593,13 @@ Status JobRunner::Publish(const std::shared_ptr<Entry>& entry) {
   const fs::path target = fs::path(limits_.models_dir) / name;
   std::error_code ec;
   if (fs::exists(target, ec)) return Status::FailedPrecondition(target.string() + " appeared while the job ran");
+  v1::Job job;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    job = entry->job;
+  }
+  Status card = WriteFileAtomic((staging / "README.md").string(), ModelCard(job));
+  if (!card.ok()) return card;
   fs::create_directories(limits_.models_dir, ec);
   fs::rename(staging, target, ec);
   if (ec) {

@@ -169,6 +169,10 @@ TEST_F(TrainingTest, SubmitWatchToTheEndThenSampleTheNewModelByName) {
   EXPECT_EQ(images, 2);
   // The published model is a normal model directory, and the name is now taken.
   EXPECT_TRUE(fs::exists(daemon_->root() / "models" / "mini-a" / "model.json"));
+  std::ifstream card(daemon_->root() / "models" / "mini-a" / "README.md");
+  const std::string card_text((std::istreambuf_iterator<char>(card)), std::istreambuf_iterator<char>());
+  EXPECT_NE(card_text.find("spritectl train submit --name mini-a --dataset mini"), std::string::npos) << card_text;
+  EXPECT_TRUE(fs::exists(daemon_->root() / "models" / "mini-a" / "samples.png"));
   Job again;
   EXPECT_EQ(Submit(*daemon_, TinySpec("mini-a", 4), &again).error_code(), grpc::StatusCode::ALREADY_EXISTS);
   // A watcher arriving after the end gets the final state and the stream ends.
