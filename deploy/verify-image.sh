@@ -30,6 +30,13 @@ step "run: spritediffd serve from the image on port $PORT"
 c=$(buildah from spritediff:cpu)
 cleanup() { pkill -f "spritediffd --config configs/container.json serve --port $PORT" 2>/dev/null || true; buildah rm "$c" >/dev/null 2>&1 || true; }
 trap cleanup EXIT
+# A small copy of the real sprites (4 per class) as a training dataset inside the container.
+mini=$(mktemp -d)
+for cls in $(cat ../shared/data/dcss-sprites/labels.txt); do
+  mkdir -p "$mini/$cls"; ls ../shared/data/dcss-sprites/$cls/*.png | head -4 | xargs -I{} cp {} "$mini/$cls/"
+done
+cp ../shared/data/dcss-sprites/labels.txt "$mini/"
+buildah copy --chown spritediff:spritediff "$c" "$mini" /srv/spritediff/data/mini >/dev/null
 buildah run --isolation chroot --user spritediff --workingdir /srv/spritediff "$c" -- \
   spritediffd --config configs/container.json serve --port "$PORT" > /tmp/spritediff-image.log 2>&1 &
 for _ in $(seq 120); do
@@ -46,6 +53,11 @@ out=$(mktemp -d)
 build/bin/spritectl sample --server "127.0.0.1:$PORT" --label food --count 4 --quiet --out "$out"
 ls "$out"
 test -s "$out/sprite-003.png" && test -s "$out/grid.png"
+step "check: a training job runs inside the image and its model is served at once"
+build/bin/spritectl train submit --server "127.0.0.1:$PORT" --name verify-mini --dataset mini --n-feat 8 \
+  --epochs 2 --batch-size 8 --checkpoint-every 1 --watch --quiet
+build/bin/spritectl sample --server "127.0.0.1:$PORT" --model verify-mini --label food --count 2 --steps 5 --quiet --out "$out/mini"
+test -s "$out/mini/sprite-001.png"
 step "check: the daemon runs as a non-root user"
 buildah run --isolation chroot --user spritediff "$c" -- id
 echo; echo "verify-image: all checks passed (daemon log: /tmp/spritediff-image.log)"
