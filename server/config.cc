@@ -15,7 +15,7 @@ Status AppConfig::Validate() const {
     }
     return Status::Ok();
   };
-  for (const Status& s : {range("port", port, 0, 65535), range("threads", threads, 0, 1024),
+  for (const Status& s : {range("port", port, 0, 65535), range("metrics_port", metrics_port, 0, 65535), range("threads", threads, 0, 1024),
                           range("max_batch_rows", max_batch_rows, 1, 4096),
                           range("max_queued_rows", max_queued_rows, 1, 1 << 20),
                           range("max_rows_per_request", max_rows_per_request, 1, 4096),
@@ -45,7 +45,7 @@ Result<AppConfig> LoadConfig(const std::string& path) {
   try {
     const json j = json::parse(in);
     if (!j.is_object()) return Status::InvalidArgument(path + ": config must be a JSON object");
-    static const char* known[] = {"bind", "port", "models_dir", "default_model", "device", "threads",
+    static const char* known[] = {"bind", "port", "metrics_port", "models_dir", "default_model", "device", "threads",
                                   "max_batch_rows", "max_queued_rows", "max_rows_per_request",
                                   "max_frames_per_request", "max_pending_frames", "shutdown_grace_s", "data_root",
                                   "state_dir", "max_concurrent_jobs", "training_threads",
@@ -57,6 +57,7 @@ Result<AppConfig> LoadConfig(const std::string& path) {
     }
     c.bind = j.value("bind", c.bind);
     c.port = j.value("port", c.port);
+    c.metrics_port = j.value("metrics_port", c.metrics_port);
     c.models_dir = j.value("models_dir", c.models_dir);
     c.default_model = j.value("default_model", c.default_model);
     c.device = j.value("device", c.device);

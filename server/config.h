@@ -11,6 +11,7 @@ namespace spritediff {
 struct AppConfig {
   std::string bind = "127.0.0.1";
   int port = 50051;
+  int metrics_port = 0;          // Prometheus /metrics over HTTP on bind:metrics_port; 0 = off
   std::string models_dir = "models";
   std::string default_model = "sprites16";
   std::string device = "auto";   // auto | cpu | cuda | cuda:N

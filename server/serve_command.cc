@@ -11,6 +11,7 @@
 #include "core/runtime.h"
 #include "server/model_registry.h"
 #include "server/job_runner.h"
+#include "server/metrics.h"
 #include "server/sprites_service.h"
 #include "server/training_service.h"
 
@@ -28,6 +29,7 @@ namespace {
 void AddServeCommand(CLI::App& app, const CommonOptions& common) {
   struct Args {
     int port = -1;
+    int metrics_port = -1;
     std::string bind;
     std::string models_dir;
     std::string default_model;
@@ -37,6 +39,8 @@ void AddServeCommand(CLI::App& app, const CommonOptions& common) {
   auto a = std::make_shared<Args>();
   auto* cmd = app.add_subcommand("serve", "serve every model under the models dir over gRPC");
   cmd->add_option("--port", a->port, "TCP port (overrides config; default 50051)")->check(CLI::Range(0, 65535));
+  cmd->add_option("--metrics-port", a->metrics_port, "Prometheus /metrics HTTP port; 0 = off (overrides config)")
+      ->check(CLI::Range(0, 65535));
   cmd->add_option("--bind", a->bind, "bind address (overrides config; default 127.0.0.1)");
   cmd->add_option("--models-dir", a->models_dir, "directory of model directories (overrides config)");
   cmd->add_option("--default-model", a->default_model, "model used when a request names none (overrides config)");
@@ -45,6 +49,7 @@ void AddServeCommand(CLI::App& app, const CommonOptions& common) {
   cmd->callback([a, &common] {
     AppConfig config = ResolveConfig(common);
     if (a->port >= 0) config.port = a->port;
+    if (a->metrics_port >= 0) config.metrics_port = a->metrics_port;
     if (!a->bind.empty()) config.bind = a->bind;
     if (!a->models_dir.empty()) config.models_dir = a->models_dir;
     if (!a->default_model.empty()) config.default_model = a->default_model;
@@ -80,7 +85,13 @@ void AddServeCommand(CLI::App& app, const CommonOptions& common) {
     Status started = jobs.Start();
     if (!started.ok()) Fail(started.message());
 
-    SpritesService sprites(registry, config);
+    RequestMetrics request_metrics;
+    MetricsServer metrics(registry, jobs, request_metrics);
+    if (config.metrics_port > 0) {
+      Status listening = metrics.Start(config.bind, config.metrics_port);
+      if (!listening.ok()) Fail(listening.message());
+    }
+    SpritesService sprites(registry, config, request_metrics);
     TrainingService trainer(jobs);
     grpc::EnableDefaultHealthCheckService(true);
     grpc::reflection::InitProtoReflectionServerBuilderPlugin();
@@ -96,8 +107,10 @@ void AddServeCommand(CLI::App& app, const CommonOptions& common) {
     grpc::HealthCheckServiceInterface* health = server->GetHealthCheckService();
     health->SetServingStatus("spritediff.v1.Sprites", true);
     health->SetServingStatus("spritediff.v1.Training", config.max_concurrent_jobs > 0);
-    spdlog::info("spritediffd listening on {}:{} (device {}, {} threads, default model {})", config.bind, bound_port,
-                 *device, threads, registry.default_model());
+    spdlog::info("spritediffd listening on {}:{} (device {}, {} threads, default model {}, metrics {})", config.bind,
+                 bound_port, *device, threads, registry.default_model(),
+                 config.metrics_port > 0 ? "http://" + config.bind + ":" + std::to_string(config.metrics_port) + "/metrics"
+                                         : std::string("off"));
 
     int received = 0;
     sigwait(&signals, &received);
@@ -108,6 +121,7 @@ void AddServeCommand(CLI::App& app, const CommonOptions& common) {
     server->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(config.shutdown_grace_s));
     registry.StopAll();
     server->Wait();
+    metrics.Stop();
     spdlog::info("stopped");
   });
 }

@@ -32,11 +32,13 @@ const char* CodeName(grpc::StatusCode code) {
 // scheduler, otherwise after the job's on_done, so the scheduler never outlives the reactor.
 class SampleReactor : public grpc::ServerWriteReactor<v1::SampleEvent> {
  public:
-  SampleReactor(std::string id, int max_pending_frames) : id_(std::move(id)), max_pending_(max_pending_frames) {}
+  SampleReactor(std::string id, int max_pending_frames, RequestMetrics& metrics)
+      : id_(std::move(id)), max_pending_(max_pending_frames), metrics_(metrics) {}
 
   void FinishNow(const grpc::Status& status, const std::string& model) {
     spdlog::info("request {} model {} status {} ({})", id_, model.empty() ? "-" : model, CodeName(status.error_code()),
                  status.error_message());
+    metrics_.Record(model.empty() ? "-" : model, CodeName(status.error_code()), 0, 0);
     Finish(status);
   }
 
@@ -106,6 +108,7 @@ class SampleReactor : public grpc::ServerWriteReactor<v1::SampleEvent> {
     spdlog::info("request {} model {} rows {} steps {} queued {:.1f}ms run {:.1f}ms status {}{}", id_, model, rows,
                  steps, o.queued_ms, o.run_ms, CodeName(ToGrpc(o.status).error_code()),
                  o.status.ok() ? "" : " (" + o.status.message() + ")");
+    metrics_.Record(model, CodeName(ToGrpc(o.status).error_code()), o.queued_ms, o.run_ms);
     if (!o.status.ok() || broken_) {
       frames_.clear();
       final_status_ = broken_ ? grpc::Status(grpc::StatusCode::CANCELLED, "client went away") : ToGrpc(o.status);
@@ -157,6 +160,7 @@ class SampleReactor : public grpc::ServerWriteReactor<v1::SampleEvent> {
 
   const std::string id_;
   const int max_pending_;
+  RequestMetrics& metrics_;
   std::shared_ptr<SampleJob> job_;
   std::shared_ptr<ServedModel> served_;
 
@@ -179,7 +183,7 @@ grpc::ServerWriteReactor<v1::SampleEvent>* SpritesService::Sample(grpc::Callback
                                                                    const v1::SampleRequest* request) {
   char id[32];
   std::snprintf(id, sizeof(id), "r%06llu", static_cast<unsigned long long>(next_id_++));
-  auto* reactor = new SampleReactor(id, config_.max_pending_frames);
+  auto* reactor = new SampleReactor(id, config_.max_pending_frames, metrics_);
   std::shared_ptr<ServedModel> model = registry_.Find(request->model());
   if (!model) {
     reactor->FinishNow(grpc::Status(grpc::StatusCode::NOT_FOUND,

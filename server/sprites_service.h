@@ -6,6 +6,7 @@
 #include <string>
 
 #include "server/config.h"
+#include "server/metrics.h"
 #include "server/model_registry.h"
 #include "spritediff/v1/sprites.grpc.pb.h"
 
@@ -13,7 +14,8 @@ namespace spritediff {
 
 class SpritesService final : public v1::Sprites::CallbackService {
  public:
-  SpritesService(ModelRegistry& registry, const AppConfig& config) : registry_(registry), config_(config) {}
+  SpritesService(ModelRegistry& registry, const AppConfig& config, RequestMetrics& metrics)
+      : registry_(registry), config_(config), metrics_(metrics) {}
 
   grpc::ServerWriteReactor<v1::SampleEvent>* Sample(grpc::CallbackServerContext* context,
                                                      const v1::SampleRequest* request) override;
@@ -27,6 +29,7 @@ class SpritesService final : public v1::Sprites::CallbackService {
 
   ModelRegistry& registry_;
   const AppConfig config_;
+  RequestMetrics& metrics_;
   std::atomic<uint64_t> next_id_{1};
 };
 

@@ -41,6 +41,7 @@ for name, svc in [("spritediff", gpu), ("spritediff-cpu", cpu)]:
     check("healthcheck" in svc and "health" in " ".join(svc["healthcheck"].get("test", [])),
           f"compose {name}: a healthcheck through spritectl health")
     check(any("50051" in str(p) for p in svc.get("ports", [])), f"compose {name}: the gRPC port")
+    check(any("9464" in str(p) for p in svc.get("ports", [])), f"compose {name}: the metrics port")
 
 # kubernetes
 docs = []
@@ -67,6 +68,8 @@ for probe in ["livenessProbe", "readinessProbe"]:
     check("grpc" in main.get(probe, {}), f"k8s Deployment: native gRPC {probe}")
 check(dep.get("terminationGracePeriodSeconds", 30) > config.get("shutdown_grace_s", 10),
       "k8s Deployment: terminationGracePeriodSeconds must exceed shutdown_grace_s")
+check(any(p.get("containerPort") == config.get("metrics_port") for p in main.get("ports", [])),
+      "k8s Deployment: the metrics port of the ConfigMap is a container port")
 svc = kinds["Service"][0]["spec"]
 check(svc["ports"][0]["port"] == 50051, "k8s Service: port 50051")
 job = kinds["Job"][0]["spec"]["template"]["spec"]["containers"][0]

@@ -1,0 +1,65 @@
+// Prometheus metrics over HTTP (cpp-httplib) at http://<bind>:<metrics_port>/metrics: sample
+// requests by model and status with latency histograms, each model's scheduler counters and
+// queue depth, and training jobs by state. Rendering pulls from the registry and the job
+// runner at scrape time; only the per-request counters are kept here.
+#pragma once
+
+#include <map>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <thread>
+#include <utility>
+#include <vector>
+
+#include "core/status.h"
+
+namespace httplib {
+class Server;
+}
+
+namespace spritediff {
+
+class ModelRegistry;
+class JobRunner;
+
+class RequestMetrics {
+ public:
+  // One finished Sample call: its model ("-" when unknown), gRPC status name, and timings.
+  void Record(const std::string& model, const std::string& code, double queued_ms, double run_ms);
+  void Render(std::string* out) const;
+
+ private:
+  struct Histogram {
+    std::vector<int64_t> buckets;  // cumulative counts per upper bound
+    int64_t count = 0;
+    double sum = 0;
+  };
+  static void Observe(Histogram& h, double seconds);
+  static void RenderHistogram(const std::string& name, const std::map<std::string, Histogram>& by_model,
+                              std::string* out);
+
+  mutable std::mutex mu_;
+  std::map<std::pair<std::string, std::string>, int64_t> requests_;  // GUARDED_BY(mu_) (model, code)
+  std::map<std::string, Histogram> queued_;                          // GUARDED_BY(mu_) by model
+  std::map<std::string, Histogram> run_;                             // GUARDED_BY(mu_) by model
+};
+
+class MetricsServer {
+ public:
+  MetricsServer(const ModelRegistry& registry, const JobRunner& jobs, const RequestMetrics& requests);
+  ~MetricsServer();
+  // Binds and serves on a thread of its own; an address in use is an error.
+  Status Start(const std::string& bind, int port);
+  void Stop();
+  std::string Render() const;
+
+ private:
+  const ModelRegistry& registry_;
+  const JobRunner& jobs_;
+  const RequestMetrics& requests_;
+  std::unique_ptr<httplib::Server> http_;
+  std::thread thread_;
+};
+
+}  // namespace spritediff
