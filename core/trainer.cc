@@ -396,6 +396,7 @@ Result<TrainSummary> Train(const TrainConfig& config, const std::atomic<bool>* s
     p.step = st.step + 0;
     p.steps_per_epoch = steps_per_epoch;
     p.loss = st.epoch_losses.back();
+    p.epoch_losses = &st.epoch_losses;
     p.lr = lr;
     p.elapsed_s = wall_now();
     p.epoch_end = true;

@@ -62,6 +62,7 @@ struct TrainProgress {
   bool epoch_end = false;
   bool checkpoint = false;
   std::string grid_path;  // set when a sample grid was written
+  const std::vector<double>* epoch_losses = nullptr;  // at epoch ends: every completed epoch's mean loss
 };
 
 struct TrainSummary {

@@ -67,8 +67,37 @@ std::string ToJson(const google::protobuf::Message& m) {
   google::protobuf::util::JsonPrintOptions options;
   options.add_whitespace = true;
   options.preserve_proto_field_names = true;
-  (void)google::protobuf::util::MessageToJsonString(m, &out, options);
+  if (!google::protobuf::util::MessageToJsonString(m, &out, options).ok()) return std::string();
   return out;
+}
+
+// Files of a dataset must be plain files and directories under root: a symlink inside the
+// dataset must not lead outside it, and a FIFO or device would hang or flood the reader.
+grpc::Status CheckDatasetTree(const fs::path& root, const fs::path& dataset, const std::string& name) {
+  std::error_code ec;
+  int seen = 0;
+  for (auto it = fs::recursive_directory_iterator(dataset, ec); !ec && it != fs::recursive_directory_iterator();
+       it.increment(ec)) {
+    if (++seen > 1000000) break;
+    const fs::path& p = it->path();
+    if (it->is_symlink(ec)) {
+      const fs::path target = fs::weakly_canonical(p, ec);
+      const fs::path rel = target.lexically_relative(root);
+      if (ec || rel.empty() || *rel.begin() == "..") {
+        return grpc::Status(grpc::StatusCode::PERMISSION_DENIED,
+                            "dataset '" + name + "': " + p.string() + " links outside the server's data root");
+      }
+    }
+    const fs::file_status st = fs::status(p, ec);
+    if (!ec && !fs::is_regular_file(st) && !fs::is_directory(st)) {
+      return grpc::Status(grpc::StatusCode::FAILED_PRECONDITION,
+                          "dataset '" + name + "': " + p.string() + " is neither a file nor a directory");
+    }
+  }
+  if (ec) {
+    return grpc::Status(grpc::StatusCode::FAILED_PRECONDITION, "dataset '" + name + "': " + ec.message());
+  }
+  return grpc::Status::OK;
 }
 
 // README.md for a model trained through the endpoint: how it was made and how it learned.
@@ -104,10 +133,12 @@ JobRunner::JobRunner(TrainingLimits limits, ModelRegistry& registry) : limits_(s
 JobRunner::~JobRunner() { Stop(); }
 
 Status JobRunner::PersistLocked(const Entry& entry) const {
+  const std::string text = ToJson(entry.job);
+  if (text.empty()) return Status::Internal("job " + entry.job.id() + ": cannot encode its record");
   std::error_code ec;
   fs::create_directories(entry.dir, ec);
   if (ec) return Status::Internal(entry.dir + ": " + ec.message());
-  return WriteFileAtomic((fs::path(entry.dir) / "job.json").string(), ToJson(entry.job));
+  return WriteFileAtomic((fs::path(entry.dir) / "job.json").string(), text);
 }
 
 std::vector<std::function<void()>> JobRunner::ChangedLocked(Entry& entry) {
@@ -135,6 +166,9 @@ Status JobRunner::Start() {
   std::sort(dirs.begin(), dirs.end());
   std::lock_guard<std::mutex> lock(mu_);
   for (const fs::path& dir : dirs) {
+    // Ids come from directory names too, so an unreadable record never gets its id reused.
+    unsigned long long dir_n = 0;
+    if (std::sscanf(dir.filename().c_str(), "job-%llu", &dir_n) == 1) next_id_ = std::max<uint64_t>(next_id_, dir_n + 1);
     std::ifstream in(dir / "job.json");
     if (!in) continue;
     std::stringstream text;
@@ -158,7 +192,13 @@ Status JobRunner::Start() {
       entry->grid_epoch = entry->job.progress().checkpoint_epoch();
     }
     const v1::JobState state = entry->job.state();
-    if (state == v1::JOB_STATE_RUNNING || state == v1::JOB_STATE_QUEUED) {
+    if ((state == v1::JOB_STATE_RUNNING || state == v1::JOB_STATE_QUEUED) && entry->job.cancel_requested()) {
+      entry->job.set_state(v1::JOB_STATE_CANCELLED);
+      entry->job.set_message("cancelled (the daemon stopped before the cancel completed)");
+      entry->job.set_finished_unix_ms(NowUnixMs());
+      Status s = PersistLocked(*entry);
+      if (!s.ok()) spdlog::error("job {}: {}", id, s.message());
+    } else if (state == v1::JOB_STATE_RUNNING || state == v1::JOB_STATE_QUEUED) {
       if (limits_.resume_interrupted) {
         if (state == v1::JOB_STATE_RUNNING) entry->job.set_resumes(entry->job.resumes() + 1);
         entry->job.set_state(v1::JOB_STATE_QUEUED);
@@ -198,6 +238,7 @@ void JobRunner::Stop() {
     }
   }
   cv_.notify_all();
+  done_cv_.notify_all();
   Notify(listeners);
   for (std::thread& t : workers_) t.join();
   workers_.clear();
@@ -278,6 +319,8 @@ grpc::Status JobRunner::ValidateSpec(v1::JobSpec* spec, std::string* dataset_pat
     return grpc::Status(grpc::StatusCode::FAILED_PRECONDITION,
                         "dataset '" + spec->dataset() + "' (" + path.string() + "): not a directory");
   }
+  grpc::Status tree = CheckDatasetTree(fs::weakly_canonical(fs::absolute(limits_.data_root), ec), path, spec->dataset());
+  if (!tree.ok()) return tree;
   // Reading it all now turns unreadable files into an answer before the job is queued.
   Result<Dataset> data = LoadDataset(path.string(), arch.height);
   if (!data.ok()) {
@@ -321,6 +364,10 @@ grpc::Status JobRunner::Submit(const v1::JobSpec& spec_in, v1::Job* out) {
     std::snprintf(id, sizeof(id), "job-%06llu", static_cast<unsigned long long>(next_id_++));
     auto entry = std::make_shared<Entry>();
     entry->dir = (fs::path(limits_.state_dir) / "jobs" / id).string();
+    std::error_code exists_ec;
+    if (fs::exists(entry->dir, exists_ec)) {
+      return grpc::Status(grpc::StatusCode::INTERNAL, "job directory " + entry->dir + " already exists");
+    }
     entry->job.set_id(id);
     *entry->job.mutable_spec() = spec;
     entry->job.set_state(v1::JOB_STATE_QUEUED);
@@ -375,10 +422,11 @@ grpc::Status JobRunner::Cancel(const std::string& id, v1::Job* out) {
   } else {
     entry->cancel_requested = true;
     entry->stop.store(true);
+    entry->job.set_cancel_requested(true);
     entry->job.set_message("cancelling");
     listeners = ChangedLocked(*entry);
     // The trainer checks between optimizer steps; answer with the final state when it comes soon.
-    cv_.wait_for(lock, std::chrono::seconds(10), [&] { return IsFinal(entry->job.state()); });
+    done_cv_.wait_for(lock, std::chrono::seconds(10), [&] { return IsFinal(entry->job.state()) || stopping_; });
   }
   *out = entry->job;
   lock.unlock();
@@ -429,8 +477,13 @@ void JobRunner::WorkerLoop() {
 }
 
 void JobRunner::RunJob(const std::shared_ptr<Entry>& entry) {
-  const v1::JobSpec spec = entry->job.spec();
-  const std::string id = entry->job.id();
+  v1::JobSpec spec;
+  std::string id;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    spec = entry->job.spec();
+    id = entry->job.id();
+  }
   const fs::path dir(entry->dir);
   TrainConfig tc;
   tc.out = (dir / "model").string();
@@ -474,17 +527,14 @@ void JobRunner::RunJob(const std::shared_ptr<Entry>& entry) {
       entry->job.set_state(v1::JOB_STATE_RUNNING);
       if (entry->job.started_unix_ms() == 0) entry->job.set_started_unix_ms(NowUnixMs());
       entry->job.set_message(tc.resume ? "resumed from its training state" : "");
-      // Epochs after the last checkpoint are run again on resume.
-      auto* losses = entry->job.mutable_epoch_losses();
-      const int kept = tc.resume ? static_cast<int>(entry->job.progress().checkpoint_epoch()) : 0;
-      while (losses->size() > kept) losses->RemoveLast();
+      if (!tc.resume) entry->job.clear_epoch_losses();
     }
     listeners = ChangedLocked(*entry);
   }
   Notify(listeners);
   if (!failure.empty()) {
     spdlog::warn("job {}: failed before training: {}", id, failure);
-    cv_.notify_all();
+    done_cv_.notify_all();
     return;
   }
   spdlog::info("job {}: {} training model {} ({} threads)", id, tc.resume ? "resuming" : "starting", tc.name,
@@ -511,7 +561,11 @@ void JobRunner::RunJob(const std::shared_ptr<Entry>& entry) {
       }
       pr->set_elapsed_s(p.elapsed_s);
       pr->set_lr(p.lr);
-      if (p.epoch_end) entry->job.add_epoch_losses(p.loss);
+      if (p.epoch_end && p.epoch_losses != nullptr) {
+        // The trainer's record is the truth: after a resume it holds exactly the epochs its state covers.
+        entry->job.clear_epoch_losses();
+        for (double l : *p.epoch_losses) entry->job.add_epoch_losses(l);
+      }
       if (p.checkpoint) {
         pr->set_checkpoint_epoch(static_cast<uint32_t>(p.epoch));
         if (grid) {
@@ -573,13 +627,14 @@ void JobRunner::RunJob(const std::shared_ptr<Entry>& entry) {
     }
     entry->job.set_finished_unix_ms(NowUnixMs());
   }
+  v1::JobState state;
   {
     std::lock_guard<std::mutex> lock(mu_);
     listeners = ChangedLocked(*entry);
+    state = entry->job.state();
   }
-  cv_.notify_all();
+  done_cv_.notify_all();
   Notify(listeners);
-  const v1::JobState state = entry->job.state();
   if (state == v1::JOB_STATE_SUCCEEDED || state == v1::JOB_STATE_CANCELLED) {
     std::error_code ec;
     fs::remove(tc.state_path, ec);  // no longer needed; it is the biggest file of a job
@@ -588,31 +643,54 @@ void JobRunner::RunJob(const std::shared_ptr<Entry>& entry) {
 }
 
 Status JobRunner::Publish(const std::shared_ptr<Entry>& entry) {
-  const std::string name = entry->job.spec().model_name();
-  const fs::path staging = fs::path(entry->dir) / "model";
-  const fs::path target = fs::path(limits_.models_dir) / name;
-  std::error_code ec;
-  if (fs::exists(target, ec)) return Status::FailedPrecondition(target.string() + " appeared while the job ran");
   v1::Job job;
   {
     std::lock_guard<std::mutex> lock(mu_);
     job = entry->job;
   }
+  const std::string name = job.spec().model_name();
+  const fs::path staging = fs::path(entry->dir) / "model";
+  const fs::path target = fs::path(limits_.models_dir) / name;
+  std::error_code ec;
+  if (!fs::exists(staging / "model.json", ec)) {
+    // A publish that completed just before a crash: the target is this job's model.
+    Result<ModelInfo> published = ReadModelInfo(target.string());
+    if (published.ok() &&
+        published->provenance.value("command", "").find("Training.SubmitJob " + job.id() + " ") != std::string::npos) {
+      return registry_.Find(name) ? Status::Ok() : registry_.Add(name, target.string());
+    }
+    return Status::FailedPrecondition("the trained model is missing from " + staging.string());
+  }
+  if (fs::exists(target, ec)) return Status::FailedPrecondition(target.string() + " appeared while the job ran");
+  // A model that cannot be loaded never takes the name.
+  Result<LoadedModel> loadable = LoadModel(staging.string());
+  if (!loadable.ok()) return loadable.status();
   Status card = WriteFileAtomic((staging / "README.md").string(), ModelCard(job));
   if (!card.ok()) return card;
   fs::create_directories(limits_.models_dir, ec);
   fs::rename(staging, target, ec);
-  if (ec) {
-    // Another filesystem (separate volumes): copy next to the target, then rename into place.
-    const fs::path tmp = fs::path(limits_.models_dir) / ("." + name + ".tmp-" + entry->job.id());
-    fs::remove_all(tmp, ec);
+  if (ec == std::errc::cross_device_link) {
+    // Separate volumes: copy next to the target (a dot-directory the registry skips), then rename.
+    const fs::path tmp = fs::path(limits_.models_dir) / ("." + name + ".tmp-" + job.id());
+    std::error_code cleanup;
+    fs::remove_all(tmp, cleanup);
+    ec.clear();
     fs::copy(staging, tmp, fs::copy_options::recursive, ec);
-    if (ec) return Status::Internal("copying the model to " + tmp.string() + ": " + ec.message());
-    fs::rename(tmp, target, ec);
-    if (ec) return Status::Internal("renaming " + tmp.string() + " to " + target.string() + ": " + ec.message());
-    fs::remove_all(staging, ec);
+    if (!ec) fs::rename(tmp, target, ec);
+    if (ec) {
+      fs::remove_all(tmp, cleanup);
+      return Status::Internal("publishing into " + target.string() + ": " + ec.message());
+    }
+    fs::remove_all(staging, cleanup);
+  } else if (ec) {
+    return Status::Internal("renaming " + staging.string() + " to " + target.string() + ": " + ec.message());
   }
-  return registry_.Add(name, target.string());
+  Status added = registry_.Add(name, target.string());
+  if (!added.ok()) {
+    std::error_code undo;
+    fs::rename(target, staging, undo);  // give the name back; the job can be inspected in its dir
+  }
+  return added;
 }
 
 }  // namespace spritediff

@@ -94,7 +94,8 @@ class JobRunner {
   ModelRegistry& registry_;
 
   mutable std::mutex mu_;
-  std::condition_variable cv_;
+  std::condition_variable cv_;       // workers: the queue or stopping_ changed
+  std::condition_variable done_cv_;  // a job reached a final state
   std::map<std::string, std::shared_ptr<Entry>> jobs_;  // GUARDED_BY(mu_)
   std::deque<std::string> queue_;                       // GUARDED_BY(mu_) ids waiting to run
   uint64_t next_id_ = 1;                                // GUARDED_BY(mu_)

@@ -4,6 +4,7 @@
 #include <spdlog/spdlog.h>
 
 #include <array>
+#include <chrono>
 #include <sstream>
 
 #include "server/job_runner.h"
@@ -145,13 +146,22 @@ Status MetricsServer::Start(const std::string& bind, int port) {
     return Status::FailedPrecondition("metrics: cannot listen on " + bind + ":" + std::to_string(port) +
                                       " (address in use or not permitted?)");
   }
-  thread_ = std::thread([this] { http_->listen_after_bind(); });
+  listening_done_.store(false);
+  thread_ = std::thread([this] {
+    http_->listen_after_bind();
+    listening_done_.store(true);
+  });
   return Status::Ok();
 }
 
 void MetricsServer::Stop() {
-  if (http_) http_->stop();
-  if (thread_.joinable()) thread_.join();
+  if (!thread_.joinable()) return;
+  // stop() is a no-op until the listen loop has started, so repeat it until the loop is gone.
+  while (!listening_done_.load()) {
+    http_->stop();
+    std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  }
+  thread_.join();
 }
 
 }  // namespace spritediff

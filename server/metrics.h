@@ -4,6 +4,7 @@
 // runner at scrape time; only the per-request counters are kept here.
 #pragma once
 
+#include <atomic>
 #include <map>
 #include <memory>
 #include <mutex>
@@ -60,6 +61,7 @@ class MetricsServer {
   const RequestMetrics& requests_;
   std::unique_ptr<httplib::Server> http_;
   std::thread thread_;
+  std::atomic<bool> listening_done_{true};
 };
 
 }  // namespace spritediff

@@ -1,5 +1,7 @@
 // End-to-end: training jobs over gRPC on the real daemon, with a small copy of the real
 // sprite dataset (4 images per class), a tiny network and few epochs.
+#include <sys/stat.h>
+
 #include "core/image.h"
 #include "tests/e2e/daemon_fixture.h"
 
@@ -226,6 +228,13 @@ TEST_F(TrainingTest, BadSpecsGetTheRightCodes) {
   fs::create_directories(daemon_->root() / "data" / "empty");
   fs::create_directories(daemon_->root() / "outside" / "x");
   fs::create_directory_symlink(daemon_->root() / "outside", daemon_->root() / "data" / "link-out");
+  // A dataset whose class folder links outside the root, and one holding a FIFO.
+  CopyMiniDataset(daemon_->root() / "data", "sneaky", 4);
+  fs::remove_all(daemon_->root() / "data" / "sneaky" / "food");
+  CopyMiniDataset(daemon_->root() / "outside", "copy", 4);
+  fs::create_directory_symlink(daemon_->root() / "outside" / "copy" / "food", daemon_->root() / "data" / "sneaky" / "food");
+  CopyMiniDataset(daemon_->root() / "data", "fifo", 4);
+  ASSERT_EQ(mkfifo((daemon_->root() / "data" / "fifo" / "food" / "pipe.png").c_str(), 0644), 0);
   struct Case {
     std::function<void(JobSpec&)> edit;
     grpc::StatusCode code;
@@ -239,6 +248,8 @@ TEST_F(TrainingTest, BadSpecsGetTheRightCodes) {
       {[](JobSpec& s) { s.set_dataset("../outside/x"); }, grpc::StatusCode::PERMISSION_DENIED, "data root"},
       {[](JobSpec& s) { s.set_dataset("/etc"); }, grpc::StatusCode::PERMISSION_DENIED, "data root"},
       {[](JobSpec& s) { s.set_dataset("link-out/x"); }, grpc::StatusCode::PERMISSION_DENIED, "data root"},
+      {[](JobSpec& s) { s.set_dataset("sneaky"); }, grpc::StatusCode::PERMISSION_DENIED, "links outside"},
+      {[](JobSpec& s) { s.set_dataset("fifo"); }, grpc::StatusCode::FAILED_PRECONDITION, "pipe.png"},
       {[](JobSpec& s) { s.set_dataset("nope"); }, grpc::StatusCode::FAILED_PRECONDITION, "nope"},
       {[](JobSpec& s) { s.set_dataset("empty"); }, grpc::StatusCode::FAILED_PRECONDITION, "empty"},
       {[](JobSpec& s) { s.set_dataset(""); }, grpc::StatusCode::INVALID_ARGUMENT, "dataset"},
