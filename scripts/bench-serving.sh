@@ -60,3 +60,17 @@ awk -v off="$offline_sps" -v conc="$conc_sps" -v seq="$seq_sps" -v ttff="$ttff" 
   printf "daemon, one request at a time:        %8.2f sprites/s  (32 clients are %.1f x this; goal >= 10)\n", seq, conc / seq;
   printf "first frame during a DDPM-500 batch:  %8.1f ms = %.2f step times of %.1f ms (goal <= 3)\n", ttff, ttff / step, step;
 }'
+
+# Side by side with the course's PyTorch model (../shared/reference/course_ref.py), same
+# thread count, unguided DDIM-25 at batch 32, run right after ours; skipped without
+# Debian's python3-torch.
+REF=../shared/reference/course_ref.py
+if [ -f "$REF" ] && /usr/bin/python3 -c 'import torch' 2>/dev/null; then
+  ref=$(/usr/bin/python3 "$REF" --threads "$THREADS" --batch 32 --only-ddim)
+  echo "course reference (PyTorch): $ref"
+  awk -v ours="$(field "$offline" ddim_samples_per_s)" -v ref="$(field "$ref" ddim_samples_per_s)" 'BEGIN {
+    printf "offline unguided DDIM-25, batch 32:   %8.2f sprites/s  (course PyTorch model: %.2f; ratio %.2f)\n", ours, ref, ours / ref;
+  }'
+else
+  echo "(course reference skipped: needs $REF and /usr/bin/python3 with torch: apt-get install python3-torch)"
+fi

@@ -22,6 +22,7 @@ int main(int argc, char** argv) {
   spritediff::AddBenchCommand(app, common);
   spritediff::AddServeCommand(app, common);
   spritediff::AddImportCommand(app, common);
+  spritediff::AddPreviewCommand(app, common);
 
   try {
     app.parse(argc, argv);

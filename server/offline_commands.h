@@ -1,4 +1,4 @@
-// spritediffd's offline subcommands: train, sample and bench. Each registers its flags on
+// spritediffd's offline subcommands: train, sample, bench, import and preview. Each registers its flags on
 // the CLI and runs without the network.
 #pragma once
 
@@ -26,5 +26,6 @@ void AddTrainCommand(CLI::App& app, const CommonOptions& common);
 void AddSampleCommand(CLI::App& app, const CommonOptions& common);
 void AddBenchCommand(CLI::App& app, const CommonOptions& common);
 void AddImportCommand(CLI::App& app, const CommonOptions& common);
+void AddPreviewCommand(CLI::App& app, const CommonOptions& common);
 
 }  // namespace spritediff

@@ -148,14 +148,15 @@ class Daemon {
   std::shared_ptr<grpc::Channel> channel_;
 };
 
-// Runs build/bin/spritectl with args, collecting its output.
+// What a program printed and its exit code.
 struct Output {
   int exit_code = -1;
   std::string text;  // stdout and stderr together
 };
 
-inline Output RunCtl(const std::string& args) {
-  const std::string cmd = std::string(SPRITEDIFF_BIN_DIR) + "/spritectl " + args + " 2>&1";
+// Runs build/bin/<program> with args, collecting its output.
+inline Output RunBin(const std::string& program, const std::string& args) {
+  const std::string cmd = std::string(SPRITEDIFF_BIN_DIR) + "/" + program + " " + args + " 2>&1";
   Output out;
   FILE* pipe = popen(cmd.c_str(), "r");
   std::array<char, 4096> buf;
@@ -165,5 +166,7 @@ inline Output RunCtl(const std::string& args) {
   out.exit_code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
   return out;
 }
+
+inline Output RunCtl(const std::string& args) { return RunBin("spritectl", args); }
 
 }  // namespace spritediff::e2e

@@ -353,5 +353,40 @@ TEST(TrainingRestartTest, StoppedMidJobIsInterruptedWhenResumeIsOff) {
   EXPECT_EQ(d.Stop(), 0) << d.Log();
 }
 
+// `spritediffd preview` shows real training images as the trainer sees them: one row per
+// label in labels.txt order, each tile height x height upscaled, short rows padded.
+TEST(OfflineCliTest, PreviewWritesOneRowPerLabel) {
+  const fs::path root = fs::temp_directory_path() / ("spritediff_preview_" + std::to_string(::getpid()));
+  CopyMiniDataset(root, "mini", 3);
+  const std::string out = (root / "real.png").string();
+  Output run = RunBin("spritediffd", "preview --data " + (root / "mini").string() +
+                                         " --height 16 --per-label 4 --upscale 2 --out " + out);
+  ASSERT_EQ(run.exit_code, 0) << run.text;
+  Result<Image> grid = ReadPng(out);
+  ASSERT_TRUE(grid.ok()) << grid.status().message();
+  // 4 columns and 5 rows of 32-pixel tiles with 2-pixel gaps (MakeGrid pads the border too).
+  Result<Image> expected = MakeGrid(std::vector<Image>(20, Image(32, 32, 3)), 4, 2);
+  ASSERT_TRUE(expected.ok());
+  EXPECT_EQ(grid->width, expected->width);
+  EXPECT_EQ(grid->height, expected->height);
+  // Three real sprites per class and a fourth, empty tile: the last column of every row is black.
+  for (int row = 0; row < 5; ++row) {
+    const int y0 = 2 + row * 34, x_real = 2, x_blank = 2 + 3 * 34;
+    int lit_real = 0, lit_blank = 0;
+    for (int y = y0; y < y0 + 32; ++y) {
+      for (int x = 0; x < 32; ++x) {
+        lit_real += grid->at(x_real + x, y, 0) + grid->at(x_real + x, y, 1) + grid->at(x_real + x, y, 2) > 0;
+        lit_blank += grid->at(x_blank + x, y, 0) + grid->at(x_blank + x, y, 1) + grid->at(x_blank + x, y, 2) > 0;
+      }
+    }
+    EXPECT_GT(lit_real, 50) << "row " << row;
+    EXPECT_EQ(lit_blank, 0) << "row " << row;
+  }
+  Output missing = RunBin("spritediffd", "preview --data " + (root / "absent").string() + " --out " + out);
+  EXPECT_NE(missing.exit_code, 0);
+  EXPECT_NE(missing.text.find("--data"), std::string::npos) << missing.text;
+  fs::remove_all(root);
+}
+
 }  // namespace
 }  // namespace spritediff::e2e
