@@ -1,5 +1,6 @@
 #include "core/runtime.h"
 
+#include <dlfcn.h>
 #include <torch/torch.h>
 
 #include <regex>
@@ -32,8 +33,24 @@ int ConfigureThreads(int threads) {
 }
 
 void SetThreadIntraOpThreads(int threads) {
-  at::parallel_for(0, 2, 1, [](int64_t, int64_t) {});  // runs this thread's lazy initialisation
-  at::set_num_threads(std::max(1, threads));
+  threads = std::max(1, threads);
+  // libtorch sets each thread's OpenMP count from the process-wide value the first time that
+  // thread calls into its parallel code; make that happen now, inside libtorch (a header
+  // inline such as at::parallel_for compiled into this binary has its own once-per-thread flag
+  // and would leave libtorch's to fire later, overwriting the count set below).
+  (void)at::get_num_threads();
+  // at::set_num_threads would also resize process-wide pools (the pthreadpool that NNPACK's
+  // convolutions use, oneDNN's caches), so a one-thread training worker would slow every
+  // sampling thread down. OpenMP's own count is per thread: set only that. The symbol is
+  // looked up at run time because CUDA builds of libtorch ship their OpenMP runtime under
+  // another file name.
+  using SetFn = void (*)(int);
+  static const auto omp_set = reinterpret_cast<SetFn>(dlsym(RTLD_DEFAULT, "omp_set_num_threads"));
+  if (omp_set != nullptr) {
+    omp_set(threads);
+  } else {
+    at::set_num_threads(threads);  // no OpenMP: libtorch's pools are process-wide anyway
+  }
 }
 
 }  // namespace spritediff

@@ -16,9 +16,9 @@ Result<std::string> ResolveDevice(const std::string& requested);
 int ConfigureThreads(int threads);
 
 // Gives the calling thread its own intra-op thread count, so a training thread and the serving
-// threads of one process can use different counts. libtorch initialises each thread's OpenMP
-// count from a process-wide value on its first parallel op; this forces that first, then sets
-// the thread's own (each torch-using thread calls it once when it starts).
+// threads of one process can use different counts. Only the thread's OpenMP count changes;
+// the process-wide count and pools that at::set_num_threads would resize stay as
+// ConfigureThreads left them. Each torch-using thread calls it once when it starts.
 void SetThreadIntraOpThreads(int threads);
 
 }  // namespace spritediff

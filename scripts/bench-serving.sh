@@ -15,9 +15,9 @@ LOG=$(mktemp -d)/bench
 
 field() {  # field JSON KEY [SUBKEY]: a number from one line of JSON
   if [ $# -eq 3 ]; then
-    sed -n "s/.*\"$2\":{[^}]*\"$3\":\([-0-9.e+]*\).*/\1/p" <<<"$1"
+    sed -n "s/.*\"$2\": *{[^}]*\"$3\": *\([-0-9.e+]*\).*/\1/p" <<<"$1"
   else
-    sed -n "s/.*\"$2\":\([-0-9.e+]*\).*/\1/p" <<<"$1"
+    sed -n "s/.*\"$2\": *\([-0-9.e+]*\).*/\1/p" <<<"$1"
   fi
 }
 

@@ -3,7 +3,9 @@
 #include <gtest/gtest.h>
 
 #include <filesystem>
+#include <thread>
 
+#include "core/runtime.h"
 #include "core/schedule.h"
 
 namespace spritediff {
@@ -28,6 +30,29 @@ TEST(ForwardProcess, MomentsMatchTheClosedForm) {
     EXPECT_NEAR(xt.mean().item<double>(), std::sqrt(s.alpha_bar(t)) * 0.7, 0.01) << "t=" << t;
     EXPECT_NEAR(xt.var().item<double>(), 1 - s.alpha_bar(t), 0.01 * (1 - s.alpha_bar(t)) + 1e-5) << "t=" << t;
   }
+}
+
+// A training worker gives itself one intra-op thread; that must not change the count of the
+// process (which a serving thread starting later inherits) or of any other thread. (It once
+// went through at::set_num_threads, whose process-wide side effects slowed sampling ~25%.)
+TEST(Threads, PerThreadCountLeavesTheProcessCountAlone) {
+  if (ConfigureThreads(2) != 2) GTEST_SKIP() << "libtorch without a settable thread count";
+  int in_worker = 0, in_worker_after_work = 0, in_later_thread = 0;
+  std::thread worker([&] {
+    SetThreadIntraOpThreads(1);
+    in_worker = at::get_num_threads();
+    torch::mm(torch::ones({64, 64}), torch::ones({64, 64}));  // parallel work keeps the count
+    in_worker_after_work = at::get_num_threads();
+  });
+  worker.join();
+  std::thread later([&] {
+    in_later_thread = at::get_num_threads();  // initialised from the process count
+  });
+  later.join();
+  EXPECT_EQ(in_worker, 1);
+  EXPECT_EQ(in_worker_after_work, 1);
+  EXPECT_EQ(in_later_thread, 2);
+  EXPECT_EQ(at::get_num_threads(), 2);
 }
 
 TEST(Ema, MovesTowardTheLiveWeights) {
