@@ -20,7 +20,7 @@ WORK=$(mktemp -d)
 
 mkdir -p "$WORK/models" "$WORK/data" "$WORK/state"
 cp -r models/sprites16 "$WORK/models/"
-ln -s "$(realpath ../shared/data/dcss-sprites)" "$WORK/data/dcss-sprites"
+cp -r ../shared/data/dcss-sprites "$WORK/data/dcss-sprites"  # a copy: links out of the data root are refused
 cat >"$WORK/config.json" <<JSON
 {"threads": $THREADS, "training_threads": $TRAIN_THREADS, "max_concurrent_jobs": 1}
 JSON
