@@ -3,6 +3,7 @@
 # bookworm base made with debootstrap; see ../shared/notes/containers.md), starts the daemon
 # from the image, and checks from outside that the health service answers and that a sample
 # request returns sprites. Prints each check. Needs root. Slow (a full build): not a CTest.
+# REUSE_IMAGE=1 skips the build when spritediff:cpu already exists.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PORT=${PORT:-50061}
@@ -23,8 +24,12 @@ if ! podman image exists docker.io/library/debian:bookworm-slim; then
   podman tag localhost/debian:bookworm-slim docker.io/library/debian:bookworm-slim
 fi
 
-step "build: buildah bud -f docker/Dockerfile -t spritediff:cpu ."
-buildah bud --pull=never --isolation chroot -t spritediff:cpu -f docker/Dockerfile .
+if [ "${REUSE_IMAGE:-0}" = 1 ] && buildah inspect --type image spritediff:cpu >/dev/null 2>&1; then
+  step "build: skipped (REUSE_IMAGE=1), using the existing spritediff:cpu"
+else
+  step "build: buildah bud -f docker/Dockerfile -t spritediff:cpu ."
+  buildah bud --pull=never --isolation chroot --format docker -t spritediff:cpu -f docker/Dockerfile .  # docker format keeps HEALTHCHECK
+fi
 
 step "run: spritediffd serve from the image on port $PORT"
 c=$(buildah from spritediff:cpu)
@@ -33,7 +38,8 @@ trap cleanup EXIT
 # A small copy of the real sprites (4 per class) as a training dataset inside the container.
 mini=$(mktemp -d)
 for cls in $(cat ../shared/data/dcss-sprites/labels.txt); do
-  mkdir -p "$mini/$cls"; ls ../shared/data/dcss-sprites/$cls/*.png | head -4 | xargs -I{} cp {} "$mini/$cls/"
+  files=(../shared/data/dcss-sprites/"$cls"/*.png)  # not ls | head: SIGPIPE under pipefail
+  mkdir -p "$mini/$cls"; cp "${files[@]:0:4}" "$mini/$cls/"
 done
 cp ../shared/data/dcss-sprites/labels.txt "$mini/"
 buildah copy --chown spritediff:spritediff "$c" "$mini" /srv/spritediff/data/mini >/dev/null
