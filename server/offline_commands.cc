@@ -138,6 +138,9 @@ void AddTrainCommand(CLI::App& app, const CommonOptions& common) {
       ->capture_default_str();
   cmd->add_option("--state", cfg->state_path, "training state file (default OUT/train-state.pt)");
   cmd->add_flag("--resume", cfg->resume, "continue exactly from the training state file");
+  cmd->add_option("--init-from", cfg->init_from,
+                  "model directory whose weights start this run (fine-tuning or a longer second run); same "
+                  "n_feat, height and label count");
   cmd->add_option("--timesteps", cfg->schedule.timesteps, "diffusion steps T")->capture_default_str();
   cmd->add_option("--beta1", cfg->schedule.beta1, "first beta of the linear schedule")->capture_default_str();
   cmd->add_option("--beta2", cfg->schedule.beta2, "last beta of the linear schedule")->capture_default_str();
@@ -150,7 +153,8 @@ void AddTrainCommand(CLI::App& app, const CommonOptions& common) {
     line << "spritediffd train --data " << c.data << " --out " << c.out << " --n-feat " << c.n_feat
          << " --height " << c.height << " --epochs " << c.epochs << " --batch-size " << c.batch_size << " --lr "
          << c.lr << " --seed " << c.seed << " --ema-decay " << c.ema_decay << " --context-dropout "
-         << c.context_dropout << (c.flip ? "" : " --no-flip") << " --class-balance " << c.class_balance;
+         << c.context_dropout << (c.flip ? "" : " --no-flip") << " --class-balance " << c.class_balance
+         << (c.init_from.empty() ? "" : " --init-from " + c.init_from);
     c.command_line = line.str();
     std::signal(SIGINT, OnInterrupt);
     std::signal(SIGTERM, OnInterrupt);

@@ -388,5 +388,27 @@ TEST(OfflineCliTest, PreviewWritesOneRowPerLabel) {
   fs::remove_all(root);
 }
 
+// `spritediffd train --init-from` starts from a model's weights; a base of another shape is
+// refused with both shapes named.
+TEST(OfflineCliTest, TrainInitFromAModel) {
+  const fs::path root = fs::temp_directory_path() / ("spritediff_initfrom_" + std::to_string(::getpid()));
+  CopyMiniDataset(root, "mini", 2);
+  const std::string common = "--threads 1 train --data " + (root / "mini").string() +
+                             " --height 16 --epochs 1 --batch-size 5 --grid-per-label 0 --seed 3";
+  Output base = RunBin("spritediffd", common + " --n-feat 8 --out " + (root / "base").string());
+  ASSERT_EQ(base.exit_code, 0) << base.text;
+  Output tuned = RunBin("spritediffd", common + " --n-feat 8 --out " + (root / "tuned").string() + " --init-from " +
+                                           (root / "base").string());
+  ASSERT_EQ(tuned.exit_code, 0) << tuned.text;
+  Result<LoadedModel> model = LoadModel((root / "tuned").string());
+  ASSERT_TRUE(model.ok()) << model.status().message();
+  EXPECT_EQ(model->info.provenance.value("fine_tuned_from", ""), (root / "base").string());
+  Output wrong = RunBin("spritediffd", common + " --n-feat 16 --out " + (root / "wrong").string() + " --init-from " +
+                                           (root / "base").string());
+  EXPECT_NE(wrong.exit_code, 0);
+  EXPECT_NE(wrong.text.find("n_feat 8"), std::string::npos) << wrong.text;
+  fs::remove_all(root);
+}
+
 }  // namespace
 }  // namespace spritediff::e2e
