@@ -3,6 +3,7 @@
 #include <dlfcn.h>
 #include <torch/torch.h>
 
+#include <filesystem>
 #include <regex>
 #include <thread>
 
@@ -30,6 +31,22 @@ int ConfigureThreads(int threads) {
   if (threads <= 0) threads = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
   at::set_num_threads(threads);
   return at::get_num_threads();
+}
+
+std::string CpuBlasName() {
+  if (at::globalContext().hasMKL()) return "MKL";
+  // Debian's libtorch calls sgemm_ through libblas.so.3, an alternatives link: the file it
+  // resolves to names the implementation (libtorch also links OpenBLAS directly for other
+  // routines, so OpenBLAS's own symbols prove nothing).
+  Dl_info info{};
+  void* sgemm = dlsym(RTLD_DEFAULT, "sgemm_");
+  if (sgemm == nullptr || dladdr(sgemm, &info) == 0 || info.dli_fname == nullptr) return "other";
+  std::error_code ec;
+  const std::string file = std::filesystem::canonical(info.dli_fname, ec).string();
+  for (const char* name : {"openblas", "blis", "mkl", "atlas"}) {
+    if (file.find(name) != std::string::npos) return name == std::string("openblas") ? "OpenBLAS" : name;
+  }
+  return "other";
 }
 
 void SetThreadIntraOpThreads(int threads) {

@@ -15,6 +15,10 @@ Result<std::string> ResolveDevice(const std::string& requested);
 // threads <= 0 means every hardware thread. Returns the count in effect.
 int ConfigureThreads(int threads);
 
+// The BLAS libtorch calls on the CPU: "MKL" (built in), "OpenBLAS", "blis", "atlas", or "other" (on Debian that
+// is the reference netlib BLAS unless an optimised one is installed: 2-8x slower here).
+std::string CpuBlasName();
+
 // Gives the calling thread its own intra-op thread count, so a training thread and the serving
 // threads of one process can use different counts. Only the thread's OpenMP count changes;
 // the process-wide count and pools that at::set_num_threads would resize stay as

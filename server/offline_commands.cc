@@ -49,7 +49,11 @@ std::string PrepareCompute(const AppConfig& config) {
   Result<std::string> device = ResolveDevice(config.device);
   if (!device.ok()) Fail(device.status().message());
   const int threads = ConfigureThreads(config.threads);
-  spdlog::info("device {} with {} intra-op threads", *device, threads);
+  spdlog::info("device {} with {} intra-op threads, CPU BLAS {}", *device, threads, CpuBlasName());
+  if (CpuBlasName() == "other") {  // blis and atlas are fine
+    spdlog::warn("libtorch's BLAS is not OpenBLAS or MKL (on Debian: the slow reference BLAS); "
+                 "install libopenblas0-openmp (scripts/install-deps.sh does)");
+  }
   return *device;
 }
 
@@ -329,7 +333,7 @@ void AddBenchCommand(CLI::App& app, const CommonOptions& common) {
     auto sync = [&] {
       if (device.is_cuda()) torch::cuda::synchronize();
     };
-    nlohmann::json report = {{"device", device_name}, {"threads", at::get_num_threads()},
+    nlohmann::json report = {{"device", device_name}, {"threads", at::get_num_threads()}, {"blas", CpuBlasName()},
                              {"n_feat", info.arch.n_feat}, {"height", info.arch.height},
                              {"parameters", ParameterCount(*net)}};
     for (int b : a->batches) {

@@ -68,6 +68,10 @@ void AddServeCommand(CLI::App& app, const CommonOptions& common) {
     Result<std::string> device = ResolveDevice(config.device);
     if (!device.ok()) Fail(device.status().message());
     const int threads = ConfigureThreads(config.threads);
+    if (*device == "cpu" && CpuBlasName() == "other") {
+      spdlog::warn("libtorch's BLAS is not OpenBLAS or MKL (on Debian: the slow reference BLAS, 2-8x slower); "
+                   "install libopenblas0-openmp (scripts/install-deps.sh does)");
+    }
     ModelRegistry registry(config.models_dir, config.default_model, torch::Device(*device),
                            SchedulerLimits{config.max_batch_rows, config.max_queued_rows, threads});
     Status loaded = registry.LoadAll();
@@ -107,8 +111,8 @@ void AddServeCommand(CLI::App& app, const CommonOptions& common) {
     grpc::HealthCheckServiceInterface* health = server->GetHealthCheckService();
     health->SetServingStatus("spritediff.v1.Sprites", true);
     health->SetServingStatus("spritediff.v1.Training", config.max_concurrent_jobs > 0);
-    spdlog::info("spritediffd listening on {}:{} (device {}, {} threads, default model {}, metrics {})", config.bind,
-                 bound_port, *device, threads, registry.default_model(),
+    spdlog::info("spritediffd listening on {}:{} (device {}, {} threads, CPU BLAS {}, default model {}, metrics {})",
+                 config.bind, bound_port, *device, threads, CpuBlasName(), registry.default_model(),
                  config.metrics_port > 0 ? "http://" + config.bind + ":" + std::to_string(config.metrics_port) + "/metrics"
                                          : std::string("off"));
 
