@@ -117,6 +117,9 @@ Result<Dataset> LoadNpyPair(const fs::path& dir, int height) {
   if (labels->shape[0] != s[0]) {
     return Status::InvalidArgument(dir.string() + ": images and labels .npy disagree on N");
   }
+  if (s[0] < 1 || labels->shape[1] < 1) {
+    return Status::InvalidArgument(dir.string() + ": the .npy pair holds no images or no label columns");
+  }
   torch::Tensor pixels = torch::from_blob(images->data.data(), {s[0], s[1], s[2], 3}, torch::kUInt8).clone();
   torch::Tensor x = ToUnitRange(pixels);
   if (s[1] != height) {
@@ -194,6 +197,8 @@ Result<Dataset> LoadDataset(const std::string& path, int height) {
     return Status::FailedPrecondition(path + ": neither class folders (ImageFolder) nor .npy files");
   } catch (const fs::filesystem_error& e) {
     return Status::IoError(path + ": " + e.what());
+  } catch (const std::exception& e) {  // malformed files must not take the process down
+    return Status::InvalidArgument(path + ": cannot read the dataset (" + e.what() + ")");
   }
 }
 
@@ -237,8 +242,12 @@ Result<NpyArray> ReadNpy(const std::string& path) {
   while (std::getline(dims, dim, ',')) {
     dim.erase(std::remove_if(dim.begin(), dim.end(), ::isspace), dim.end());
     if (dim.empty()) continue;
+    if (dim.size() > 12 || dim.find_first_not_of("0123456789") != std::string::npos) {
+      return Status::InvalidArgument(path + ": .npy shape has a bad dimension '" + dim + "'");
+    }
     arr.shape.push_back(std::stoll(dim));
     count *= arr.shape.back();
+    if (count > (int64_t{1} << 34)) return Status::InvalidArgument(path + ": .npy array too large");
   }
   int64_t item = 0;
   if (arr.dtype == "|u1" || arr.dtype == "|b1") item = 1;

@@ -40,12 +40,14 @@ std::string CpuBlasName() {
   // routines, so OpenBLAS's own symbols prove nothing).
   Dl_info info{};
   void* sgemm = dlsym(RTLD_DEFAULT, "sgemm_");
-  if (sgemm == nullptr || dladdr(sgemm, &info) == 0 || info.dli_fname == nullptr) return "other";
+  if (sgemm == nullptr || dladdr(sgemm, &info) == 0 || info.dli_fname == nullptr) return "unknown";
   std::error_code ec;
   const std::string file = std::filesystem::canonical(info.dli_fname, ec).string();
   for (const char* name : {"openblas", "blis", "mkl", "atlas"}) {
     if (file.find(name) != std::string::npos) return name == std::string("openblas") ? "OpenBLAS" : name;
   }
+  // Debian's netlib reference BLAS lives in .../blas/libblas.so.3.
+  if (file.find("/blas/libblas.so") != std::string::npos) return "reference";
   return "other";
 }
 
@@ -63,10 +65,14 @@ void SetThreadIntraOpThreads(int threads) {
   // another file name.
   using SetFn = void (*)(int);
   static const auto omp_set = reinterpret_cast<SetFn>(dlsym(RTLD_DEFAULT, "omp_set_num_threads"));
-  if (omp_set != nullptr) {
-    omp_set(threads);
-  } else {
-    at::set_num_threads(threads);  // no OpenMP: libtorch's pools are process-wide anyway
+  // MKL (CUDA builds of libtorch) keeps a per-thread count of its own that outranks OpenMP's.
+  using MklSetFn = int (*)(int);
+  static const auto mkl_set_local = reinterpret_cast<MklSetFn>(dlsym(RTLD_DEFAULT, "mkl_set_num_threads_local"));
+  if (omp_set != nullptr) omp_set(threads);
+  if (mkl_set_local != nullptr) mkl_set_local(threads);
+  const bool mkl_unset = at::globalContext().hasMKL() && mkl_set_local == nullptr;
+  if (omp_set == nullptr || at::get_num_threads() != threads || mkl_unset) {
+    at::set_num_threads(threads);  // not OpenMP, or not reachable: fall back to the process-wide setting
   }
 }
 

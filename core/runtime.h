@@ -15,8 +15,9 @@ Result<std::string> ResolveDevice(const std::string& requested);
 // threads <= 0 means every hardware thread. Returns the count in effect.
 int ConfigureThreads(int threads);
 
-// The BLAS libtorch calls on the CPU: "MKL" (built in), "OpenBLAS", "blis", "atlas", or "other" (on Debian that
-// is the reference netlib BLAS unless an optimised one is installed: 2-8x slower here).
+// The BLAS libtorch calls on the CPU: "MKL" (built in), "OpenBLAS", "blis", "atlas",
+// "reference" (Debian's netlib BLAS, the default without an optimised one: 2-8x slower here),
+// "other" or "unknown".
 std::string CpuBlasName();
 
 // Gives the calling thread its own intra-op thread count, so a training thread and the serving

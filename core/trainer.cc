@@ -232,6 +232,17 @@ Result<TrainSummary> Train(const TrainConfig& config, const std::atomic<bool>* s
           std::to_string(info.arch.n_feat) + ", height " + std::to_string(info.arch.height) + ", " +
           std::to_string(info.arch.n_cfeat) + " labels");
     }
+    if (base->info.labels != info.labels) {
+      auto join = [](const std::vector<std::string>& v) {
+        std::string out;
+        for (const auto& l : v) out += (out.empty() ? "" : ",") + l;
+        return out;
+      };
+      return Status::FailedPrecondition(c.init_from + ": base model's labels (" + join(base->info.labels) +
+                                        ") differ from the dataset's (" + join(info.labels) +
+                                        "); context slot i must mean the same class in both (set the dataset's "
+                                        "order with labels.txt)");
+    }
     torch::NoGradGuard no_grad;
     auto src = base->net->named_parameters();
     for (auto& p : net->named_parameters()) p.value().copy_(src[p.key()]);

@@ -28,6 +28,9 @@ int main(int argc, char** argv) {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
     return app.exit(e);
+  } catch (const std::exception& e) {  // a last resort: a message and exit 1, never an abort
+    std::cerr << "spritediffd: error: " << e.what() << "\n";
+    return 1;
   }
   return 0;
 }

@@ -50,9 +50,9 @@ std::string PrepareCompute(const AppConfig& config) {
   if (!device.ok()) Fail(device.status().message());
   const int threads = ConfigureThreads(config.threads);
   spdlog::info("device {} with {} intra-op threads, CPU BLAS {}", *device, threads, CpuBlasName());
-  if (CpuBlasName() == "other") {  // blis and atlas are fine
-    spdlog::warn("libtorch's BLAS is not OpenBLAS or MKL (on Debian: the slow reference BLAS); "
-                 "install libopenblas0-openmp (scripts/install-deps.sh does)");
+  if (*device == "cpu" && CpuBlasName() == "reference") {
+    spdlog::warn("libtorch uses the reference BLAS (2-8x slower); install libopenblas0-openmp "
+                 "(scripts/install-deps.sh does)");
   }
   return *device;
 }

@@ -80,5 +80,31 @@ TEST(Dataset, MissingOrEmptyDirectoriesAreClearErrors) {
   fs::remove_all(dir);
 }
 
+// Malformed course .npy pairs are errors that name the problem, never an exception or abort.
+TEST(Dataset, MalformedNpyPairsAreClearErrors) {
+  const fs::path dir = fs::temp_directory_path() / ("spritediff_badnpy_" + std::to_string(::getpid()));
+  const std::vector<uint8_t> pixels(2 * 16 * 16 * 3, 100);
+  const std::vector<double> none;
+  fs::create_directories(dir);
+  WriteNpy(dir / "sprites.npy", "|u1", {2, 16, 16, 3}, pixels.data(), pixels.size());
+  WriteNpy(dir / "labels.npy", "<f8", {2, 0}, none.data(), 0);  // no label columns
+  Result<Dataset> no_columns = LoadDataset(dir.string(), 16);
+  ASSERT_FALSE(no_columns.ok());
+  EXPECT_NE(no_columns.status().message().find("no label columns"), std::string::npos) << no_columns.status().message();
+  // A shape dimension numpy would never write.
+  std::string bytes;
+  {
+    WriteNpy(dir / "labels.npy", "<f8", {2, 5}, std::vector<double>(10, 0.0).data(), 80);
+    std::ifstream in(dir / "labels.npy", std::ios::binary);
+    bytes.assign(std::istreambuf_iterator<char>(in), {});
+  }
+  bytes.replace(bytes.find("(2, 5, )"), 8, "(2, x5, )");
+  std::ofstream(dir / "labels.npy", std::ios::binary) << bytes;
+  Result<Dataset> bad_shape = LoadDataset(dir.string(), 16);
+  ASSERT_FALSE(bad_shape.ok());
+  EXPECT_NE(bad_shape.status().message().find("bad dimension"), std::string::npos) << bad_shape.status().message();
+  fs::remove_all(dir);
+}
+
 }  // namespace
 }  // namespace spritediff

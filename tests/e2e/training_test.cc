@@ -397,12 +397,27 @@ TEST(OfflineCliTest, TrainInitFromAModel) {
                              " --height 16 --epochs 1 --batch-size 5 --grid-per-label 0 --seed 3";
   Output base = RunBin("spritediffd", common + " --n-feat 8 --out " + (root / "base").string());
   ASSERT_EQ(base.exit_code, 0) << base.text;
-  Output tuned = RunBin("spritediffd", common + " --n-feat 8 --out " + (root / "tuned").string() + " --init-from " +
-                                           (root / "base").string());
+  // With a negligible learning rate and no EMA, the result is the base's weights (and not
+  // what the same seed gives without --init-from).
+  const std::string frozen = " --lr 1e-9 --ema-decay 0";
+  Output tuned = RunBin("spritediffd", common + frozen + " --n-feat 8 --out " + (root / "tuned").string() +
+                                           " --init-from " + (root / "base").string());
   ASSERT_EQ(tuned.exit_code, 0) << tuned.text;
+  Output fresh = RunBin("spritediffd", common + frozen + " --n-feat 8 --out " + (root / "fresh").string());
+  ASSERT_EQ(fresh.exit_code, 0) << fresh.text;
   Result<LoadedModel> model = LoadModel((root / "tuned").string());
-  ASSERT_TRUE(model.ok()) << model.status().message();
+  Result<LoadedModel> base_model = LoadModel((root / "base").string());
+  Result<LoadedModel> fresh_model = LoadModel((root / "fresh").string());
+  ASSERT_TRUE(model.ok() && base_model.ok() && fresh_model.ok());
   EXPECT_EQ(model->info.provenance.value("fine_tuned_from", ""), (root / "base").string());
+  auto base_params = base_model->net->named_parameters();
+  auto fresh_params = fresh_model->net->named_parameters();
+  bool differs_from_fresh = false;
+  for (const auto& p : model->net->named_parameters()) {
+    EXPECT_TRUE(torch::allclose(p.value(), base_params[p.key()], 1e-5, 1e-6)) << p.key();
+    differs_from_fresh = differs_from_fresh || !torch::allclose(p.value(), fresh_params[p.key()], 1e-5, 1e-6);
+  }
+  EXPECT_TRUE(differs_from_fresh);
   Output wrong = RunBin("spritediffd", common + " --n-feat 16 --out " + (root / "wrong").string() + " --init-from " +
                                            (root / "base").string());
   EXPECT_NE(wrong.exit_code, 0);
