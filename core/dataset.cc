@@ -246,8 +246,12 @@ Result<NpyArray> ReadNpy(const std::string& path) {
       return Status::InvalidArgument(path + ": .npy shape has a bad dimension '" + dim + "'");
     }
     arr.shape.push_back(std::stoll(dim));
+    constexpr int64_t kMaxElements = int64_t{1} << 34;
+    // Checked before multiplying: 12-digit dimensions could overflow the product.
+    if (arr.shape.back() != 0 && count > kMaxElements / arr.shape.back()) {
+      return Status::InvalidArgument(path + ": .npy array too large");
+    }
     count *= arr.shape.back();
-    if (count > (int64_t{1} << 34)) return Status::InvalidArgument(path + ": .npy array too large");
   }
   int64_t item = 0;
   if (arr.dtype == "|u1" || arr.dtype == "|b1") item = 1;

@@ -51,6 +51,11 @@ std::string CpuBlasName() {
   return "other";
 }
 
+std::string SlowBlasWarning(const std::string& device) {
+  if (device != "cpu" || CpuBlasName() != "reference") return "";
+  return "libtorch uses the reference BLAS (2-8x slower); install libopenblas0-openmp (scripts/install-deps.sh does)";
+}
+
 void SetThreadIntraOpThreads(int threads) {
   threads = std::max(1, threads);
   // libtorch sets each thread's OpenMP count from the process-wide value the first time that

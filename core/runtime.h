@@ -20,6 +20,9 @@ int ConfigureThreads(int threads);
 // "other" or "unknown".
 std::string CpuBlasName();
 
+// For a CPU device with the reference BLAS, the warning to log (what to install); else empty.
+std::string SlowBlasWarning(const std::string& device);
+
 // Gives the calling thread its own intra-op thread count, so a training thread and the serving
 // threads of one process can use different counts. Only the thread's OpenMP count changes;
 // the process-wide count and pools that at::set_num_threads would resize stay as

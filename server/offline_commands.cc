@@ -50,10 +50,8 @@ std::string PrepareCompute(const AppConfig& config) {
   if (!device.ok()) Fail(device.status().message());
   const int threads = ConfigureThreads(config.threads);
   spdlog::info("device {} with {} intra-op threads, CPU BLAS {}", *device, threads, CpuBlasName());
-  if (*device == "cpu" && CpuBlasName() == "reference") {
-    spdlog::warn("libtorch uses the reference BLAS (2-8x slower); install libopenblas0-openmp "
-                 "(scripts/install-deps.sh does)");
-  }
+  const std::string blas_warning = SlowBlasWarning(*device);
+  if (!blas_warning.empty()) spdlog::warn(blas_warning);
   return *device;
 }
 

@@ -68,10 +68,8 @@ void AddServeCommand(CLI::App& app, const CommonOptions& common) {
     Result<std::string> device = ResolveDevice(config.device);
     if (!device.ok()) Fail(device.status().message());
     const int threads = ConfigureThreads(config.threads);
-    if (*device == "cpu" && CpuBlasName() == "reference") {
-      spdlog::warn("libtorch uses the reference BLAS (2-8x slower); install libopenblas0-openmp "
-                   "(scripts/install-deps.sh does)");
-    }
+    const std::string blas_warning = SlowBlasWarning(*device);
+    if (!blas_warning.empty()) spdlog::warn(blas_warning);
     ModelRegistry registry(config.models_dir, config.default_model, torch::Device(*device),
                            SchedulerLimits{config.max_batch_rows, config.max_queued_rows, threads});
     Status loaded = registry.LoadAll();
