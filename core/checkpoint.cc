@@ -126,6 +126,9 @@ Status SaveArchiveAtomic(torch::serialize::OutputArchive& archive, const std::st
 }
 
 Status SaveModel(const std::string& dir, const ModelInfo& info, ContextUnet& net) {
+  if (net->batchnorm_fused()) {
+    return Status::FailedPrecondition(dir + ": a network with folded BatchNorms is for serving only; save the loaded one");
+  }
   Status v = ValidateModelInfo(info);
   if (!v.ok()) return v;
   std::error_code ec;

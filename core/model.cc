@@ -38,8 +38,34 @@ ResidualConvBlockImpl::ResidualConvBlockImpl(int in_channels, int out_channels, 
   }
 }
 
+namespace {
+// Folds the BatchNorm at index 1 of a (Conv2d, BatchNorm2d, GELU) sequence into the Conv2d.
+void FoldConvBn(nn::Sequential& seq) {
+  auto conv = seq->ptr(0)->as<nn::Conv2d>();
+  auto bn = seq->ptr(1)->as<nn::BatchNorm2d>();
+  const torch::Tensor scale = bn->weight / torch::sqrt(bn->running_var + bn->options.eps());
+  conv->weight.mul_(scale.view({-1, 1, 1, 1}));
+  conv->bias.sub_(bn->running_mean).mul_(scale).add_(bn->bias);
+}
+
+// conv -> (BatchNorm unless folded) -> GELU, with the sequence's own modules.
+torch::Tensor ConvBnGeluForward(const nn::Sequential& seq, const torch::Tensor& x, bool fused) {
+  torch::Tensor y = seq->ptr(0)->as<nn::Conv2d>()->forward(x);
+  if (!fused) y = seq->ptr(1)->as<nn::BatchNorm2d>()->forward(y);
+  return torch::gelu(y);
+}
+}  // namespace
+
+void ResidualConvBlockImpl::FuseBatchNorm() {
+  if (fused_) return;
+  torch::NoGradGuard no_grad;
+  FoldConvBn(conv1_);
+  FoldConvBn(conv2_);
+  fused_ = true;
+}
+
 torch::Tensor ResidualConvBlockImpl::forward(const torch::Tensor& x) {
-  torch::Tensor x2 = conv2_->forward(conv1_->forward(x));
+  torch::Tensor x2 = ConvBnGeluForward(conv2_, ConvBnGeluForward(conv1_, x, fused_), fused_);
   if (!is_res_) return x2;
   torch::Tensor skip = same_channels_ ? x : shortcut_->forward(x);
   return (skip + x2) / 1.414;  // the course's constant, kept so imported weights behave alike
@@ -107,6 +133,15 @@ torch::Tensor ContextUnetImpl::forward(const torch::Tensor& x, const torch::Tens
   torch::Tensor u2 = up1_->forward(cemb1 * u1 + temb1, d2);
   torch::Tensor u3 = up2_->forward(cemb2 * u2 + temb2, d1);
   return out_->forward(torch::cat({u3, h}, 1));
+}
+
+void ContextUnetImpl::FuseBatchNormForInference() {
+  if (fused_) return;
+  eval();  // the running statistics are what gets folded
+  for (const auto& module : modules(/*include_self=*/false)) {
+    if (auto* block = module->as<ResidualConvBlockImpl>()) block->FuseBatchNorm();
+  }
+  fused_ = true;
 }
 
 int64_t ParameterCount(const torch::nn::Module& module) {
