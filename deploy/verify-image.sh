@@ -64,6 +64,12 @@ build/bin/spritectl train submit --server "127.0.0.1:$PORT" --name verify-mini -
   --epochs 2 --batch-size 8 --checkpoint-every 1 --watch --quiet
 build/bin/spritectl sample --server "127.0.0.1:$PORT" --model verify-mini --label food --count 2 --steps 5 --quiet --out "$out/mini"
 test -s "$out/mini/sprite-001.png"
-step "check: the daemon runs as a non-root user"
-buildah run --isolation chroot --user spritediff "$c" -- id
+step "check: the daemon runs as a non-root user (the image has no shell or id: read its uid from /proc)"
+pid=$(pgrep -f "spritediffd --config configs/container.json serve --port $PORT" | head -1)
+uid=$(awk '/^Uid:/ { print $2 }' "/proc/$pid/status")
+echo "daemon pid $pid uid $uid"
+test "$uid" != 0
+step "check: image size (goal < 600 MB)"
+size=$(podman image inspect spritediff:cpu --format '{{.Size}}')
+awk -v s="$size" 'BEGIN { printf "spritediff:cpu is %.0f MB\n", s / 1e6; exit !(s < 600e6) }'
 echo; echo "verify-image: all checks passed (daemon log: /tmp/spritediff-image.log)"
