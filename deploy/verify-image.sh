@@ -65,7 +65,7 @@ build/bin/spritectl train submit --server "127.0.0.1:$PORT" --name verify-mini -
 build/bin/spritectl sample --server "127.0.0.1:$PORT" --model verify-mini --label food --count 2 --steps 5 --quiet --out "$out/mini"
 test -s "$out/mini/sprite-001.png"
 step "check: the daemon runs as a non-root user (the image has no shell or id: read its uid from /proc)"
-pid=$(pgrep -f "spritediffd --config configs/container.json serve --port $PORT" | head -1)
+pid=$(pgrep -f "^spritediffd --config configs/container.json serve --port $PORT" | head -1)  # not buildah's own
 uid=$(awk '/^Uid:/ { print $2 }' "/proc/$pid/status")
 echo "daemon pid $pid uid $uid"
 test "$uid" != 0
