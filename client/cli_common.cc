@@ -1,37 +1,14 @@
 #include "client/cli_common.h"
 
+#include "common/cli_fail.h"
+
 #include <chrono>
 #include <cmath>
 #include <iostream>
-#include <map>
 
 namespace spritectl {
 
-[[noreturn]] void Fail(const std::string& message) {
-  std::cerr << "spritectl: error: " << message << "\n";
-  throw CLI::RuntimeError(1);
-}
-
-const char* CodeName(grpc::StatusCode code) {
-  static const std::map<grpc::StatusCode, const char*> names = {
-      {grpc::StatusCode::OK, "OK"},
-      {grpc::StatusCode::CANCELLED, "CANCELLED"},
-      {grpc::StatusCode::UNKNOWN, "UNKNOWN"},
-      {grpc::StatusCode::INVALID_ARGUMENT, "INVALID_ARGUMENT"},
-      {grpc::StatusCode::DEADLINE_EXCEEDED, "DEADLINE_EXCEEDED"},
-      {grpc::StatusCode::NOT_FOUND, "NOT_FOUND"},
-      {grpc::StatusCode::ALREADY_EXISTS, "ALREADY_EXISTS"},
-      {grpc::StatusCode::PERMISSION_DENIED, "PERMISSION_DENIED"},
-      {grpc::StatusCode::RESOURCE_EXHAUSTED, "RESOURCE_EXHAUSTED"},
-      {grpc::StatusCode::FAILED_PRECONDITION, "FAILED_PRECONDITION"},
-      {grpc::StatusCode::ABORTED, "ABORTED"},
-      {grpc::StatusCode::UNIMPLEMENTED, "UNIMPLEMENTED"},
-      {grpc::StatusCode::INTERNAL, "INTERNAL"},
-      {grpc::StatusCode::UNAVAILABLE, "UNAVAILABLE"},
-  };
-  auto it = names.find(code);
-  return it == names.end() ? "ERROR" : it->second;
-}
+[[noreturn]] void Fail(const std::string& message) { spritediff::FailCli("spritectl", message); }
 
 [[noreturn]] void FailRpc(const grpc::Status& s, const Connection& c) {
   Fail(std::string(CodeName(s.error_code())) + ": " + s.error_message() +

@@ -8,7 +8,11 @@
 #include <memory>
 #include <string>
 
+#include "common/grpc_status.h"
+
 namespace spritectl {
+
+using spritediff::CodeName;
 
 struct Connection {
   std::string server = "127.0.0.1:50051";
@@ -18,7 +22,6 @@ struct Connection {
 
 // Prints "spritectl: error: <message>" and makes the command exit 1.
 [[noreturn]] void Fail(const std::string& message);
-const char* CodeName(grpc::StatusCode code);
 [[noreturn]] void FailRpc(const grpc::Status& s, const Connection& c);
 // A channel that is connected, or Fail within the connect timeout.
 std::shared_ptr<grpc::Channel> Connect(const Connection& c);

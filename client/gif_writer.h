@@ -4,8 +4,8 @@
 #include <string>
 #include <vector>
 
-#include "core/image.h"
-#include "core/status.h"
+#include "common/image.h"
+#include "common/status.h"
 
 namespace spritediff {
 

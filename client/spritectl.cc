@@ -18,7 +18,8 @@
 #include "client/cli_common.h"
 #include "client/gif_writer.h"
 #include "client/train_commands.h"
-#include "core/image.h"
+#include "common/labels.h"
+#include "common/image.h"
 #include "grpc/health/v1/health.grpc.pb.h"
 #include "spritediff/v1/sprites.grpc.pb.h"
 
@@ -33,36 +34,21 @@ using namespace spritectl;
 
 namespace {
 
-// NAME or NAME:WEIGHT.
+// NAME or NAME:WEIGHT (parsed by common/labels, as the offline commands do).
 void AddLabels(v1::SampleRequest& req, const std::vector<std::string>& labels) {
-  for (const std::string& l : labels) {
+  Result<spritediff::LabelMix> mix = spritediff::ParseLabels(labels);
+  if (!mix.ok()) Fail(mix.status().message());
+  for (const auto& [name, weight] : *mix) {
     v1::LabelWeight* lw = req.add_labels();
-    const size_t colon = l.find(':');
-    lw->set_label(l.substr(0, colon));
-    if (colon == std::string::npos) continue;
-    const std::string w = l.substr(colon + 1);
-    try {
-      size_t used = 0;
-      lw->set_weight(std::stof(w, &used));
-      if (used != w.size()) throw std::invalid_argument(w);
-    } catch (const std::exception&) {
-      Fail("--label '" + l + "': expected NAME or NAME:WEIGHT with a numeric weight");
-    }
+    lw->set_label(name);
+    lw->set_weight(weight);
   }
 }
 
 void AddContext(v1::SampleRequest& req, const std::string& text) {
-  std::stringstream ss(text);
-  std::string item;
-  while (std::getline(ss, item, ',')) {
-    try {
-      size_t used = 0;
-      req.add_context(std::stof(item, &used));
-      if (used != item.size()) throw std::invalid_argument(item);
-    } catch (const std::exception&) {
-      Fail("--context: '" + item + "' is not a number (expected e.g. 1,0,0,0,0)");
-    }
-  }
+  Result<std::vector<float>> values = spritediff::ParseContext(text);
+  if (!values.ok()) Fail(values.status().message());
+  for (float v : *values) req.add_context(v);
 }
 
 // Options shared by sample and bench that shape the request.

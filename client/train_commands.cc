@@ -1,6 +1,5 @@
 #include "client/train_commands.h"
 
-#include <google/protobuf/util/json_util.h>
 #include <unistd.h>
 
 #include <chrono>
@@ -8,7 +7,8 @@
 #include <filesystem>
 
 #include "client/cli_common.h"
-#include "core/image.h"
+#include "common/image.h"
+#include "common/proto_json.h"
 #include "spritediff/v1/training.grpc.pb.h"
 
 namespace spritectl {
@@ -37,14 +37,7 @@ std::string FormatSeconds(double s) {
   return buf;
 }
 
-void PrintJobJson(const v1::Job& job) {
-  std::string out;
-  google::protobuf::util::JsonPrintOptions options;
-  options.add_whitespace = true;
-  options.preserve_proto_field_names = true;
-  (void)google::protobuf::util::MessageToJsonString(job, &out, options);
-  std::printf("%s", out.c_str());
-}
+void PrintJobJson(const v1::Job& job) { std::printf("%s", spritediff::MessageToJson(job).c_str()); }
 
 // Streams a job's events until it reaches a final state. Returns the exit code: 0 when the
 // job SUCCEEDED, 1 otherwise.
@@ -224,49 +217,40 @@ void ListCommand(CLI::App* train) {
   });
 }
 
-void GetCommand(CLI::App* train) {
+// `train NAME JOB`: one unary Training call on a job id, its answer shown by show.
+void JobRefCommand(CLI::App* train, const char* name, const char* help,
+                   grpc::Status (v1::Training::Stub::*rpc)(grpc::ClientContext*, const v1::JobRef&, v1::Job*),
+                   void (*show)(const v1::Job&)) {
   struct Args {
     Connection c;
     std::string id;
   };
   auto a = std::make_shared<Args>();
-  auto* cmd = train->add_subcommand("get", "one job as JSON");
+  auto* cmd = train->add_subcommand(name, help);
   AddConnectionOptions(cmd, a->c);
   cmd->add_option("job", a->id, "job id")->required();
-  cmd->callback([a] {
+  cmd->callback([a, rpc, show] {
     auto stub = v1::Training::NewStub(Connect(a->c));
     grpc::ClientContext ctx;
     SetDeadline(ctx, a->c.timeout_s);
     v1::JobRef ref;
     ref.set_id(a->id);
     v1::Job job;
-    grpc::Status s = stub->GetJob(&ctx, ref, &job);
+    grpc::Status s = ((*stub).*rpc)(&ctx, ref, &job);
     if (!s.ok()) FailRpc(s, a->c);
-    PrintJobJson(job);
+    show(job);
   });
 }
 
+void GetCommand(CLI::App* train) { JobRefCommand(train, "get", "one job as JSON", &v1::Training::Stub::GetJob, PrintJobJson); }
+
 void CancelCommand(CLI::App* train) {
-  struct Args {
-    Connection c;
-    std::string id;
-  };
-  auto a = std::make_shared<Args>();
-  auto* cmd = train->add_subcommand("cancel", "stop a queued or running job (its model is not published)");
-  AddConnectionOptions(cmd, a->c);
-  cmd->add_option("job", a->id, "job id")->required();
-  cmd->callback([a] {
-    auto stub = v1::Training::NewStub(Connect(a->c));
-    grpc::ClientContext ctx;
-    SetDeadline(ctx, a->c.timeout_s);
-    v1::JobRef ref;
-    ref.set_id(a->id);
-    v1::Job job;
-    grpc::Status s = stub->CancelJob(&ctx, ref, &job);
-    if (!s.ok()) FailRpc(s, a->c);
-    std::printf("%s %s%s%s\n", job.id().c_str(), StateName(job.state()).c_str(), job.message().empty() ? "" : ": ",
-                job.message().c_str());
-  });
+  // The daemon answers at once: a running job shows cancel_requested and stops at its next step.
+  JobRefCommand(train, "cancel", "stop a queued or running job (its model is not published)",
+                &v1::Training::Stub::CancelJob, [](const v1::Job& job) {
+                  std::printf("%s %s%s%s\n", job.id().c_str(), StateName(job.state()).c_str(),
+                              job.message().empty() ? "" : ": ", job.message().c_str());
+                });
 }
 
 }  // namespace

@@ -5,7 +5,8 @@
 #include <fstream>
 #include <sstream>
 
-#include "core/image.h"
+#include "common/file_util.h"
+#include "common/image.h"
 
 namespace spritediff {
 
@@ -15,13 +16,13 @@ using nlohmann::json;
 namespace {
 constexpr const char* kFormat = "spritediff-model";
 constexpr int kFormatVersion = 1;
+}  // namespace
 
 std::string ShapeString(const torch::Tensor& t) {
   std::ostringstream s;
   s << t.sizes();
   return s.str();
 }
-}  // namespace
 
 Status ValidateModelInfo(const ModelInfo& info) {
   Status s = info.arch.Validate();
@@ -119,10 +120,7 @@ Status SaveArchiveAtomic(torch::serialize::OutputArchive& archive, const std::st
   } catch (const std::exception& e) {
     return Status::IoError(tmp + ": " + e.what());
   }
-  std::error_code ec;
-  fs::rename(tmp, path, ec);
-  if (ec) return Status::IoError(path + ": rename failed (" + ec.message() + ")");
-  return Status::Ok();
+  return CommitFileAtomic(tmp, path);  // fsync, rename, fsync the directory
 }
 
 Status SaveModel(const std::string& dir, const ModelInfo& info, ContextUnet& net) {

@@ -14,7 +14,7 @@
 
 #include "core/model.h"
 #include "core/schedule.h"
-#include "core/status.h"
+#include "common/status.h"
 
 namespace spritediff {
 
@@ -49,6 +49,10 @@ Status ReadModuleTensors(torch::serialize::InputArchive& archive, torch::nn::Mod
                          const std::string& where);
 
 // Saves an archive to path.tmp, then renames it over path.
+// "[2, 3, 16, 16]": a tensor's shape for messages.
+std::string ShapeString(const torch::Tensor& t);
+
+// Durable: the archive's temporary file is fsynced, renamed over path, and the directory fsynced.
 Status SaveArchiveAtomic(torch::serialize::OutputArchive& archive, const std::string& path);
 
 }  // namespace spritediff

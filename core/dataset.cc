@@ -6,7 +6,7 @@
 #include <regex>
 #include <sstream>
 
-#include "core/image.h"
+#include "common/image.h"
 
 namespace spritediff {
 

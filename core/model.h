@@ -8,7 +8,7 @@
 
 #include <string>
 
-#include "core/status.h"
+#include "common/status.h"
 
 namespace spritediff {
 

@@ -4,7 +4,7 @@
 
 #include <string>
 
-#include "core/status.h"
+#include "common/status.h"
 
 namespace spritediff {
 

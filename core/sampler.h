@@ -21,10 +21,10 @@
 #include <utility>
 #include <vector>
 
-#include "core/image.h"
+#include "common/image.h"
 #include "core/model.h"
 #include "core/schedule.h"
-#include "core/status.h"
+#include "common/status.h"
 
 namespace spritediff {
 
@@ -32,10 +32,18 @@ enum class SamplerKind { kDdpm, kDdim };
 
 const char* SamplerName(SamplerKind kind);
 
+// The step count a request runs when it names none: every timestep for DDPM, 25 for DDIM (at
+// most T). The one place for this default: the daemon, the offline sampler and the trainer's
+// checkpoint grids use it, and clients read Result.steps.
+constexpr int kDefaultDdimSteps = 25;
+inline int DefaultSteps(SamplerKind sampler, int timesteps) {
+  return sampler == SamplerKind::kDdpm ? timesteps : (timesteps < kDefaultDdimSteps ? timesteps : kDefaultDdimSteps);
+}
+
 // One sprite's recipe, validated.
 struct RowSpec {
   SamplerKind sampler = SamplerKind::kDdim;
-  int steps = 25;         // 1..T denoising steps
+  int steps = kDefaultDdimSteps;  // 1..T denoising steps
   double eta = 0.0;       // DDIM only; 0 deterministic, 1 DDPM-like variance
   double guidance = 1.0;  // classifier-free guidance w; 1 = conditional only (one forward)
   std::vector<float> context;  // n_cfeat values

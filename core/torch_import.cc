@@ -286,12 +286,6 @@ class Unpickler {
   std::map<std::string, PyPtr> storages_;
 };
 
-std::string ShapeOf(const torch::Tensor& t) {
-  std::ostringstream s;
-  s << t.sizes();
-  return s.str();
-}
-
 }  // namespace
 
 Result<StateDict> ReadTorchStateDict(const std::string& path) {
@@ -369,7 +363,7 @@ Result<ImportResult> ImportStateDict(const StateDict& state, const ImportOptions
       continue;
     }
     if (target->sizes() != tensor.sizes()) {
-      mismatched.push_back(raw + " is " + ShapeOf(tensor) + ", expected " + ShapeOf(*target));
+      mismatched.push_back(raw + " is " + ShapeString(tensor) + ", expected " + ShapeString(*target));
       continue;
     }
     target->copy_(tensor.to(target->scalar_type()));

@@ -12,7 +12,7 @@
 #include <vector>
 
 #include "core/checkpoint.h"
-#include "core/status.h"
+#include "common/status.h"
 
 namespace spritediff {
 

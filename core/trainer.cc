@@ -5,7 +5,7 @@
 #include <filesystem>
 #include <sstream>
 
-#include "core/image.h"
+#include "common/image.h"
 #include "core/sampler.h"
 
 namespace spritediff {
@@ -159,7 +159,7 @@ Result<std::string> WriteSampleGrid(const std::string& dir, ContextUnet& ema, co
     for (int i = 0; i < per_label; ++i) {
       RowSpec spec;
       spec.sampler = SamplerKind::kDdim;
-      spec.steps = std::min(25, info.schedule.timesteps);
+      spec.steps = DefaultSteps(spec.sampler, info.schedule.timesteps);
       spec.guidance = 2.0;
       spec.context.assign(info.labels.size(), 0.0f);
       spec.context[c] = 1.0f;

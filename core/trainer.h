@@ -17,7 +17,7 @@
 
 #include "core/checkpoint.h"
 #include "core/dataset.h"
-#include "core/status.h"
+#include "common/status.h"
 
 namespace spritediff {
 

@@ -1,6 +1,9 @@
 #include "server/batch_scheduler.h"
 
 #include "core/runtime.h"
+#include "server/admission.h"
+
+#include <algorithm>
 
 #include <spdlog/spdlog.h>
 
@@ -12,11 +15,13 @@ double MillisBetween(SteadyClock::time_point a, SteadyClock::time_point b) {
   return std::chrono::duration<double, std::milli>(b - a).count();
 }
 
-// PNG bytes for each [C, H, W] tensor, moved to the CPU in one go.
-Result<std::vector<std::string>> EncodeRows(const std::vector<torch::Tensor>& rows) {
-  torch::Tensor cpu = torch::stack(rows).to(torch::kCPU);
+// One CPU tensor [N, C, H, W] holding copies of the rows (the network's tensors move on).
+torch::Tensor CpuCopy(const std::vector<torch::Tensor>& rows) { return torch::stack(rows).to(torch::kCPU); }
+
+// PNG bytes for each row of a CPU tensor [N, C, H, W].
+Result<std::vector<std::string>> EncodeRows(const torch::Tensor& cpu) {
   std::vector<std::string> out;
-  out.reserve(rows.size());
+  out.reserve(static_cast<size_t>(cpu.size(0)));
   for (int64_t i = 0; i < cpu.size(0); ++i) {
     Result<std::string> png = EncodePng(TensorToImage(cpu[i]));
     if (!png.ok()) return png.status();
@@ -37,6 +42,7 @@ BatchScheduler::BatchScheduler(std::string model_name, LoadedModel model, torch:
       limits_(limits) {
   net_->to(device_);
   net_->eval();
+  delivery_thread_ = std::thread([this] { DeliveryLoop(); });
   thread_ = std::thread([this] { Loop(); });
 }
 
@@ -45,8 +51,8 @@ BatchScheduler::~BatchScheduler() { Stop(); }
 Status BatchScheduler::Submit(std::shared_ptr<SampleJob> job) {
   const int rows = static_cast<int>(job->rows.size());
   {
-    std::lock_guard<std::mutex> lock(mu_);
-    if (stopping_) return Status::Unavailable("server is shutting down");
+    MutexLock lock(mu_);
+    if (stopping_) return stop_reason_;
     if (queued_rows_ + rows > limits_.max_queued_rows) {
       return Status::ResourceExhausted("queue full: " + std::to_string(queued_rows_) + " rows waiting for model '" +
                                        model_name_ + "', limit max_queued_rows=" +
@@ -55,43 +61,107 @@ Status BatchScheduler::Submit(std::shared_ptr<SampleJob> job) {
     queue_.push_back(std::move(job));
     queued_rows_ += rows;
   }
-  cv_.notify_one();
+  cv_.NotifyOne();
   return Status::Ok();
 }
 
 void BatchScheduler::Wake() {
   {
-    std::lock_guard<std::mutex> lock(mu_);
+    MutexLock lock(mu_);
     wake_ = true;
   }
-  cv_.notify_one();
+  cv_.NotifyOne();
 }
 
-void BatchScheduler::Stop() {
-  std::lock_guard<std::mutex> stop_lock(stop_mu_);
+void BatchScheduler::Stop(Status reason) {
+  MutexLock stop_lock(stop_mu_);
   {
-    std::lock_guard<std::mutex> lock(mu_);
-    stopping_ = true;
+    MutexLock lock(mu_);
+    if (!stopping_) {
+      stopping_ = true;
+      stop_reason_ = std::move(reason);
+    }
   }
-  cv_.notify_one();
+  cv_.NotifyOne();
   if (thread_.joinable()) thread_.join();
+  // The loop has answered everyone; the delivery thread finishes what it was given, then ends.
+  {
+    MutexLock lock(delivery_mu_);
+    delivery_stopping_ = true;
+  }
+  delivery_cv_.NotifyAll();
+  if (delivery_thread_.joinable()) delivery_thread_.join();
 }
 
 SchedulerStats BatchScheduler::stats() const {
-  std::lock_guard<std::mutex> lock(mu_);
+  MutexLock lock(mu_);
   return stats_;
 }
 
+void BatchScheduler::Post(std::function<void()> task) {
+  {
+    MutexLock lock(delivery_mu_);
+    deliveries_.push_back(std::move(task));
+  }
+  delivery_cv_.NotifyOne();
+}
+
+void BatchScheduler::DeliveryLoop() {
+  while (true) {
+    std::function<void()> task;
+    {
+      MutexLock lock(delivery_mu_);
+      while (deliveries_.empty() && !delivery_stopping_) delivery_cv_.Wait(delivery_mu_);
+      if (deliveries_.empty()) return;  // stopping and drained
+      task = std::move(deliveries_.front());
+      deliveries_.pop_front();
+    }
+    try {
+      task();
+    } catch (const std::exception& e) {  // tasks guard their callbacks; this is the last resort
+      spdlog::error("model {}: delivery failed: {}", model_name_, e.what());
+    } catch (...) {
+      spdlog::error("model {}: delivery failed with an unknown exception", model_name_);
+    }
+  }
+}
+
+void BatchScheduler::Answer(const std::shared_ptr<SampleJob>& job, JobOutcome outcome, torch::Tensor rows) {
+  Post([this, job, outcome = std::move(outcome), rows]() mutable {
+    if (outcome.status.ok() && rows.defined()) {
+      try {
+        Result<std::vector<std::string>> images = EncodeRows(rows);
+        if (images.ok()) outcome.images = std::move(*images);
+        else outcome.status = Status::Internal("encoding the sprites failed: " + images.status().message());
+      } catch (const std::exception& e) {
+        outcome.status = Status::Internal(std::string("encoding the sprites failed: ") + e.what());
+      }
+    }
+    if (job->answered.exchange(true)) return;  // exactly once
+    try {
+      job->on_done(std::move(outcome));
+    } catch (const std::exception& e) {
+      spdlog::error("model {}: request {}: on_done threw: {}", model_name_, job->id, e.what());
+    } catch (...) {
+      spdlog::error("model {}: request {}: on_done threw", model_name_, job->id);
+    }
+  });
+}
+
 void BatchScheduler::TakeAdmissibleLocked(std::vector<std::shared_ptr<SampleJob>>& admitted) {
-  // Strict arrival order: a large request at the head is not overtaken (no starvation).
-  while (!queue_.empty()) {
-    const int rows = static_cast<int>(queue_.front()->rows.size());
-    if (running_rows_ + rows > limits_.max_batch_rows && running_rows_ > 0) break;
+  std::vector<QueuedRows> sizes;
+  sizes.reserve(queue_.size());
+  for (const auto& job : queue_) sizes.push_back({static_cast<int>(job->rows.size()), job->overtaken});
+  const std::vector<size_t> picks = PickAdmissions(sizes, running_rows_, limits_.max_batch_rows, limits_.max_overtakes);
+  for (size_t i = 0; i < queue_.size(); ++i) queue_[i]->overtaken = sizes[i].overtaken;
+  for (auto it = picks.rbegin(); it != picks.rend(); ++it) {
+    const int rows = static_cast<int>(queue_[*it]->rows.size());
     running_rows_ += rows;
     queued_rows_ -= rows;
-    admitted.push_back(std::move(queue_.front()));
-    queue_.pop_front();
+    admitted.push_back(std::move(queue_[*it]));
+    queue_.erase(queue_.begin() + static_cast<std::ptrdiff_t>(*it));
   }
+  std::reverse(admitted.begin(), admitted.end());  // arrival order
   stats_.queued_rows = queued_rows_;
   stats_.running_rows = running_rows_;
 }
@@ -116,7 +186,7 @@ void BatchScheduler::Admit(std::vector<std::shared_ptr<SampleJob>>& admitted) {
 
 void BatchScheduler::FinishRunning(Running& r, Status status) {
   {
-    std::lock_guard<std::mutex> lock(mu_);
+    MutexLock lock(mu_);
     running_rows_ -= static_cast<int>(r.job->rows.size());
     stats_.running_rows = running_rows_;
     if (status.ok()) stats_.jobs_done++;
@@ -125,25 +195,26 @@ void BatchScheduler::FinishRunning(Running& r, Status status) {
   outcome.status = std::move(status);
   outcome.queued_ms = MillisBetween(r.job->arrived, r.admitted);
   outcome.run_ms = MillisBetween(r.admitted, SteadyClock::now());
+  torch::Tensor rows;
   if (outcome.status.ok()) {
     try {
       std::vector<torch::Tensor> xs;
       for (const SampleRow& row : r.rows) xs.push_back(row.x());
-      Result<std::vector<std::string>> images = EncodeRows(xs);
-      if (images.ok()) outcome.images = std::move(*images);
-      else outcome.status = Status::Internal("encoding the sprites failed: " + images.status().message());
+      rows = CpuCopy(xs);
     } catch (const std::exception& e) {
-      outcome.status = Status::Internal(std::string("encoding the sprites failed: ") + e.what());
+      outcome.status = Status::Internal(std::string("copying the sprites failed: ") + e.what());
     }
   }
-  r.job->on_done(std::move(outcome));
+  Answer(r.job, std::move(outcome), rows);
 }
 
 void BatchScheduler::RetireCancelledAndExpired() {
   const auto now = SteadyClock::now();
   for (size_t i = 0; i < running_.size();) {
     SampleJob& job = *running_[i].job;
-    if (job.deadline && now > *job.deadline) {
+    if (job.delivery_failed.load()) {
+      FinishRunning(running_[i], Status::Internal("delivering a frame failed; the request was stopped"));
+    } else if (job.deadline && now > *job.deadline) {
       FinishRunning(running_[i], Status::DeadlineExceeded("deadline passed after " +
                                                           std::to_string(running_[i].rows.front().steps_done()) +
                                                           " of " + std::to_string(running_[i].rows.front().steps_total()) +
@@ -176,7 +247,7 @@ void BatchScheduler::StepOnce() {
     return;
   }
   {
-    std::lock_guard<std::mutex> lock(mu_);
+    MutexLock lock(mu_);
     stats_.steps++;
     stats_.rows_stepped += static_cast<int64_t>(rows.size());
   }
@@ -188,24 +259,52 @@ void BatchScheduler::StepOnce() {
       running_.erase(running_.begin() + static_cast<std::ptrdiff_t>(i));
       continue;
     }
-    const SampleJob& job = *r.job;
-    if (job.frame_every > 0 && lead.steps_done() % job.frame_every == 0 && job.on_frame) {
+    const std::shared_ptr<SampleJob>& job = r.job;
+    if (job->frame_every > 0 && lead.steps_done() % job->frame_every == 0 && job->on_frame) {
       FrameData frame;
       frame.step = lead.steps_done();
       frame.total_steps = lead.steps_total();
       frame.t = lead.current_t();
-      std::vector<torch::Tensor> xs, x0s;
-      for (const SampleRow& row : r.rows) {
-        xs.push_back(row.x());
-        if (job.include_x0) x0s.push_back(row.x0_pred());
+      torch::Tensor xs, x0s;
+      try {
+        std::vector<torch::Tensor> x, x0;
+        for (const SampleRow& row : r.rows) {
+          x.push_back(row.x());
+          if (job->include_x0) x0.push_back(row.x0_pred());
+        }
+        xs = CpuCopy(x);
+        if (job->include_x0) x0s = CpuCopy(x0);
+      } catch (const std::exception& e) {
+        spdlog::warn("model {}: request {}: frame skipped: {}", model_name_, job->id, e.what());
+        ++i;
+        continue;
       }
-      Result<std::vector<std::string>> images = EncodeRows(xs);
-      if (images.ok()) frame.images = std::move(*images);
-      if (images.ok() && job.include_x0) {
-        Result<std::vector<std::string>> x0 = EncodeRows(x0s);
-        if (x0.ok()) frame.x0_images = std::move(*x0);
-      }
-      if (images.ok()) job.on_frame(std::move(frame));  // a frame that cannot be encoded is skipped
+      Post([this, job, frame = std::move(frame), xs, x0s]() mutable {
+        if (job->answered.load() || job->delivery_failed.load()) return;
+        // A frame that cannot be encoded is skipped; the request goes on.
+        try {
+          Result<std::vector<std::string>> images = EncodeRows(xs);
+          if (!images.ok()) return;
+          frame.images = std::move(*images);
+          if (x0s.defined()) {
+            Result<std::vector<std::string>> x0 = EncodeRows(x0s);
+            if (x0.ok()) frame.x0_images = std::move(*x0);
+          }
+        } catch (const std::exception& e) {
+          spdlog::warn("model {}: request {}: frame skipped: {}", model_name_, job->id, e.what());
+          return;
+        }
+        try {
+          job->on_frame(std::move(frame));
+        } catch (const std::exception& e) {
+          spdlog::error("model {}: request {}: on_frame threw: {}", model_name_, job->id, e.what());
+          job->delivery_failed.store(true);
+          Wake();
+        } catch (...) {
+          job->delivery_failed.store(true);
+          Wake();
+        }
+      });
     }
     ++i;
   }
@@ -214,8 +313,8 @@ void BatchScheduler::StepOnce() {
 void BatchScheduler::Iterate() {
   std::vector<std::shared_ptr<SampleJob>> dropped, admitted;
   {
-    std::unique_lock<std::mutex> lock(mu_);
-    cv_.wait(lock, [&] { return stopping_ || wake_ || !queue_.empty() || !running_.empty(); });
+    MutexLock lock(mu_);
+    while (!stopping_ && !wake_ && queue_.empty() && running_.empty()) cv_.Wait(mu_);
     wake_ = false;
     if (stopping_) return;
     const auto now = SteadyClock::now();
@@ -236,7 +335,7 @@ void BatchScheduler::Iterate() {
     outcome.status = expired ? Status::DeadlineExceeded("deadline passed while queued")
                              : Status::Cancelled("request cancelled while queued");
     outcome.queued_ms = MillisBetween(job->arrived, SteadyClock::now());
-    job->on_done(std::move(outcome));
+    Answer(job, std::move(outcome));
   }
   Admit(admitted);
   RetireCancelledAndExpired();
@@ -244,12 +343,20 @@ void BatchScheduler::Iterate() {
 }
 
 void BatchScheduler::Loop() {
-  SetThreadIntraOpThreads(limits_.threads);
+  try {
+    SetThreadIntraOpThreads(limits_.threads);
+  } catch (const std::exception& e) {
+    spdlog::error("model {}: cannot set the thread count: {}", model_name_, e.what());
+  }
   torch::NoGradGuard no_grad;
+  Status reason;
   while (true) {
     {
-      std::lock_guard<std::mutex> lock(mu_);
-      if (stopping_) break;
+      MutexLock lock(mu_);
+      if (stopping_) {
+        reason = stop_reason_;
+        break;
+      }
     }
     try {
       Iterate();
@@ -261,18 +368,20 @@ void BatchScheduler::Loop() {
     }
   }
   // Stopping: nothing is left behind without an answer.
-  for (Running& r : running_) FinishRunning(r, Status::Unavailable("server is shutting down"));
+  for (Running& r : running_) FinishRunning(r, reason);
   running_.clear();
   std::deque<std::shared_ptr<SampleJob>> queued;
   {
-    std::lock_guard<std::mutex> lock(mu_);
+    MutexLock lock(mu_);
     queued.swap(queue_);
     queued_rows_ = 0;
+    stats_.queued_rows = 0;
   }
   for (auto& job : queued) {
     JobOutcome outcome;
-    outcome.status = Status::Unavailable("server is shutting down");
-    job->on_done(std::move(outcome));
+    outcome.status = reason;
+    outcome.queued_ms = MillisBetween(job->arrived, SteadyClock::now());
+    Answer(job, std::move(outcome));
   }
 }
 

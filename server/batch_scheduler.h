@@ -3,6 +3,16 @@
 // free, runs one batched forward over rows at different timesteps/samplers/guidance, advances
 // every row, emits frames, and retires finished, cancelled or expired requests. Other threads
 // talk to it only through Submit/Wake/Stop. No gRPC in here: callers pass callbacks.
+//
+// PNG encoding and the callbacks run on a second thread per model (the delivery thread), so
+// the thread that owns the network only steps: it hands CPU copies of the rows over, in order,
+// and a request's frames reach on_frame before its on_done. No exception leaves either thread;
+// a callback that throws ends its request with INTERNAL, and on_done still runs exactly once.
+//
+// Admission: queued requests are admitted in arrival order while rows are free. A request
+// that does not fit may be overtaken by later, smaller ones, but only max_overtakes times;
+// after that nothing passes it, so it runs as soon as the running rows drain (no starvation),
+// and a big request never blocks small ones for longer than that.
 #pragma once
 
 #include <atomic>
@@ -17,9 +27,11 @@
 #include <thread>
 #include <vector>
 
+#include "common/mutex.h"
+#include "common/status.h"
+#include "common/thread_annotations.h"
 #include "core/checkpoint.h"
 #include "core/sampler.h"
-#include "core/status.h"
 
 namespace spritediff {
 
@@ -49,15 +61,22 @@ struct SampleJob {
   SteadyClock::time_point arrived = SteadyClock::now();
   std::optional<SteadyClock::time_point> deadline;
   std::atomic<bool> cancelled{false};
-  // Both run on the scheduler thread and must not block. on_done runs exactly once.
+  // Both run on the model's delivery thread (not the one that steps the network) and should
+  // not block. on_done runs exactly once, also when a callback throws.
   std::function<void(FrameData&&)> on_frame;
   std::function<void(JobOutcome&&)> on_done;
+
+  // The scheduler's own bookkeeping.
+  int overtaken = 0;                        // later requests admitted before this one (under the scheduler's lock)
+  std::atomic<bool> delivery_failed{false};  // on_frame threw: the request ends with INTERNAL
+  std::atomic<bool> answered{false};         // on_done has been called
 };
 
 struct SchedulerLimits {
   int max_batch_rows = 64;
   int max_queued_rows = 1024;
   int threads = 1;  // intra-op threads of the scheduler thread
+  int max_overtakes = 4;  // times a request that does not fit may be overtaken by later ones
 };
 
 struct SchedulerStats {
@@ -79,8 +98,9 @@ class BatchScheduler {
   Status Submit(std::shared_ptr<SampleJob> job);
   // Makes the loop look at cancellations now (it also does at every step).
   void Wake();
-  // Ends every queued and running job with UNAVAILABLE and joins the thread.
-  void Stop();
+  // Ends every queued and running job with `reason` (UNAVAILABLE "server is shutting down"
+  // by default; the registry says when a model is being replaced) and joins both threads.
+  void Stop(Status reason = Status::Unavailable("server is shutting down"));
 
   const ModelInfo& info() const { return info_; }
   SchedulerStats stats() const;
@@ -95,11 +115,16 @@ class BatchScheduler {
   void Loop();
   void Iterate();
   // Moves queued jobs that fit into `admitted` (rows are built outside the lock).
-  void TakeAdmissibleLocked(std::vector<std::shared_ptr<SampleJob>>& admitted);
+  void TakeAdmissibleLocked(std::vector<std::shared_ptr<SampleJob>>& admitted) REQUIRES(mu_);
   void Admit(std::vector<std::shared_ptr<SampleJob>>& admitted);
   void RetireCancelledAndExpired();
   void StepOnce();
   void FinishRunning(Running& r, Status status);
+  // Hands on_done to the delivery thread; `rows` ([N, C, H, W] on the CPU) are encoded there.
+  void Answer(const std::shared_ptr<SampleJob>& job, JobOutcome outcome, torch::Tensor rows = {});
+  // Queues work for the delivery thread (FIFO).
+  void Post(std::function<void()> task) LOCKS_EXCLUDED(delivery_mu_);
+  void DeliveryLoop() LOCKS_EXCLUDED(delivery_mu_);
 
   const std::string model_name_;
   const ModelInfo info_;
@@ -108,18 +133,25 @@ class BatchScheduler {
   const torch::Device device_;
   const SchedulerLimits limits_;
 
-  mutable std::mutex mu_;
-  std::condition_variable cv_;
-  std::deque<std::shared_ptr<SampleJob>> queue_;  // GUARDED_BY(mu_)
-  int queued_rows_ = 0;                           // GUARDED_BY(mu_)
-  bool stopping_ = false;                         // GUARDED_BY(mu_)
-  bool wake_ = false;                             // GUARDED_BY(mu_)
-  SchedulerStats stats_;                          // GUARDED_BY(mu_)
+  mutable Mutex mu_;
+  CondVar cv_;
+  std::deque<std::shared_ptr<SampleJob>> queue_ GUARDED_BY(mu_);
+  int queued_rows_ GUARDED_BY(mu_) = 0;
+  bool stopping_ GUARDED_BY(mu_) = false;
+  Status stop_reason_ GUARDED_BY(mu_);
+  bool wake_ GUARDED_BY(mu_) = false;
+  SchedulerStats stats_ GUARDED_BY(mu_);
 
   std::vector<Running> running_;  // owned by the loop thread
-  int running_rows_ = 0;          // GUARDED_BY(mu_): rows of running_ and of jobs being admitted
-  std::mutex stop_mu_;            // serialises Stop()
+  int running_rows_ GUARDED_BY(mu_) = 0;  // rows of running_ and of jobs being admitted
+  Mutex stop_mu_;                         // serialises Stop()
   std::thread thread_;
+
+  Mutex delivery_mu_;
+  CondVar delivery_cv_;
+  std::deque<std::function<void()>> deliveries_ GUARDED_BY(delivery_mu_);
+  bool delivery_stopping_ GUARDED_BY(delivery_mu_) = false;
+  std::thread delivery_thread_;
 };
 
 }  // namespace spritediff

@@ -3,7 +3,7 @@
 
 #include <iostream>
 
-#include "server/offline_commands.h"
+#include "commands/commands.h"
 #include "server/serve_command.h"
 
 int main(int argc, char** argv) {

@@ -13,7 +13,7 @@
 #include <utility>
 #include <vector>
 
-#include "core/status.h"
+#include "common/status.h"
 
 namespace httplib {
 class Server;

@@ -30,7 +30,7 @@ Status ModelRegistry::LoadAll() {
     Status s = Add(dir.filename().string(), dir.string());
     if (!s.ok()) spdlog::warn("skipping model {}: {}", dir.string(), s.message());
   }
-  std::lock_guard<std::mutex> lock(mu_);
+  MutexLock lock(mu_);
   if (models_.empty()) return Status::NotFound("no loadable model under " + models_dir_);
   if (models_.count(default_model_) == 0) {
     if (!default_model_.empty()) {
@@ -56,33 +56,37 @@ Status ModelRegistry::Add(const std::string& name, const std::string& dir) {
   }
   std::shared_ptr<ServedModel> previous;
   {
-    std::lock_guard<std::mutex> lock(mu_);
+    MutexLock lock(mu_);
     auto it = models_.find(name);
     if (it != models_.end()) previous = it->second;
     models_[name] = served;
   }
-  // Requests running on the replaced model end with UNAVAILABLE; new ones go to the new model.
-  if (previous) previous->scheduler->Stop();
+  // Requests on the replaced model end with UNAVAILABLE saying so; new ones go to the new model.
+  if (previous) {
+    previous->scheduler->Stop(Status::Unavailable("model '" + name +
+                                                  "' was replaced by a newly published version while this request "
+                                                  "ran; retry to use the new one"));
+  }
   spdlog::info("model {} loaded from {} ({}x{}, labels {}, {} parameters)", name, dir, served->info.arch.height,
                served->info.arch.height, served->info.labels.size(), served->parameters);
   return Status::Ok();
 }
 
 std::shared_ptr<ServedModel> ModelRegistry::Find(const std::string& name) const {
-  std::lock_guard<std::mutex> lock(mu_);
+  MutexLock lock(mu_);
   auto it = models_.find(name.empty() ? default_model_ : name);
   return it == models_.end() ? nullptr : it->second;
 }
 
 std::vector<std::shared_ptr<ServedModel>> ModelRegistry::List() const {
-  std::lock_guard<std::mutex> lock(mu_);
+  MutexLock lock(mu_);
   std::vector<std::shared_ptr<ServedModel>> out;
   for (const auto& [name, model] : models_) out.push_back(model);
   return out;
 }
 
 std::string ModelRegistry::default_model() const {
-  std::lock_guard<std::mutex> lock(mu_);
+  MutexLock lock(mu_);
   return default_model_;
 }
 

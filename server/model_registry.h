@@ -8,6 +8,8 @@
 #include <string>
 #include <vector>
 
+#include "common/mutex.h"
+#include "common/thread_annotations.h"
 #include "server/batch_scheduler.h"
 
 namespace spritediff {
@@ -41,9 +43,9 @@ class ModelRegistry {
   const std::string models_dir_;
   const torch::Device device_;
   const SchedulerLimits limits_;
-  mutable std::mutex mu_;
-  std::string default_model_;                                   // GUARDED_BY(mu_)
-  std::map<std::string, std::shared_ptr<ServedModel>> models_;  // GUARDED_BY(mu_)
+  mutable Mutex mu_;
+  std::string default_model_ GUARDED_BY(mu_);
+  std::map<std::string, std::shared_ptr<ServedModel>> models_ GUARDED_BY(mu_);
 };
 
 }  // namespace spritediff

@@ -20,25 +20,6 @@ uint64_t RandomSeed() {
 
 }  // namespace
 
-grpc::Status ToGrpc(const Status& s) {
-  using C = Status::Code;
-  grpc::StatusCode code = grpc::StatusCode::INTERNAL;
-  switch (s.code()) {
-    case C::kOk: return grpc::Status::OK;
-    case C::kInvalidArgument: code = grpc::StatusCode::INVALID_ARGUMENT; break;
-    case C::kNotFound: code = grpc::StatusCode::NOT_FOUND; break;
-    case C::kFailedPrecondition: code = grpc::StatusCode::FAILED_PRECONDITION; break;
-    case C::kCancelled: code = grpc::StatusCode::CANCELLED; break;
-    case C::kDeadlineExceeded: code = grpc::StatusCode::DEADLINE_EXCEEDED; break;
-    case C::kResourceExhausted: code = grpc::StatusCode::RESOURCE_EXHAUSTED; break;
-    case C::kUnavailable: code = grpc::StatusCode::UNAVAILABLE; break;
-    case C::kPermissionDenied: code = grpc::StatusCode::PERMISSION_DENIED; break;
-    case C::kIoError:
-    case C::kInternal: code = grpc::StatusCode::INTERNAL; break;
-  }
-  return grpc::Status(code, s.message());
-}
-
 grpc::Status PlanSample(const v1::SampleRequest& req, const ServedModel& model, const AppConfig& config,
                         SamplePlan* plan) {
   const ModelInfo& info = model.info;
@@ -54,7 +35,7 @@ grpc::Status PlanSample(const v1::SampleRequest& req, const ServedModel& model, 
     case v1::SAMPLER_DDPM: plan->sampler = SamplerKind::kDdpm; break;
     default: return Invalid("sampler must be SAMPLER_DDPM or SAMPLER_DDIM, got " + std::to_string(req.sampler()));
   }
-  const int default_steps = plan->sampler == SamplerKind::kDdpm ? T : std::min(25, T);
+  const int default_steps = DefaultSteps(plan->sampler, T);
   if (req.steps() > static_cast<uint32_t>(T)) {
     return Invalid("steps must be in [1, " + std::to_string(T) + "] (0 = default), got " + std::to_string(req.steps()));
   }

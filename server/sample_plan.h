@@ -7,7 +7,8 @@
 #include <vector>
 
 #include "core/sampler.h"
-#include "server/config.h"
+#include "common/config.h"
+#include "common/grpc_status.h"
 #include "server/model_registry.h"
 #include "spritediff/v1/sprites.pb.h"
 
@@ -24,8 +25,5 @@ struct SamplePlan {
 
 grpc::Status PlanSample(const v1::SampleRequest& request, const ServedModel& model, const AppConfig& config,
                         SamplePlan* plan);
-
-// core Status -> gRPC status with the same meaning.
-grpc::Status ToGrpc(const Status& status);
 
 }  // namespace spritediff

@@ -17,15 +17,6 @@
 
 namespace spritediff {
 
-namespace {
-
-[[noreturn]] void Fail(const std::string& message) {
-  std::cerr << "spritediffd: error: " << message << "\n";
-  throw CLI::RuntimeError(1);
-}
-
-}  // namespace
-
 void AddServeCommand(CLI::App& app, const CommonOptions& common) {
   struct Args {
     int port = -1;

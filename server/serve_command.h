@@ -3,7 +3,7 @@
 
 #include <CLI/CLI.hpp>
 
-#include "server/offline_commands.h"
+#include "commands/command_common.h"
 
 namespace spritediff {
 

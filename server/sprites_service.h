@@ -5,7 +5,7 @@
 #include <atomic>
 #include <string>
 
-#include "server/config.h"
+#include "common/config.h"
 #include "server/metrics.h"
 #include "server/model_registry.h"
 #include "spritediff/v1/sprites.grpc.pb.h"

@@ -4,14 +4,11 @@
 
 #include <mutex>
 
+#include "common/grpc_status.h"
+
 namespace spritediff {
 
 namespace {
-
-bool IsFinal(v1::JobState s) {
-  return s == v1::JOB_STATE_SUCCEEDED || s == v1::JOB_STATE_FAILED || s == v1::JOB_STATE_CANCELLED ||
-         s == v1::JOB_STATE_INTERRUPTED;
-}
 
 // One WatchJob call. The runner calls Wake() after every change of the job; with no write in
 // flight the reactor sends the newest snapshot it has not sent yet, so events coalesce for a
@@ -122,7 +119,9 @@ class WatchReactor : public grpc::ServerWriteReactor<v1::JobEvent> {
 grpc::ServerUnaryReactor* TrainingService::SubmitJob(grpc::CallbackServerContext* context, const v1::JobSpec* spec,
                                                      v1::Job* job) {
   auto* reactor = context->DefaultReactor();
-  grpc::Status status = runner_.Submit(*spec, job);
+  // Cheap checks here; the dataset is read by the training worker.
+  Result<TrainingPlan> plan = runner_.Plan(*spec);
+  const grpc::Status status = ToGrpc(plan.ok() ? runner_.Submit(std::move(*plan), job) : plan.status());
   if (!status.ok()) {
     spdlog::info("SubmitJob model '{}' dataset '{}' rejected: {}", spec->model_name(), spec->dataset(),
                  status.error_message());
@@ -138,7 +137,7 @@ grpc::ServerWriteReactor<v1::JobEvent>* TrainingService::WatchJob(grpc::Callback
 grpc::ServerUnaryReactor* TrainingService::GetJob(grpc::CallbackServerContext* context, const v1::JobRef* ref,
                                                   v1::Job* job) {
   auto* reactor = context->DefaultReactor();
-  reactor->Finish(runner_.Get(ref->id(), job));
+  reactor->Finish(ToGrpc(runner_.Get(ref->id(), job)));
   return reactor;
 }
 
@@ -153,7 +152,7 @@ grpc::ServerUnaryReactor* TrainingService::ListJobs(grpc::CallbackServerContext*
 grpc::ServerUnaryReactor* TrainingService::CancelJob(grpc::CallbackServerContext* context, const v1::JobRef* ref,
                                                      v1::Job* job) {
   auto* reactor = context->DefaultReactor();
-  reactor->Finish(runner_.Cancel(ref->id(), job));
+  reactor->Finish(ToGrpc(runner_.Cancel(ref->id(), job)));
   return reactor;
 }
 

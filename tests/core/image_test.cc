@@ -1,4 +1,4 @@
-#include "core/image.h"
+#include "common/image.h"
 
 #include <gtest/gtest.h>
 

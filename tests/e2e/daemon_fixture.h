@@ -1,5 +1,6 @@
-// Starts the real spritediffd binary on a free port with a models dir of its own, and stops
-// it with SIGTERM (checking that it exits 0). Shared by the end-to-end tests.
+// Starts the real spritediffd binary on port 0 (the kernel picks a free one; the fixture reads
+// the bound port from the daemon's "listening on" log line) with a models dir of its own, and
+// stops it with SIGTERM (checking that it exits 0). Shared by the end-to-end tests.
 #pragma once
 
 #include <grpcpp/grpcpp.h>
@@ -14,6 +15,7 @@
 #include <array>
 #include <chrono>
 #include <cstdio>
+#include <cstdlib>
 #include <filesystem>
 #include <fstream>
 #include <string>
@@ -67,7 +69,7 @@ class Daemon {
       WriteTinyModel(root_ / "models", "tiny");
     }
     std::ofstream(root_ / "config.json") << config_json;
-    port_ = FreePort();
+    port_ = 0;
     const std::string log = (root_ / "daemon.log").string();
     pid_ = fork();
     if (pid_ == 0) {
@@ -76,7 +78,7 @@ class Daemon {
       dup2(fd, 2);
       const std::string bin = std::string(SPRITEDIFF_BIN_DIR) + "/spritediffd";
       const std::string config = (root_ / "config.json").string();
-      const std::string port = std::to_string(port_);
+      const std::string port = "0";
       const std::string models = (root_ / "models").string();
       const std::string data = (root_ / "data").string();
       const std::string state = (root_ / "state").string();
@@ -87,6 +89,13 @@ class Daemon {
     }
     // A fresh channel per probe: a channel that failed once waits out its reconnect backoff.
     for (int i = 0; i < 300; ++i) {
+      if (port_ == 0) port_ = BoundPort();
+      if (port_ == 0) {  // not listening yet
+        int status = 0;
+        if (waitpid(pid_, &status, WNOHANG) == pid_) break;
+        std::this_thread::sleep_for(std::chrono::milliseconds(100));
+        continue;
+      }
       grpc::ChannelArguments args;
       args.SetInt(GRPC_ARG_USE_LOCAL_SUBCHANNEL_POOL, 1);
       auto probe = grpc::CreateCustomChannel(address(), grpc::InsecureChannelCredentials(), args);
@@ -134,6 +143,14 @@ class Daemon {
   }
 
   std::string address() const { return "127.0.0.1:" + std::to_string(port_); }
+  // The port from this run's "spritediffd listening on 127.0.0.1:PORT" log line; 0 before it.
+  int BoundPort() const {
+    const std::string log = Log();
+    const std::string marker = "listening on 127.0.0.1:";
+    const size_t at = log.find(marker);
+    if (at == std::string::npos) return 0;
+    return std::atoi(log.c_str() + at + marker.size());
+  }
   std::shared_ptr<grpc::Channel> channel() const { return channel_; }
   const fs::path& root() const { return root_; }
   std::string Log() const {

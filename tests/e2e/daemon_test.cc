@@ -1,7 +1,7 @@
 // End-to-end: the real daemon over gRPC.
 #include <future>
 
-#include "core/image.h"
+#include "common/image.h"
 #include "tests/e2e/daemon_fixture.h"
 
 namespace spritediff::e2e {

@@ -5,7 +5,7 @@
 #include <cstdio>
 #include <nlohmann/json.hpp>
 
-#include "core/image.h"
+#include "common/image.h"
 #include "tests/e2e/daemon_fixture.h"
 
 namespace spritediff::e2e {

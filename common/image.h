@@ -7,7 +7,8 @@
 #include <string>
 #include <vector>
 
-#include "core/status.h"
+#include "common/file_util.h"
+#include "common/status.h"
 
 namespace spritediff {
 
@@ -39,8 +40,7 @@ Image UpscaleNearest(const Image& image, int factor);
 Result<Image> MakeGrid(const std::vector<Image>& images, int columns, int padding);
 
 Result<std::string> EncodePng(const Image& image);
-// Writes path.tmp and renames it over path, so a crash never leaves half a file.
+// Durable and atomic (WriteFileAtomic in common/file_util.h): a crash never leaves half a file.
 Status WritePng(const std::string& path, const Image& image);
-Status WriteFileAtomic(const std::string& path, const std::string& bytes);
 
 }  // namespace spritediff

@@ -22,6 +22,7 @@ class Status {
     kResourceExhausted,
     kUnavailable,
     kPermissionDenied,
+    kAlreadyExists,
   };
 
   Status() = default;
@@ -38,6 +39,7 @@ class Status {
   static Status ResourceExhausted(std::string msg) { return Status(Code::kResourceExhausted, std::move(msg)); }
   static Status Unavailable(std::string msg) { return Status(Code::kUnavailable, std::move(msg)); }
   static Status PermissionDenied(std::string msg) { return Status(Code::kPermissionDenied, std::move(msg)); }
+  static Status AlreadyExists(std::string msg) { return Status(Code::kAlreadyExists, std::move(msg)); }
 
   bool ok() const { return code_ == Code::kOk; }
   Code code() const { return code_; }

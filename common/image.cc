@@ -1,4 +1,4 @@
-#include "core/image.h"
+#include "common/image.h"
 
 #include <png.h>
 
@@ -137,25 +137,6 @@ Result<std::string> EncodePng(const Image& image) {
   }
   bytes.resize(size);
   return bytes;
-}
-
-Status WriteFileAtomic(const std::string& path, const std::string& bytes) {
-  const std::string tmp = path + ".tmp";
-  {
-    std::FILE* f = std::fopen(tmp.c_str(), "wb");
-    if (f == nullptr) return Status::IoError(tmp + ": cannot create (" + std::strerror(errno) + ")");
-    const bool written = std::fwrite(bytes.data(), 1, bytes.size(), f) == bytes.size();
-    const bool flushed = std::fflush(f) == 0;
-    std::fclose(f);
-    if (!written || !flushed) {
-      std::remove(tmp.c_str());
-      return Status::IoError(tmp + ": write failed");
-    }
-  }
-  std::error_code ec;
-  std::filesystem::rename(tmp, path, ec);
-  if (ec) return Status::IoError(path + ": rename failed (" + ec.message() + ")");
-  return Status::Ok();
 }
 
 Status WritePng(const std::string& path, const Image& image) {

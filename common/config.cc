@@ -1,4 +1,4 @@
-#include "server/config.h"
+#include "common/config.h"
 
 #include <fstream>
 #include <nlohmann/json.hpp>
@@ -30,6 +30,11 @@ Status AppConfig::Validate() const {
     return Status::InvalidArgument("max_rows_per_request (" + std::to_string(max_rows_per_request) +
                                    ") must not exceed max_queued_rows (" + std::to_string(max_queued_rows) +
                                    "): such a request could never be queued");
+  }
+  if (max_rows_per_request > max_batch_rows) {
+    return Status::InvalidArgument("max_rows_per_request (" + std::to_string(max_rows_per_request) +
+                                   ") must not exceed max_batch_rows (" + std::to_string(max_batch_rows) +
+                                   "): a request's rows are stepped in one batch");
   }
   if (bind.empty()) return Status::InvalidArgument("bind must not be empty");
   if (models_dir.empty()) return Status::InvalidArgument("models_dir must not be empty");

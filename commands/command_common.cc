@@ -1,0 +1,45 @@
+#include "commands/command_common.h"
+
+#include <spdlog/spdlog.h>
+
+#include <filesystem>
+
+#include "common/cli_fail.h"
+#include "core/runtime.h"
+
+namespace spritediff {
+
+namespace fs = std::filesystem;
+
+[[noreturn]] void Fail(const std::string& message) { FailCli("spritediffd", message); }
+
+AppConfig ResolveConfig(const CommonOptions& common) {
+  AppConfig config;
+  if (common.config_given || fs::exists(common.config_path)) {
+    Result<AppConfig> loaded = LoadConfig(common.config_path);
+    if (!loaded.ok()) Fail(loaded.status().message());
+    config = *loaded;
+  }
+  if (common.threads >= 0) config.threads = common.threads;
+  if (!common.device.empty()) config.device = common.device;
+  return config;
+}
+
+std::string PrepareCompute(const AppConfig& config) {
+  Result<std::string> device = ResolveDevice(config.device);
+  if (!device.ok()) Fail(device.status().message());
+  const int threads = ConfigureThreads(config.threads);
+  spdlog::info("device {} with {} intra-op threads, CPU BLAS {}", *device, threads, CpuBlasName());
+  const std::string blas_warning = SlowBlasWarning(*device);
+  if (!blas_warning.empty()) spdlog::warn(blas_warning);
+  return *device;
+}
+
+std::string ModelDir(const std::string& model, const AppConfig& config) {
+  if (fs::exists(fs::path(model) / "model.json")) return model;
+  const fs::path named = fs::path(config.models_dir) / model;
+  if (fs::exists(named / "model.json")) return named.string();
+  Fail("--model '" + model + "': neither a model directory nor a model under " + config.models_dir);
+}
+
+}  // namespace spritediff

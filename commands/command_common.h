@@ -1,0 +1,32 @@
+// What spritediffd's subcommands share (the offline ones in commands/ and `serve`): the
+// options given before the subcommand, the config they resolve to, and one way to fail.
+#pragma once
+
+#include <string>
+
+#include "common/config.h"
+
+namespace spritediff {
+
+// Options every subcommand shares; parsed before the subcommand runs.
+struct CommonOptions {
+  std::string config_path = "configs/default.json";
+  bool config_given = false;
+  int threads = -1;     // -1: from the config
+  std::string device;   // empty: from the config
+};
+
+// Prints "spritediffd: error: <message>" and makes the command exit 1.
+[[noreturn]] void Fail(const std::string& message);
+
+// Loads the config (a missing default file is fine; a missing --config file is not) and
+// applies the shared flag overrides. Fails with a message on error.
+AppConfig ResolveConfig(const CommonOptions& common);
+
+// The device and thread count for an offline command (libtorch configured), logged once.
+std::string PrepareCompute(const AppConfig& config);
+
+// A --model value is a directory holding model.json, or a name under the models dir.
+std::string ModelDir(const std::string& model, const AppConfig& config);
+
+}  // namespace spritediff

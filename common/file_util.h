@@ -1,0 +1,20 @@
+// Durable file writes (the README's "written atomically"): write a temporary file next to
+// the target, fsync it, rename it over the target, fsync the directory. A crash leaves the old
+// file or the new one, never half of one, and a finished write survives a power cut.
+#pragma once
+
+#include <string>
+
+#include "common/status.h"
+
+namespace spritediff {
+
+// Writes bytes to path.tmp (checking write, flush, fsync and close), then CommitFileAtomic.
+Status WriteFileAtomic(const std::string& path, const std::string& bytes);
+// For a temporary file written by someone else (e.g. a torch archive): fsyncs tmp, renames it
+// to path and fsyncs path's directory. tmp is removed when this fails.
+Status CommitFileAtomic(const std::string& tmp, const std::string& path);
+// fsync of a directory, so that a rename or a new entry in it is durable.
+Status SyncDirectory(const std::string& dir);
+
+}  // namespace spritediff

@@ -1,0 +1,38 @@
+// AppConfig validation: the bundled config is valid, and settings that could never work are
+// refused with a message that names them.
+#include <gtest/gtest.h>
+
+#include "common/config.h"
+
+namespace spritediff {
+namespace {
+
+TEST(Config, BundledDefaultConfigLoadsAndIsValid) {
+  Result<AppConfig> config = LoadConfig(std::string(SPRITEDIFF_SOURCE_DIR) + "/configs/default.json");
+  ASSERT_TRUE(config.ok()) << config.status().message();
+  EXPECT_TRUE(config->Validate().ok()) << config->Validate().message();
+}
+
+TEST(Config, RefusesMoreRowsPerRequestThanABatchHolds) {
+  AppConfig config;
+  config.max_batch_rows = 16;
+  config.max_rows_per_request = config.max_batch_rows + 1;
+  Status s = config.Validate();
+  ASSERT_FALSE(s.ok());
+  EXPECT_EQ(s.code(), Status::Code::kInvalidArgument);
+  EXPECT_NE(s.message().find("max_rows_per_request (17)"), std::string::npos) << s.message();
+  EXPECT_NE(s.message().find("max_batch_rows (16)"), std::string::npos) << s.message();
+  config.max_rows_per_request = config.max_batch_rows;
+  EXPECT_TRUE(config.Validate().ok()) << config.Validate().message();
+}
+
+TEST(Config, RefusesOutOfRangeFieldsByName) {
+  AppConfig config;
+  config.max_batch_rows = 0;
+  Status s = config.Validate();
+  ASSERT_FALSE(s.ok());
+  EXPECT_NE(s.message().find("max_batch_rows"), std::string::npos) << s.message();
+}
+
+}  // namespace
+}  // namespace spritediff

@@ -1,0 +1,238 @@
+// BatchScheduler in-process with a tiny network (n_feat 8): the queue limit, cancel and
+// deadline while queued and while running, Stop answering everyone (with the reason it was
+// given), and callbacks that throw. Events are ordered by waiting on observable state (the
+// scheduler's stats, the callbacks), never by sleeping.
+#include <gtest/gtest.h>
+
+#include <chrono>
+#include <condition_variable>
+#include <mutex>
+#include <optional>
+#include <stdexcept>
+
+#include "server/batch_scheduler.h"
+
+namespace spritediff {
+namespace {
+
+using namespace std::chrono_literals;
+
+// A long DDPM chain, so that a request admitted into the batch is still running when the test
+// acts on it (cancel, deadline, stop); every such test ends it early.
+constexpr int kLongT = 20000;
+
+LoadedModel TinyModel(int timesteps) {
+  torch::manual_seed(0);
+  LoadedModel m;
+  m.info.name = "tiny";
+  m.info.arch.n_feat = 8;
+  m.info.arch.n_cfeat = 2;
+  m.info.arch.height = 16;
+  m.info.labels = {"a", "b"};
+  m.info.schedule.timesteps = timesteps;
+  m.net = ContextUnet(m.info.arch);
+  m.net->eval();
+  return m;
+}
+
+// Records what the scheduler reports for one request.
+struct Probe {
+  std::mutex mu;
+  std::condition_variable cv;
+  int done_calls = 0;
+  int frames = 0;
+  JobOutcome outcome;
+
+  bool WaitDone(std::chrono::seconds timeout = 60s) {
+    std::unique_lock<std::mutex> lock(mu);
+    return cv.wait_for(lock, timeout, [&] { return done_calls > 0; });
+  }
+  int DoneCalls() {
+    std::lock_guard<std::mutex> lock(mu);
+    return done_calls;
+  }
+};
+
+std::shared_ptr<SampleJob> MakeJob(const std::string& id, int rows, int steps, SamplerKind sampler,
+                                   const std::shared_ptr<Probe>& probe) {
+  auto job = std::make_shared<SampleJob>();
+  job->id = id;
+  for (int i = 0; i < rows; ++i) {
+    RowSpec spec;
+    spec.sampler = sampler;
+    spec.steps = steps;
+    spec.context = {1.0f, 0.0f};
+    spec.seed = 1 + static_cast<uint64_t>(i);
+    job->rows.push_back(spec);
+  }
+  job->on_done = [probe](JobOutcome&& o) {
+    std::lock_guard<std::mutex> lock(probe->mu);
+    ++probe->done_calls;
+    probe->outcome = std::move(o);
+    probe->cv.notify_all();
+  };
+  return job;
+}
+
+std::shared_ptr<SampleJob> LongJob(const std::string& id, int rows, const std::shared_ptr<Probe>& probe) {
+  return MakeJob(id, rows, kLongT, SamplerKind::kDdpm, probe);
+}
+
+// Polls the scheduler's stats until pred holds (the loop publishes them under its lock).
+template <typename Pred>
+bool WaitStats(const BatchScheduler& s, Pred pred, std::chrono::seconds timeout = 60s) {
+  const auto end = std::chrono::steady_clock::now() + timeout;
+  while (std::chrono::steady_clock::now() < end) {
+    if (pred(s.stats())) return true;
+    std::this_thread::yield();
+  }
+  return false;
+}
+
+SchedulerLimits Limits(int max_batch_rows, int max_queued_rows) {
+  SchedulerLimits l;
+  l.max_batch_rows = max_batch_rows;
+  l.max_queued_rows = max_queued_rows;
+  l.threads = 1;
+  return l;
+}
+
+TEST(Scheduler, RunsARequestToTheEndAndAnswersOnce) {
+  const LoadedModel m = TinyModel(50);
+  BatchScheduler s("tiny", m, torch::kCPU, Limits(8, 16));
+  auto probe = std::make_shared<Probe>();
+  auto job = MakeJob("r1", 3, 5, SamplerKind::kDdim, probe);
+  job->frame_every = 2;
+  job->on_frame = [probe](FrameData&& f) {
+    std::lock_guard<std::mutex> lock(probe->mu);
+    ++probe->frames;
+    EXPECT_EQ(f.images.size(), 3u);
+  };
+  ASSERT_TRUE(s.Submit(job).ok());
+  ASSERT_TRUE(probe->WaitDone());
+  s.Stop();
+  EXPECT_TRUE(probe->outcome.status.ok()) << probe->outcome.status.message();
+  EXPECT_EQ(probe->outcome.images.size(), 3u);
+  EXPECT_EQ(probe->frames, 5 / 2);  // frames after steps 2 and 4; the 5th step is the result
+  EXPECT_EQ(probe->DoneCalls(), 1);
+}
+
+TEST(Scheduler, QueueLimitCancelAndDeadlineWhileQueuedAndRunning) {
+  const LoadedModel m = TinyModel(kLongT);
+  BatchScheduler s("tiny", m, torch::kCPU, Limits(4, 4));
+  auto running = std::make_shared<Probe>();
+  auto running_job = LongJob("running", 4, running);
+  ASSERT_TRUE(s.Submit(running_job).ok());
+  ASSERT_TRUE(WaitStats(s, [](const SchedulerStats& st) { return st.running_rows == 4 && st.steps > 0; }));
+
+  // The batch is full: a 3-row request queues, and a 2-row one would pass max_queued_rows.
+  auto queued = std::make_shared<Probe>();
+  auto queued_job = LongJob("queued", 3, queued);
+  ASSERT_TRUE(s.Submit(queued_job).ok());
+  auto refused = std::make_shared<Probe>();
+  Status full = s.Submit(LongJob("refused", 2, refused));
+  EXPECT_EQ(full.code(), Status::Code::kResourceExhausted) << full.message();
+  EXPECT_NE(full.message().find("max_queued_rows=4"), std::string::npos) << full.message();
+  EXPECT_EQ(refused->DoneCalls(), 0);  // refused at Submit: the caller answers, not on_done
+
+  // Cancel while queued.
+  queued_job->cancelled.store(true);
+  s.Wake();
+  ASSERT_TRUE(queued->WaitDone());
+  EXPECT_EQ(queued->outcome.status.code(), Status::Code::kCancelled);
+  EXPECT_NE(queued->outcome.status.message().find("queued"), std::string::npos);
+
+  // Deadline while queued: already passed when it arrives behind the full batch.
+  auto late = std::make_shared<Probe>();
+  auto late_job = LongJob("late", 1, late);
+  late_job->deadline = SteadyClock::now() - 1ms;
+  ASSERT_TRUE(s.Submit(late_job).ok());
+  ASSERT_TRUE(late->WaitDone());
+  EXPECT_EQ(late->outcome.status.code(), Status::Code::kDeadlineExceeded);
+  EXPECT_NE(late->outcome.status.message().find("queued"), std::string::npos);
+
+  // Cancel while running.
+  running_job->cancelled.store(true);
+  s.Wake();
+  ASSERT_TRUE(running->WaitDone());
+  EXPECT_EQ(running->outcome.status.code(), Status::Code::kCancelled);
+  EXPECT_TRUE(running->outcome.images.empty());
+
+  // Deadline while running: admitted into the free batch, it expires before its 20000 steps.
+  auto expires = std::make_shared<Probe>();
+  auto expires_job = LongJob("expires", 2, expires);
+  expires_job->deadline = SteadyClock::now() + 500ms;
+  ASSERT_TRUE(s.Submit(expires_job).ok());
+  ASSERT_TRUE(expires->WaitDone());
+  EXPECT_EQ(expires->outcome.status.code(), Status::Code::kDeadlineExceeded);
+  EXPECT_NE(expires->outcome.status.message().find("of 20000 steps"), std::string::npos)
+      << expires->outcome.status.message();
+  EXPECT_TRUE(WaitStats(s, [](const SchedulerStats& st) { return st.running_rows == 0 && st.queued_rows == 0; }));
+  s.Stop();
+  for (const auto& p : {running, queued, late, expires}) EXPECT_EQ(p->DoneCalls(), 1);
+}
+
+TEST(Scheduler, StopAnswersRunningAndQueuedRequestsWithItsReason) {
+  const LoadedModel m = TinyModel(kLongT);
+  BatchScheduler s("tiny", m, torch::kCPU, Limits(2, 16));
+  auto a = std::make_shared<Probe>(), b = std::make_shared<Probe>(), c = std::make_shared<Probe>();
+  ASSERT_TRUE(s.Submit(LongJob("a", 2, a)).ok());
+  ASSERT_TRUE(WaitStats(s, [](const SchedulerStats& st) { return st.running_rows == 2; }));
+  ASSERT_TRUE(s.Submit(LongJob("b", 2, b)).ok());
+  ASSERT_TRUE(s.Submit(LongJob("c", 1, c)).ok());
+  s.Stop(Status::Unavailable("model 'tiny' was replaced"));
+  for (const auto& p : {a, b, c}) {
+    ASSERT_EQ(p->DoneCalls(), 1);  // Stop returns after every answer was delivered
+    EXPECT_EQ(p->outcome.status.code(), Status::Code::kUnavailable);
+    EXPECT_EQ(p->outcome.status.message(), "model 'tiny' was replaced");
+  }
+  auto after = std::make_shared<Probe>();
+  Status refused = s.Submit(LongJob("after", 1, after));
+  EXPECT_EQ(refused.code(), Status::Code::kUnavailable);
+  EXPECT_EQ(after->DoneCalls(), 0);
+}
+
+TEST(Scheduler, AThrowingFrameCallbackEndsItsRequestOnceAndOthersGoOn) {
+  const LoadedModel m = TinyModel(kLongT);
+  BatchScheduler s("tiny", m, torch::kCPU, Limits(8, 16));
+  auto bad = std::make_shared<Probe>();
+  auto bad_job = LongJob("bad", 1, bad);  // far too long to finish before its first frame is delivered
+  bad_job->frame_every = 1;
+  bad_job->on_frame = [](FrameData&&) { throw std::runtime_error("reader exploded"); };
+  auto good = std::make_shared<Probe>();
+  auto good_job = MakeJob("good", 2, 10, SamplerKind::kDdim, good);
+  ASSERT_TRUE(s.Submit(bad_job).ok());
+  ASSERT_TRUE(s.Submit(good_job).ok());
+  ASSERT_TRUE(bad->WaitDone());
+  ASSERT_TRUE(good->WaitDone());
+  EXPECT_EQ(bad->outcome.status.code(), Status::Code::kInternal);
+  EXPECT_NE(bad->outcome.status.message().find("frame"), std::string::npos) << bad->outcome.status.message();
+  EXPECT_TRUE(good->outcome.status.ok()) << good->outcome.status.message();
+  EXPECT_EQ(good->outcome.images.size(), 2u);
+  s.Stop();
+  EXPECT_EQ(bad->DoneCalls(), 1);
+  EXPECT_EQ(good->DoneCalls(), 1);
+}
+
+TEST(Scheduler, AThrowingDoneCallbackDoesNotStopTheScheduler) {
+  const LoadedModel m = TinyModel(50);
+  BatchScheduler s("tiny", m, torch::kCPU, Limits(8, 16));
+  auto thrower = std::make_shared<Probe>();
+  auto job = MakeJob("throws", 1, 3, SamplerKind::kDdim, thrower);
+  auto record = job->on_done;
+  job->on_done = [record](JobOutcome&& o) {
+    record(std::move(o));
+    throw std::runtime_error("on_done exploded");
+  };
+  ASSERT_TRUE(s.Submit(job).ok());
+  ASSERT_TRUE(thrower->WaitDone());
+  auto next = std::make_shared<Probe>();
+  ASSERT_TRUE(s.Submit(MakeJob("next", 1, 3, SamplerKind::kDdim, next)).ok());
+  ASSERT_TRUE(next->WaitDone());
+  EXPECT_TRUE(next->outcome.status.ok()) << next->outcome.status.message();
+  s.Stop();
+  EXPECT_EQ(thrower->DoneCalls(), 1);
+}
+
+}  // namespace
+}  // namespace spritediff
