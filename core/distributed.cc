@@ -11,6 +11,7 @@
 
 #include <chrono>
 #include <cerrno>
+#include <csignal>
 #include <cstdlib>
 #include <cstring>
 #include <sstream>
@@ -139,6 +140,9 @@ std::chrono::milliseconds DataParallel::timeout() const {
 
 Result<std::unique_ptr<DataParallel>> DataParallel::Connect(const DistributedConfig& config,
                                                             const torch::Device& device) {
+  // A write to the socket of a peer that died must fail with EPIPE, which Gloo and the store turn
+  // into an error we can explain, instead of killing this rank with SIGPIPE.
+  std::signal(SIGPIPE, SIG_IGN);
   const std::string where = config.master_addr + ":" + std::to_string(config.master_port);
   const auto timeout = std::chrono::milliseconds(static_cast<int64_t>(config.timeout_s * 1000));
   c10::intrusive_ptr<c10d::Store> tcp;
@@ -238,7 +242,7 @@ void DataParallel::ReportFailure(const std::string& message) {
 
 Status DataParallel::Explain(const std::string& what, const std::string& error) {
   std::ostringstream msg;
-  msg << "rank " << config_.rank << " of " << config_.world_size << ": " << what << " failed at step " << step_
+  msg << "rank " << config_.rank << " of " << config_.world_size << ": " << what << " failed after step " << step_
       << " (" << error.substr(0, 300) << ")";
   std::vector<std::string> blame;
   try {
@@ -250,8 +254,8 @@ Status DataParallel::Explain(const std::string& what, const std::string& error) 
     for (int r = 0; r < config_.world_size; ++r) {
       if (r == config_.rank || after[r] != before[r]) continue;
       const int64_t step = store_->check({StepKey(r)}) ? std::stoll(FromBytes(store_->get(StepKey(r)))) : -1;
-      blame.push_back("rank " + std::to_string(r) + " is gone (no heartbeat; it died or was killed after step " +
-                      std::to_string(step) + ")");
+      blame.push_back("rank " + std::to_string(r) + " is gone (no heartbeat: it died, was killed or is frozen; " +
+                      "last completed step " + std::to_string(step) + ")");
     }
     for (int r = 0; r < config_.world_size && blame.empty(); ++r) {
       if (r == config_.rank) continue;
