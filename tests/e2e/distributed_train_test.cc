@@ -345,6 +345,23 @@ TEST_F(DistributedTrainTest, CtrlCOnOneRankStopsBothWithAResumableState) {
   EXPECT_NE(ReadFile(r0.log).find("state saved; continue with --resume"), std::string::npos) << ReadFile(r0.log);
   EXPECT_TRUE(fs::exists(dir_ / "out" / "train-state.pt"));
   EXPECT_FALSE(fs::exists(dir_ / "out1"));
+
+  // Both ranks resume from rank 0's state (rank 1 reads it as it would on shared storage) and
+  // finish two more epochs.
+  std::smatch m;
+  const std::string log0 = ReadFile(r0.log);
+  ASSERT_TRUE(std::regex_search(log0, m, std::regex("stopped after (\\d+) epochs"))) << log0;
+  const int target = std::stoi(m[1]) + 2;
+  const std::string state = (dir_ / "out" / "train-state.pt").string();
+  const int port2 = FreePort();
+  Proc q0 = Start(Plus(TrainArgs(dir_ / "out", target), {"--resume", "--dist-timeout", "30"}), RankEnv(port2, 0),
+                  dir_ / "resume0.log");
+  Proc q1 = Start(Plus(TrainArgs(dir_ / "out1", target), {"--resume", "--state", state, "--dist-timeout", "30"}),
+                  RankEnv(port2, 1), dir_ / "resume1.log");
+  EXPECT_EQ(Wait(q0, 120), 0) << ReadFile(q0.log);
+  EXPECT_EQ(Wait(q1, 120), 0) << ReadFile(q1.log);
+  EXPECT_NE(ReadFile(q0.log).find("done: " + std::to_string(target) + " epochs"), std::string::npos)
+      << ReadFile(q0.log);
 }
 
 }  // namespace
