@@ -177,13 +177,15 @@ void AddTrainCommand(CLI::App& app, const CommonOptions& common) {
     std::signal(SIGINT, OnInterrupt);
     std::signal(SIGTERM, OnInterrupt);
     spdlog::info("training {} from {}{}", c.out, c.data, c.resume ? " (resuming)" : "");
-    Result<TrainSummary> summary = Train(c, &g_stop, [](const TrainProgress& p) {
+    const bool data_parallel = c.distributed.enabled();
+    Result<TrainSummary> summary = Train(c, &g_stop, [data_parallel](const TrainProgress& p) {
       if (p.epoch_end) {
         spdlog::info("epoch {}/{} done: loss {:.5f} lr {:.2e} elapsed {:.0f}s{}", p.epoch, p.epochs, p.loss, p.lr,
                      p.elapsed_s, p.checkpoint ? " [checkpoint " + p.grid_path + "]" : "");
       } else {
-        spdlog::info("epoch {}/{} step {} loss {:.5f} {:.0f} images/s lr {:.2e} eta {:.0f}s allreduce wait {:.1f}%",
-                     p.epoch, p.epochs, p.step, p.loss, p.images_per_s, p.lr, p.eta_s, 100 * p.comm_share);
+        spdlog::info("epoch {}/{} step {} loss {:.5f} {:.0f} images/s lr {:.2e} eta {:.0f}s{}", p.epoch, p.epochs,
+                     p.step, p.loss, p.images_per_s, p.lr, p.eta_s,
+                     data_parallel ? fmt::format(" allreduce wait {:.1f}%", 100 * p.comm_share) : std::string());
       }
     });
     std::signal(SIGINT, SIG_DFL);
