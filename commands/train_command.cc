@@ -58,7 +58,15 @@ void AddTrainCommand(CLI::App& app, const CommonOptions& common) {
   cmd->add_option("--timesteps", cfg->schedule.timesteps, "diffusion steps T")->capture_default_str();
   cmd->add_option("--beta1", cfg->schedule.beta1, "first beta of the linear schedule")->capture_default_str();
   cmd->add_option("--beta2", cfg->schedule.beta2, "last beta of the linear schedule")->capture_default_str();
-  cmd->callback([cfg, no_flip, &common] {
+  // Data parallelism: launched like torchrun (MASTER_ADDR, MASTER_PORT, WORLD_SIZE, RANK, LOCAL_RANK).
+  auto dist_timeout = std::make_shared<double>(0);
+  cmd->add_option("--dist-timeout", *dist_timeout, "seconds a data-parallel rank waits for the others before failing "
+                  "(default: SPRITEDIFF_DIST_TIMEOUT_S, else 300)");
+  cmd->add_option("--bucket-mb", cfg->distributed.bucket_mb, "gradient MB per all-reduce")->capture_default_str();
+  cmd->add_flag("--verify-replicas", cfg->verify_replicas, "check after every step that all ranks hold identical weights");
+  cmd->add_option("--simulate-ranks", cfg->simulate_ranks, "single process computing what N ranks compute (comparisons)")
+      ->capture_default_str();
+  cmd->callback([cfg, no_flip, dist_timeout, &common] {
     AppConfig config = ResolveConfig(common);
     TrainConfig c = *cfg;
     c.flip = !*no_flip;
@@ -70,16 +78,26 @@ void AddTrainCommand(CLI::App& app, const CommonOptions& common) {
          << c.context_dropout << (c.flip ? "" : " --no-flip") << " --class-balance " << c.class_balance
          << (c.init_from.empty() ? "" : " --init-from " + c.init_from);
     c.command_line = line.str();
+    Result<DistributedConfig> dist = DistributedFromEnv(*dist_timeout);
+    if (!dist.ok()) Fail(dist.status().message());
+    dist->bucket_mb = cfg->distributed.bucket_mb;
+    c.distributed = *dist;
+    if (c.distributed.enabled() && c.device == "cuda") c.device += ":" + std::to_string(c.distributed.local_rank);
+    spdlog::info("world size {} (this is rank {}), batch {} per rank, global batch {}{}", c.ranks(), c.distributed.rank,
+                 c.batch_size, c.batch_size * c.ranks(), c.distributed.enabled() ? ", timeout " + std::to_string(
+                     static_cast<int>(c.distributed.timeout_s)) + " s" : std::string());
     std::signal(SIGINT, OnInterrupt);
     std::signal(SIGTERM, OnInterrupt);
     spdlog::info("training {} from {}{}", c.out, c.data, c.resume ? " (resuming)" : "");
-    Result<TrainSummary> summary = Train(c, &g_stop, [](const TrainProgress& p) {
+    const bool data_parallel = c.distributed.enabled();
+    Result<TrainSummary> summary = Train(c, &g_stop, [data_parallel](const TrainProgress& p) {
       if (p.epoch_end) {
         spdlog::info("epoch {}/{} done: loss {:.5f} lr {:.2e} elapsed {:.0f}s{}", p.epoch, p.epochs, p.loss, p.lr,
                      p.elapsed_s, p.checkpoint ? " [checkpoint " + p.grid_path + "]" : "");
       } else {
-        spdlog::info("epoch {}/{} step {} loss {:.5f} {:.0f} images/s lr {:.2e} eta {:.0f}s", p.epoch, p.epochs,
-                     p.step, p.loss, p.images_per_s, p.lr, p.eta_s);
+        spdlog::info("epoch {}/{} step {} loss {:.5f} {:.0f} images/s lr {:.2e} eta {:.0f}s{}", p.epoch, p.epochs,
+                     p.step, p.loss, p.images_per_s, p.lr, p.eta_s,
+                     data_parallel ? fmt::format(" allreduce wait {:.1f}%", 100 * p.comm_share) : std::string());
       }
     });
     std::signal(SIGINT, SIG_DFL);
@@ -89,6 +107,9 @@ void AddTrainCommand(CLI::App& app, const CommonOptions& common) {
       spdlog::info("stopped after {} epochs ({} steps); state saved; continue with --resume", summary->epochs_done,
                    summary->steps);
       return;
+    }
+    if (summary->replicas_verified > 0) {
+      spdlog::info("replicas bit-identical on all {} ranks after each of {} steps", c.ranks(), summary->replicas_verified);
     }
     spdlog::info("done: {} epochs, {} steps, final loss {:.5f}, {:.0f}s in all; model in {}", summary->epochs_done,
                  summary->steps, summary->final_loss, summary->wall_s, c.out);

@@ -26,6 +26,15 @@ Status TrainConfig::Validate() const {
   if (class_balance != "none" && class_balance != "sqrt") {
     return Status::InvalidArgument("--class-balance must be none or sqrt");
   }
+  if (simulate_ranks < 1 || simulate_ranks > 64) return Status::InvalidArgument("--simulate-ranks must be in [1, 64]");
+  if (simulate_ranks > 1 && distributed.enabled()) {
+    return Status::InvalidArgument("--simulate-ranks is for single-process runs; this one has WORLD_SIZE=" +
+                                   std::to_string(distributed.world_size));
+  }
+  if (!(distributed.timeout_s > 0)) return Status::InvalidArgument("--dist-timeout must be > 0 seconds");
+  if (!(distributed.bucket_mb > 0 && distributed.bucket_mb <= 1024)) {
+    return Status::InvalidArgument("--bucket-mb must be in (0, 1024]");
+  }
   if (checkpoint_every < 1) return Status::InvalidArgument("--checkpoint-every must be >= 1");
   if (sample_grid_per_label < 0 || sample_grid_per_label > 64) {
     return Status::InvalidArgument("--grid-per-label must be in [0, 64]");
@@ -96,6 +105,7 @@ Status SaveState(const std::string& path, const TrainConfig& c, const ModelInfo&
   archive.write("sums", torch::tensor({st.epoch_loss_sum, st.wall_s}, torch::kFloat64));
   archive.write("epoch_losses", DoubleTensor(st.epoch_losses));
   archive.write("identity", c10::IValue(RunIdentity(c, info).dump()));
+  archive.write("world_size", torch::tensor({static_cast<int64_t>(c.ranks())}, torch::kInt64));
   fs::create_directories(fs::path(path).parent_path().empty() ? fs::path(".") : fs::path(path).parent_path());
   return SaveArchiveAtomic(archive, path);
 }
@@ -107,6 +117,16 @@ Status LoadState(const std::string& path, const TrainConfig& c, const ModelInfo&
     archive.load_from(path);
     c10::IValue identity;
     archive.read("identity", identity);
+    torch::Tensor world;
+    const int64_t saved_ranks = archive.try_read("world_size", world) ? world.item<int64_t>() : 1;
+    if (saved_ranks != c.ranks()) {
+      return Status::FailedPrecondition(
+          path + ": this state was written by a run on " + std::to_string(saved_ranks) + " rank(s) (global batch " +
+          std::to_string(saved_ranks * c.batch_size) + "); this run has " + std::to_string(c.ranks()) +
+          " (global batch " + std::to_string(c.ranks() * c.batch_size) + "). Resume with WORLD_SIZE=" +
+          std::to_string(saved_ranks) + ", or start a new run: the sample order, the random draws and the BatchNorm "
+          "statistics depend on how the global batch is split over ranks");
+    }
     const json saved = json::parse(identity.toStringRef());
     const json now = RunIdentity(c, info);
     if (saved != now) {
@@ -178,12 +198,58 @@ Result<std::string> WriteSampleGrid(const std::string& dir, ContextUnet& ema, co
   return path;
 }
 
+// The floating-point buffers (BatchNorm running statistics), which each rank updates from its own
+// rows and which are averaged over the ranks after every step.
+std::vector<torch::Tensor> FloatBuffers(torch::nn::Module& m) {
+  std::vector<torch::Tensor> out;
+  for (const torch::Tensor& b : m.buffers()) {
+    if (b.is_floating_point()) out.push_back(b);
+  }
+  return out;
+}
+
+torch::Tensor Flatten(const std::vector<torch::Tensor>& v) {
+  std::vector<torch::Tensor> flat;
+  for (const torch::Tensor& t : v) flat.push_back(t.detach().reshape({-1}));
+  return flat.empty() ? torch::zeros({0}) : torch::cat(flat);
+}
+
+void Unflatten(const torch::Tensor& flat, std::vector<torch::Tensor>& v) {
+  torch::NoGradGuard no_grad;
+  int64_t at = 0;
+  for (torch::Tensor& t : v) {
+    t.copy_(flat.narrow(0, at, t.numel()).view(t.sizes()));
+    at += t.numel();
+  }
+}
+
+Result<TrainSummary> TrainWith(const TrainConfig& c, DataParallel* dp, const std::atomic<bool>* stop,
+                               const ProgressFn& progress);
+
 }  // namespace
 
 Result<TrainSummary> Train(const TrainConfig& config, const std::atomic<bool>* stop, const ProgressFn& progress) {
   Status valid = config.Validate();
   if (!valid.ok()) return valid;
   TrainConfig c = config;
+  std::unique_ptr<DataParallel> dp;
+  if (c.distributed.enabled()) {
+    Result<std::unique_ptr<DataParallel>> joined = DataParallel::Connect(c.distributed, torch::Device(c.device));
+    if (!joined.ok()) return joined.status();
+    dp = std::move(*joined);
+  }
+  Result<TrainSummary> result = TrainWith(c, dp.get(), stop, progress);
+  if (!result.ok() && dp) dp->ReportFailure(result.status().message());
+  return result;
+}
+
+namespace {
+
+Result<TrainSummary> TrainWith(const TrainConfig& config, DataParallel* dp, const std::atomic<bool>* stop,
+                               const ProgressFn& progress) {
+  TrainConfig c = config;
+  const int rank = dp ? dp->rank() : 0;
+  const int64_t ranks = c.ranks();
   if (c.state_path.empty()) c.state_path = (fs::path(c.out) / "train-state.pt").string();
   if (c.name.empty()) c.name = fs::path(c.out).lexically_normal().filename().string();
   if (c.name.empty() || c.name == ".") c.name = fs::path(c.out).lexically_normal().parent_path().filename().string();
@@ -194,9 +260,12 @@ Result<TrainSummary> Train(const TrainConfig& config, const std::atomic<bool>* s
   Result<Dataset> data = LoadDataset(c.data, c.height);
   if (!data.ok()) return data.status();
   const int64_t n = data->size();
-  if (n < c.batch_size) {
+  if (n < c.batch_size * ranks) {
     return Status::FailedPrecondition(c.data + ": " + std::to_string(n) + " images, fewer than one batch of " +
-                                      std::to_string(c.batch_size));
+                                      std::to_string(c.batch_size * ranks) +
+                                      (ranks > 1 ? " (" + std::to_string(ranks) + " ranks x " +
+                                                       std::to_string(c.batch_size) + ")"
+                                                 : std::string()));
   }
   const torch::Device device(c.device);
 
@@ -274,8 +343,9 @@ Result<TrainSummary> Train(const TrainConfig& config, const std::atomic<bool>* s
     sample_weights = counts.index_select(0, data->contexts.argmax(1)).rsqrt();
   }
 
-  const int64_t B = c.batch_size;
-  const int64_t steps_per_epoch = n / B;
+  const int64_t B = c.batch_size;     // rows per rank
+  const int64_t G = B * ranks;        // rows per optimizer step, over all ranks
+  const int64_t steps_per_epoch = n / G;
   const int64_t H = c.height;
   const int64_t C = info.arch.in_channels;
 
@@ -314,7 +384,8 @@ Result<TrainSummary> Train(const TrainConfig& config, const std::atomic<bool>* s
     out.provenance = provenance;
     out.provenance["epochs_done"] = st.epoch;
     out.provenance["steps"] = st.step;
-    out.provenance["images_seen"] = st.step * B;
+    out.provenance["images_seen"] = st.step * G;
+    out.provenance["ranks"] = ranks;
     out.provenance["wall_s"] = std::round(st.wall_s);
     out.provenance["final_loss"] = st.epoch_losses.empty() ? 0.0 : st.epoch_losses.back();
     out.provenance["weights"] = c.ema_decay > 0 ? "ema" : "live";
@@ -329,6 +400,36 @@ Result<TrainSummary> Train(const TrainConfig& config, const std::atomic<bool>* s
     return std::string();
   };
 
+  // Every rank starts from rank 0's weights and must agree on what it is about to do.
+  std::unique_ptr<GradientBuckets> buckets;
+  if (dp) {
+    s = dp->Agree({{"the number of images", n},
+                   {"the number of labels", static_cast<int64_t>(info.labels.size())},
+                   {"--batch-size", c.batch_size},
+                   {"--epochs", c.epochs},
+                   {"--seed", static_cast<int64_t>(c.seed)},
+                   {"--n-feat", c.n_feat},
+                   {"completed epochs (state file)", st.epoch},
+                   {"completed steps (state file)", st.step},
+                   {"batches into the epoch (state file)", st.batch_in_epoch}});
+    if (!s.ok()) return s;
+    std::vector<torch::Tensor> replica = net->parameters();
+    for (const torch::Tensor& b : net->buffers()) replica.push_back(b);
+    for (const torch::Tensor& p : ema->parameters()) replica.push_back(p);
+    for (const torch::Tensor& b : ema->buffers()) replica.push_back(b);
+    {
+      torch::NoGradGuard no_grad;
+      s = dp->Broadcast(replica, "broadcasting rank 0's weights");
+    }
+    if (!s.ok()) return s;
+    buckets = std::make_unique<GradientBuckets>(*dp, net->parameters(), c.distributed.bucket_mb);
+    dp->MarkStep(st.step);
+  }
+  std::vector<torch::Tensor> float_buffers = FloatBuffers(*net);
+  const double inv_ranks = 1.0 / static_cast<double>(ranks);
+  bool agreed_stop = false;
+  double report_comm_s = 0;
+
   net->train();
   for (; st.epoch < c.epochs; ++st.epoch) {
     const double lr = c.lr * (1.0 - static_cast<double>(st.epoch) / c.epochs);
@@ -341,42 +442,118 @@ Result<TrainSummary> Train(const TrainConfig& config, const std::atomic<bool>* s
       st.epoch_loss_count = 0;
     }
     for (; st.batch_in_epoch < steps_per_epoch; ++st.batch_in_epoch) {
-      if (stop != nullptr && stop->load()) {
-        Result<std::string> saved = save_all(false);
-        if (!saved.ok()) return saved.status();
+      const bool stop_now = dp ? agreed_stop : (stop != nullptr && stop->load());
+      if (stop_now) {
+        if (rank == 0) {
+          Result<std::string> saved = save_all(false);
+          if (!saved.ok()) return saved.status();
+        }
+        if (dp) {
+          s = dp->Barrier("waiting for rank 0 to save the state");
+          if (!s.ok()) return s;
+        }
         summary.stopped_early = true;
         summary.epochs_done = st.epoch;
         summary.steps = st.step;
-        summary.wall_s = st.wall_s;
+        summary.wall_s = wall_now();
         summary.epoch_losses = st.epoch_losses;
         return summary;
       }
-      torch::Tensor idx = st.order.slice(0, st.batch_in_epoch * B, (st.batch_in_epoch + 1) * B).to(device);
-      torch::Tensor x0 = images.index_select(0, idx);
-      torch::Tensor ctx = contexts.index_select(0, idx);
-      torch::Tensor flip_rows = torch::rand({B}, gen) < 0.5;
-      torch::Tensor keep = (torch::rand({B}, gen) >= c.context_dropout).to(torch::kFloat32);
-      torch::Tensor t = torch::randint(1, T + 1, {B}, gen, torch::kInt64);
-      torch::Tensor noise = torch::randn({B, C, H, H}, gen, torch::kFloat32).to(device);
-      if (c.flip) x0 = torch::where(flip_rows.to(device).view({-1, 1, 1, 1}), x0.flip({3}), x0);
-      ctx = ctx * keep.to(device).view({-1, 1});
-      t = t.to(device);
-      torch::Tensor xt = ForwardDiffuse(x0, t, noise, sqrt_ab, sqrt_1mab);
-      torch::Tensor pred = net->forward(xt, t.to(torch::kFloat32) / static_cast<float>(T), ctx);
-      torch::Tensor loss = torch::mse_loss(pred, noise);
+      // The distributed sampler: every rank draws the same global batch of G rows from the shared
+      // generator (so the order, class balance and noise are those of a single process with
+      // batch G) and trains on its own B rows of it.
+      double comm_s = 0;
+      torch::Tensor idx = st.order.slice(0, st.batch_in_epoch * G, (st.batch_in_epoch + 1) * G).to(device);
+      torch::Tensor flip_rows = torch::rand({G}, gen) < 0.5;
+      torch::Tensor keep = (torch::rand({G}, gen) >= c.context_dropout).to(torch::kFloat32);
+      torch::Tensor t_all = torch::randint(1, T + 1, {G}, gen, torch::kInt64);
+      torch::Tensor noise_all = torch::randn({G, C, H, H}, gen, torch::kFloat32).to(device);
+      auto rows_loss = [&](int64_t part) {
+        const int64_t lo = part * B, hi = (part + 1) * B;
+        torch::Tensor rows = idx.slice(0, lo, hi);
+        torch::Tensor x0 = images.index_select(0, rows);
+        torch::Tensor ctx = contexts.index_select(0, rows);
+        torch::Tensor noise = noise_all.slice(0, lo, hi);
+        if (c.flip) x0 = torch::where(flip_rows.slice(0, lo, hi).to(device).view({-1, 1, 1, 1}), x0.flip({3}), x0);
+        ctx = ctx * keep.slice(0, lo, hi).to(device).view({-1, 1});
+        torch::Tensor t = t_all.slice(0, lo, hi).to(device);
+        torch::Tensor xt = ForwardDiffuse(x0, t, noise, sqrt_ab, sqrt_1mab);
+        torch::Tensor pred = net->forward(xt, t.to(torch::kFloat32) / static_cast<float>(T), ctx);
+        return torch::mse_loss(pred, noise);
+      };
+      double l = 0;
       opt.zero_grad();
-      loss.backward();
+      if (dp) {
+        buckets->Begin();
+        torch::Tensor loss = rows_loss(rank);
+        // BatchNorm statistics from this rank's rows travel while backward runs.
+        torch::Tensor buffers = Flatten(float_buffers);
+        Result<c10::intrusive_ptr<c10d::Work>> buffer_work = dp->StartAllReduceSum(buffers, "all-reduce of buffers");
+        if (!buffer_work.ok()) return buffer_work.status();
+        loss.backward();
+        const auto wait_start = Clock::now();
+        s = buckets->Finish();
+        if (!s.ok()) return s;
+        s = dp->Wait(*buffer_work, "all-reduce of buffers");
+        if (!s.ok()) return s;
+        comm_s += std::chrono::duration<double>(Clock::now() - wait_start).count();
+        Unflatten(buffers.mul_(inv_ranks), float_buffers);
+        l = loss.item<double>();
+      } else if (ranks > 1) {
+        // What `ranks` processes would compute: each part's BatchNorm sees only its own rows,
+        // gradients and statistics are summed over the parts and divided by their number, in the
+        // same order as the all-reduce adds them.
+        torch::NoGradGuard outer_no_grad;
+        const torch::Tensor before = Flatten(float_buffers).clone();
+        torch::Tensor buffer_sum = torch::zeros_like(before);
+        double loss_sum = 0;
+        for (int64_t part = 0; part < ranks; ++part) {
+          Unflatten(before, float_buffers);
+          torch::AutoGradMode enable_grad(true);
+          torch::Tensor loss = rows_loss(part);
+          loss.backward();
+          buffer_sum.add_(Flatten(float_buffers));
+          loss_sum += loss.item<double>();
+        }
+        for (torch::Tensor& p : net->parameters()) {
+          if (p.grad().defined()) p.mutable_grad().mul_(inv_ranks);
+        }
+        Unflatten(buffer_sum.mul_(inv_ranks), float_buffers);
+        l = loss_sum * inv_ranks;
+      } else {
+        torch::Tensor loss = rows_loss(0);
+        loss.backward();
+        l = loss.item<double>();
+      }
       opt.step();
       // Warm-up keeps early EMA from dragging the random initial weights along.
       const double decay = std::min(c.ema_decay, (1.0 + st.step) / (10.0 + st.step));
       UpdateEma(*ema, *net, c.ema_decay > 0 ? decay : 0.0);
       ++st.step;
-      const double l = loss.item<double>();
+      if (dp) {
+        // The mean loss over all ranks, and whether any rank was asked to stop.
+        const auto wait_start = Clock::now();
+        torch::Tensor tail = torch::tensor({l, (stop != nullptr && stop->load()) ? 1.0 : 0.0}, torch::kFloat64);
+        s = dp->AllReduceSum(tail, "all-reduce of loss and stop flag");
+        if (!s.ok()) return s;
+        comm_s += std::chrono::duration<double>(Clock::now() - wait_start).count();
+        l = tail[0].item<double>() * inv_ranks;
+        agreed_stop = tail[1].item<double>() > 0;
+        if (c.verify_replicas) {
+          std::vector<torch::Tensor> replica = net->parameters();
+          for (const torch::Tensor& b : net->buffers()) replica.push_back(b);
+          s = dp->Agree({{"the weights' checksum after step " + std::to_string(st.step), TensorChecksum(replica)}});
+          if (!s.ok()) return s;
+          ++summary.replicas_verified;
+        }
+        dp->MarkStep(st.step);
+      }
+      report_comm_s += comm_s;
       st.epoch_loss_sum += l;
       st.epoch_loss_count++;
       report_loss += l;
       report_count++;
-      if (progress && c.log_every > 0 && st.step % c.log_every == 0) {
+      if (progress && rank == 0 && c.log_every > 0 && st.step % c.log_every == 0) {
         const double dt = std::chrono::duration<double>(Clock::now() - report_time).count();
         const double session_s = std::chrono::duration<double>(Clock::now() - session_start).count();
         const int64_t remaining = (c.epochs - st.epoch) * steps_per_epoch - st.batch_in_epoch - 1;
@@ -386,13 +563,15 @@ Result<TrainSummary> Train(const TrainConfig& config, const std::atomic<bool>* s
         p.step = st.step;
         p.steps_per_epoch = steps_per_epoch;
         p.loss = report_loss / report_count;
-        p.images_per_s = report_count * B / std::max(dt, 1e-9);
+        p.images_per_s = report_count * G / std::max(dt, 1e-9);
+        p.comm_share = report_comm_s / std::max(dt, 1e-9);
         p.lr = lr;
         p.elapsed_s = wall_now();
         p.eta_s = remaining * session_s / std::max<int64_t>(1, st.step - start_step);
         progress(p);
         report_loss = 0;
         report_count = 0;
+        report_comm_s = 0;
         report_time = Clock::now();
       }
     }
@@ -411,7 +590,7 @@ Result<TrainSummary> Train(const TrainConfig& config, const std::atomic<bool>* s
     p.lr = lr;
     p.elapsed_s = wall_now();
     p.epoch_end = true;
-    if (checkpoint) {
+    if (checkpoint && rank == 0) {  // rank 0 alone writes; the others go on and wait in the next all-reduce
       ++st.epoch;  // the state on disk says this epoch is complete
       Result<std::string> grid = save_all(true);
       --st.epoch;
@@ -419,7 +598,11 @@ Result<TrainSummary> Train(const TrainConfig& config, const std::atomic<bool>* s
       p.checkpoint = true;
       p.grid_path = *grid;
     }
-    if (progress) progress(p);
+    if (progress && rank == 0) progress(p);
+  }
+  if (dp) {
+    s = dp->Barrier("waiting for rank 0 to write the model");
+    if (!s.ok()) return s;
   }
   summary.epochs_done = st.epoch;
   summary.steps = st.step;
@@ -428,5 +611,7 @@ Result<TrainSummary> Train(const TrainConfig& config, const std::atomic<bool>* s
   summary.epoch_losses = st.epoch_losses;
   return summary;
 }
+
+}  // namespace
 
 }  // namespace spritediff

@@ -18,6 +18,7 @@
 #include "core/checkpoint.h"
 #include "core/dataset.h"
 #include "common/status.h"
+#include "core/distributed.h"
 
 namespace spritediff {
 
@@ -45,6 +46,14 @@ struct TrainConfig {
   std::string device = "cpu";
   ScheduleConfig schedule;
   std::string command_line;  // recorded in the model's provenance
+  // Data parallelism (core/distributed.h). batch_size is per rank; the global batch is
+  // batch_size * ranks. Only rank 0 writes files; every rank reads the data and, on resume, the
+  // state file (so multi-node runs need --out on shared storage).
+  DistributedConfig distributed;
+  int simulate_ranks = 1;        // one process computing exactly what this many ranks compute
+  bool verify_replicas = false;  // after every step, check every rank holds bit-identical weights
+
+  int ranks() const { return distributed.enabled() ? distributed.world_size : simulate_ranks; }
 
   Status Validate() const;
 };
@@ -59,6 +68,7 @@ struct TrainProgress {
   double lr = 0;
   double elapsed_s = 0;
   double eta_s = 0;
+  double comm_share = 0;  // fraction of step time spent waiting for all-reduces since the last report
   bool epoch_end = false;
   bool checkpoint = false;
   std::string grid_path;  // set when a sample grid was written
@@ -71,12 +81,14 @@ struct TrainSummary {
   double final_loss = 0;  // mean over the last epoch
   double wall_s = 0;
   bool stopped_early = false;
+  int64_t replicas_verified = 0;  // steps after which every rank was checked to hold the same weights
   std::vector<double> epoch_losses;
 };
 
 using ProgressFn = std::function<void(const TrainProgress&)>;
 
-// Runs (or resumes) training. `stop`, when set, makes it save the state and return cleanly.
+// Runs (or resumes) training. `stop`, when set, makes it save the state and return cleanly; in
+// a data-parallel run a stop on any rank stops every rank at the same step.
 Result<TrainSummary> Train(const TrainConfig& config, const std::atomic<bool>* stop, const ProgressFn& progress);
 
 // Copies parameters with decay and floating buffers likewise: ema = d * ema + (1 - d) * live.

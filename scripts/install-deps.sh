@@ -4,6 +4,7 @@
 set -euo pipefail
 
 PACKAGES=(
+  libgloo-dev
   build-essential cmake pkg-config
   libtorch-dev
   # libtorch calls BLAS through libblas.so.3; without this Debian gives it the reference

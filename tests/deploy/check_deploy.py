@@ -74,6 +74,20 @@ svc = kinds["Service"][0]["spec"]
 check(svc["ports"][0]["port"] == 50051, "k8s Service: port 50051")
 job = kinds["Job"][0]["spec"]["template"]["spec"]["containers"][0]
 check(job["resources"]["limits"].get("nvidia.com/gpu") == 1, "k8s Job: training has its own GPU")
+# multi-node data-parallel training: an Indexed Job whose pods find rank 0 through a headless Service
+indexed = [j for j in kinds["Job"] if j["spec"].get("completionMode") == "Indexed"]
+check(len(indexed) == 1, "k8s: one Indexed Job for data-parallel training")
+if indexed:
+    spec = indexed[0]["spec"]
+    pod = spec["template"]["spec"]
+    env = {e["name"]: e.get("value") for e in pod["containers"][0].get("env", [])}
+    headless = {s["metadata"]["name"]: s["spec"] for s in kinds["Service"] if s["spec"].get("clusterIP") == "None"}
+    check(pod.get("subdomain") in headless, "k8s Indexed Job: subdomain names a headless Service")
+    check(env.get("WORLD_SIZE") == str(spec.get("completions")) == str(spec.get("parallelism")),
+          "k8s Indexed Job: WORLD_SIZE == completions == parallelism")
+    check(str(env.get("MASTER_ADDR", "")).startswith(indexed[0]["metadata"]["name"] + "-0." + str(pod.get("subdomain"))),
+          "k8s Indexed Job: MASTER_ADDR is pod 0 under the headless Service")
+    check("JOB_COMPLETION_INDEX" in " ".join(pod["containers"][0].get("args", [])), "k8s Indexed Job: RANK from the index")
 
 # Dockerfiles: one source of truth with the README, non-root, health-checked.
 for name in ["docker/Dockerfile", "docker/Dockerfile.cuda"]:
