@@ -51,16 +51,37 @@ void AddContext(v1::SampleRequest& req, const std::string& text) {
   for (float v : *values) req.add_context(v);
 }
 
-// Options shared by sample and bench that shape the request.
+// The --sampler names and their proto values.
+const std::vector<std::pair<std::string, v1::Sampler>> kSamplers{{"ddpm", v1::SAMPLER_DDPM},
+                                                                 {"ddim", v1::SAMPLER_DDIM},
+                                                                 {"dpmpp-2m", v1::SAMPLER_DPMPP_2M},
+                                                                 {"dpmpp-2m-sde", v1::SAMPLER_DPMPP_2M_SDE}};
+
+v1::Sampler SamplerValue(const std::string& name) {
+  for (const auto& [n, v] : kSamplers)
+    if (n == name) return v;
+  return v1::SAMPLER_UNSPECIFIED;
+}
+
+std::string SamplerLabel(v1::Sampler sampler) {
+  for (const auto& [n, v] : kSamplers)
+    if (v == sampler) return n;
+  return "unspecified";
+}
+
+// Options shared by sample and bench that shape the request. Only what the user set is sent;
+// the server fills the rest from the model's defaults and says in Result what it used.
 struct RequestOptions {
   std::string model;
   std::vector<std::string> labels;
   std::string context;
   int count = 1;
-  std::string sampler = "ddim";
-  int steps = 0;
+  std::string sampler;  // empty = the model's
+  int steps = 0;        // 0 = the server's default
   double eta = 0;
-  double guidance = 2.0;
+  double guidance = 1;
+  CLI::Option* eta_option = nullptr;       // counts whether --eta was given
+  CLI::Option* guidance_option = nullptr;  // counts whether --guidance was given
   uint64_t seed = 0;
 };
 
@@ -70,12 +91,14 @@ void AddRequestOptions(CLI::App* cmd, RequestOptions& o, int default_count) {
   cmd->add_option("--label", o.labels, "condition on a label, NAME or NAME:WEIGHT; repeat to mix (e.g. --label hero --label food:0.5)");
   cmd->add_option("--context", o.context, "raw context vector instead of labels, e.g. 1,0,0,0,0");
   cmd->add_option("--count", o.count, "sprites per request")->check(CLI::Range(1, 4096))->capture_default_str();
-  cmd->add_option("--sampler", o.sampler, "ddpm or ddim")->check(CLI::IsMember({"ddpm", "ddim"}))->capture_default_str();
-  cmd->add_option("--steps", o.steps, "denoising steps; 0 = server default (25 for ddim, T for ddpm)")
+  cmd->add_option("--sampler", o.sampler, "ddpm, ddim, dpmpp-2m or dpmpp-2m-sde (default: the model's; see `models`)")
+      ->check(CLI::IsMember({"ddpm", "ddim", "dpmpp-2m", "dpmpp-2m-sde"}));
+  cmd->add_option("--steps", o.steps, "denoising steps; 0 = the server's default (the model's; T for ddpm)")
       ->check(CLI::Range(0, 100000))->capture_default_str();
-  cmd->add_option("--eta", o.eta, "DDIM eta in [0, 1]; 0 = deterministic")->check(CLI::Range(0.0, 1.0))->capture_default_str();
-  cmd->add_option("--guidance", o.guidance, "classifier-free guidance scale in [0, 20]; 1 = conditional only")
-      ->check(CLI::Range(0.0, 20.0))->capture_default_str();
+  o.eta_option = cmd->add_option("--eta", o.eta, "eta in [0, 1] for ddim (0 = deterministic) and dpmpp-2m-sde "
+                                 "(default: the model's)")->check(CLI::Range(0.0, 1.0));
+  o.guidance_option = cmd->add_option("--guidance", o.guidance, "classifier-free guidance scale in [0, 20]; "
+                                      "1 = conditional only (default: the model's)")->check(CLI::Range(0.0, 20.0));
   cmd->add_option("--seed", o.seed, "seed of the first sprite (sprite i uses seed+i); 0 = random")->capture_default_str();
 }
 
@@ -84,10 +107,12 @@ v1::SampleRequest BuildRequest(const RequestOptions& o) {
   v1::SampleRequest req;
   req.set_model(o.model);
   req.set_count(static_cast<uint32_t>(o.count));
-  req.set_sampler(o.sampler == "ddpm" ? v1::SAMPLER_DDPM : v1::SAMPLER_DDIM);
+  req.set_sampler(SamplerValue(o.sampler));  // "" -> UNSPECIFIED: the model's
   req.set_steps(static_cast<uint32_t>(o.steps));
-  req.set_eta(static_cast<float>(o.eta));
-  req.set_guidance_scale(static_cast<float>(o.guidance));
+  if (o.eta_option != nullptr && o.eta_option->count() > 0) req.set_eta(static_cast<float>(o.eta));
+  if (o.guidance_option != nullptr && o.guidance_option->count() > 0) {
+    req.set_guidance_scale(static_cast<float>(o.guidance));
+  }
   req.set_seed(o.seed);
   AddLabels(req, o.labels);
   if (!o.context.empty()) AddContext(req, o.context);
@@ -135,7 +160,9 @@ class Progress {
   Clock::time_point start_;
 };
 
-// The step count a request will run: --steps, or the server's default for the sampler.
+// The step count a request will run (to pick a frame interval): --steps, or the server's default
+// as sprites.proto states it: the model's steps when the sampler is the model's, otherwise T for
+// DDPM and min(25, T) for the others.
 int ResolveSteps(v1::Sprites::Stub& stub, const RequestOptions& r, const Connection& c) {
   if (r.steps > 0) return r.steps;
   grpc::ClientContext ctx;
@@ -146,7 +173,11 @@ int ResolveSteps(v1::Sprites::Stub& stub, const RequestOptions& r, const Connect
   grpc::Status s = stub.GetModel(&ctx, gm, &info);
   if (!s.ok()) FailRpc(s, c);
   const int T = static_cast<int>(info.schedule().timesteps());
-  return r.sampler == "ddpm" ? T : std::min(25, T);
+  const v1::Sampler chosen = SamplerValue(r.sampler);
+  if ((chosen == v1::SAMPLER_UNSPECIFIED || chosen == info.sampling().sampler()) && info.sampling().steps() > 0) {
+    return static_cast<int>(info.sampling().steps());
+  }
+  return chosen == v1::SAMPLER_DDPM ? T : std::min(25, T);
 }
 
 void ModelsCommand(CLI::App& app) {
@@ -166,18 +197,23 @@ void ModelsCommand(CLI::App& app) {
       nlohmann::json j = nlohmann::json::array();
       for (const auto& m : resp.models()) {
         j.push_back({{"name", m.name()}, {"image_size", m.image_size()}, {"labels", std::vector<std::string>(m.labels().begin(), m.labels().end())},
-                     {"default", m.is_default()}, {"timesteps", m.schedule().timesteps()}, {"parameters", m.parameters()}});
+                     {"default", m.is_default()}, {"timesteps", m.schedule().timesteps()}, {"parameters", m.parameters()},
+                     {"sampling", {{"sampler", SamplerLabel(m.sampling().sampler())}, {"steps", m.sampling().steps()},
+                                   {"eta", m.sampling().eta()}, {"guidance", m.sampling().guidance_scale()}}}});
       }
       std::cout << j.dump(2) << "\n";
       return;
     }
-    std::printf("%-20s %-7s %-6s %-8s %s\n", "NAME", "SIZE", "T", "DEFAULT", "LABELS");
+    std::printf("%-20s %-7s %-6s %-8s %-30s %s\n", "NAME", "SIZE", "T", "DEFAULT", "SAMPLING", "LABELS");
     for (const auto& m : resp.models()) {
       std::string labels;
       for (const auto& l : m.labels()) labels += (labels.empty() ? "" : ",") + l;
       const std::string size = std::to_string(m.image_size()) + "x" + std::to_string(m.image_size());
-      std::printf("%-20s %-7s %-6u %-8s %s\n", m.name().c_str(), size.c_str(), m.schedule().timesteps(),
-                  m.is_default() ? "yes" : "", labels.c_str());
+      char sampling[96];
+      std::snprintf(sampling, sizeof(sampling), "%s-%u eta %g guidance %g", SamplerLabel(m.sampling().sampler()).c_str(),
+                    m.sampling().steps(), m.sampling().eta(), m.sampling().guidance_scale());
+      std::printf("%-20s %-7s %-6u %-8s %-30s %s\n", m.name().c_str(), size.c_str(), m.schedule().timesteps(),
+                  m.is_default() ? "yes" : "", sampling, labels.c_str());
     }
   });
 }
@@ -218,6 +254,11 @@ void SampleCommand(CLI::App& app) {
   auto a = std::make_shared<Args>();
   auto* cmd = app.add_subcommand("sample", "make sprites; writes sprite-NNN.png, grid.png and with --gif denoise.gif");
   AddConnectionOptions(cmd, a->c);
+  // A streamed call that shows progress and stops on Ctrl-C needs no deadline: DDPM-500 on a
+  // busy machine can rightly take minutes (issue 12). --timeout still sets one.
+  CLI::Option* timeout_option = cmd->get_option("--timeout");
+  timeout_option->description("seconds before the call is abandoned (default: none for sample; the progress "
+                              "bar shows it is alive and Ctrl-C stops it)");
   AddRequestOptions(cmd, a->r, 16);
   cmd->add_option("--out", a->out, "output directory (created)")->required();
   cmd->add_flag("--gif", a->gif, "also write denoise.gif, one frame per streamed frame plus the final sprites");
@@ -227,7 +268,7 @@ void SampleCommand(CLI::App& app) {
       ->capture_default_str();
   cmd->add_option("--columns", a->columns, "sprites per grid row")->check(CLI::Range(1, 256))->capture_default_str();
   cmd->add_flag("--quiet", a->quiet, "no progress output");
-  cmd->callback([a] {
+  cmd->callback([a, timeout_option] {
     v1::SampleRequest req = BuildRequest(a->r);
     std::error_code ec;
     fs::create_directories(a->out, ec);
@@ -239,7 +280,7 @@ void SampleCommand(CLI::App& app) {
     req.set_frame_every(static_cast<uint32_t>(std::min(frame_every, steps)));
 
     grpc::ClientContext ctx;
-    SetDeadline(ctx, a->c.timeout_s);
+    if (timeout_option->count() > 0) SetDeadline(ctx, a->c.timeout_s);
     auto reader = stub->Sample(&ctx, req);
     v1::SampleEvent ev;
     Progress progress(isatty(STDERR_FILENO) != 0);
@@ -275,8 +316,10 @@ void SampleCommand(CLI::App& app) {
       w = spritediff::WriteGif((fs::path(a->out) / "denoise.gif").string(), gif_frames, 8, 150);
       if (!w.ok()) Fail(w.message());
     }
-    std::printf("%d sprites from %s (%u steps, seeds %llu..%llu) in %.0f ms (queued %.1f ms), %d frames -> %s\n",
-                result->images_size(), result->model().c_str(), result->steps(),
+    std::printf("%d sprites from %s (%s, %u steps, eta %g, guidance %g, seeds %llu..%llu) in %.0f ms (queued %.1f ms), "
+                "%d frames -> %s\n",
+                result->images_size(), result->model().c_str(), SamplerLabel(result->sampler()).c_str(), result->steps(),
+                result->eta(), result->guidance_scale(),
                 static_cast<unsigned long long>(result->seeds(0)),
                 static_cast<unsigned long long>(result->seeds(result->seeds_size() - 1)), result->run_ms(),
                 result->queued_ms(), frames, a->out.c_str());
@@ -320,6 +363,9 @@ void BenchCommand(CLI::App& app) {
     std::vector<double> latency_ms, ttff_ms, run_ms, queued_ms;
     std::map<std::string, int> errors;
     int64_t sprites = 0;
+    std::string used_sampler = a->r.sampler.empty() ? "unspecified" : a->r.sampler;  // as the server reports it
+    uint32_t used_steps = static_cast<uint32_t>(a->r.steps);
+    double used_eta = 0, used_guidance = 0;
     const auto start = Clock::now();
     std::vector<std::thread> threads;
     for (int ci = 0; ci < a->clients; ++ci) {
@@ -349,6 +395,10 @@ void BenchCommand(CLI::App& app) {
             errors[CodeName(s.error_code())]++;
             continue;
           }
+          used_sampler = SamplerLabel(result.sampler());
+          used_steps = result.steps();
+          used_eta = result.eta();
+          used_guidance = result.guidance_scale();
           latency_ms.push_back(total);
           ttff_ms.push_back(first);
           run_ms.push_back(result.run_ms());
@@ -364,9 +414,10 @@ void BenchCommand(CLI::App& app) {
         {"clients", a->clients},
         {"requests", a->clients * a->requests},
         {"count", a->r.count},
-        {"sampler", a->r.sampler},
-        {"steps", a->r.steps},
-        {"guidance", a->r.guidance},
+        {"sampler", used_sampler},
+        {"steps", used_steps},
+        {"eta", used_eta},
+        {"guidance", used_guidance},
         {"ok", latency_ms.size()},
         {"errors", errors},
         {"wall_s", wall},
@@ -380,8 +431,8 @@ void BenchCommand(CLI::App& app) {
     if (a->json) {
       std::cout << report.dump() << "\n";
     } else {
-      std::printf("%d clients x %d requests x %d sprites (%s, steps %d, guidance %.1f) in %.2f s\n", a->clients,
-                  a->requests, a->r.count, a->r.sampler.c_str(), a->r.steps, a->r.guidance, wall);
+      std::printf("%d clients x %d requests x %d sprites (%s, steps %u, eta %g, guidance %g) in %.2f s\n", a->clients,
+                  a->requests, a->r.count, used_sampler.c_str(), used_steps, used_eta, used_guidance, wall);
       std::printf("throughput   %.2f sprites/s, %.2f requests/s\n", sprites / wall, latency_ms.size() / wall);
       std::printf("latency ms   p50 %.1f  p95 %.1f  p99 %.1f\n", Percentile(latency_ms, 50), Percentile(latency_ms, 95),
                   Percentile(latency_ms, 99));

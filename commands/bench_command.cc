@@ -9,6 +9,7 @@
 #include "core/checkpoint.h"
 #include "core/runtime.h"
 #include "core/sampler.h"
+#include "core/sampling_defaults.h"
 
 namespace spritediff {
 
@@ -22,6 +23,7 @@ void AddBenchCommand(CLI::App& app, const CommonOptions& common) {
     int ddim_batch = 32;
     int steps = kDefaultDdimSteps;
     int repeats = 20;
+    std::string sampler = "ddim";
   };
   auto a = std::make_shared<Args>();
   auto* cmd = app.add_subcommand("bench", "offline speed figures: forward ms per batch size, DDIM samples/s");
@@ -29,7 +31,10 @@ void AddBenchCommand(CLI::App& app, const CommonOptions& common) {
   cmd->add_option("--batches", a->batches, "batch sizes for the forward timing")->delimiter(',')->capture_default_str();
   cmd->add_option("--ddim-batch", a->ddim_batch, "batch of the DDIM sampling run")->check(CLI::Range(1, 4096))
       ->capture_default_str();
-  cmd->add_option("--steps", a->steps, "DDIM steps")->check(CLI::Range(1, 100000))->capture_default_str();
+  cmd->add_option("--steps", a->steps, "sampling steps")->check(CLI::Range(1, 100000))->capture_default_str();
+  cmd->add_option("--sampler", a->sampler, "sampler of the sampling run: " + SamplerNames())
+      ->check(CLI::IsMember({"ddpm", "ddim", "dpmpp-2m", "dpmpp-2m-sde"}))
+      ->capture_default_str();
   cmd->add_option("--repeats", a->repeats, "timed forwards per batch size")->check(CLI::Range(1, 10000))
       ->capture_default_str();
   cmd->callback([a, &common] {
@@ -73,9 +78,15 @@ void AddBenchCommand(CLI::App& app, const CommonOptions& common) {
       std::printf("forward batch %4d: %8.2f ms  (%7.1f rows/s)\n", b, ms, b * 1000.0 / ms);
     }
     NoiseSchedule schedule(info.schedule);
+    SamplerKind sampler = SamplerKind::kDdim;
+    if (!ParseSamplerName(a->sampler, &sampler)) Fail("--sampler must be one of " + SamplerNames());
+    report["sampler"] = a->sampler;
+    report["steps"] = a->steps;
     for (double guidance : {1.0, 2.0}) {
       std::vector<RowSpec> specs(a->ddim_batch);
       for (int i = 0; i < a->ddim_batch; ++i) {
+        specs[i].sampler = sampler;
+        specs[i].eta = SamplerDefaultEta(sampler);
         specs[i].steps = a->steps;
         specs[i].guidance = guidance;
         specs[i].context.assign(info.arch.n_cfeat, 0.0f);
@@ -88,10 +99,12 @@ void AddBenchCommand(CLI::App& app, const CommonOptions& common) {
       SampleAll(net, schedule, specs, device);
       sync();
       const double s = std::chrono::duration<double>(Clock::now() - start).count();
-      const std::string key = guidance == 1.0 ? "ddim_samples_per_s" : "ddim_guided_samples_per_s";
+      // "ddim_*" keys as before for DDIM; every run also fills the sampler-neutral keys.
+      const std::string key = guidance == 1.0 ? "samples_per_s" : "guided_samples_per_s";
       report[key] = std::round(a->ddim_batch / s * 100) / 100;
-      std::printf("DDIM-%d batch %d guidance %.0f: %.3f s  (%.2f samples/s)\n", a->steps, a->ddim_batch, guidance, s,
-                  a->ddim_batch / s);
+      if (sampler == SamplerKind::kDdim) report["ddim_" + key] = report[key];
+      std::printf("%s-%d batch %d guidance %.0f: %.3f s  (%.2f samples/s)\n", SamplerName(sampler), a->steps,
+                  a->ddim_batch, guidance, s, a->ddim_batch / s);
     }
     std::printf("%s\n", report.dump().c_str());
   });

@@ -13,6 +13,7 @@
 #include "common/labels.h"
 #include "core/checkpoint.h"
 #include "core/sampler.h"
+#include "core/sampling_defaults.h"
 
 namespace spritediff {
 
@@ -25,10 +26,10 @@ void AddSampleCommand(CLI::App& app, const CommonOptions& common) {
     std::vector<std::string> labels;
     std::string context;
     int count = 16;
-    std::string sampler = "ddim";
+    std::string sampler;  // empty: the model's (model.json "sampling")
     int steps = 0;
     double eta = 0.0;
-    double guidance = 2.0;
+    double guidance = 1.0;
     uint64_t seed = 0;
     std::string out;
     int upscale = 4;
@@ -42,16 +43,18 @@ void AddSampleCommand(CLI::App& app, const CommonOptions& common) {
   cmd->add_option("--label", a->labels, "label to condition on, NAME or NAME:WEIGHT; repeat to mix");
   cmd->add_option("--context", a->context, "raw context vector, comma separated (instead of --label)");
   cmd->add_option("--count", a->count, "sprites to make")->check(CLI::Range(1, 4096))->capture_default_str();
-  cmd->add_option("--sampler", a->sampler, "ddpm | ddim")->check(CLI::IsMember({"ddpm", "ddim"}))->capture_default_str();
-  cmd->add_option("--steps", a->steps, "denoising steps, 1..T (default: 25 for ddim, T for ddpm)");
-  cmd->add_option("--eta", a->eta, "DDIM eta in [0, 1]")->capture_default_str();
-  cmd->add_option("--guidance", a->guidance, "classifier-free guidance scale w; 1 = conditional only")
-      ->capture_default_str();
+  cmd->add_option("--sampler", a->sampler, SamplerNames() + " (default: the model's)")
+      ->check(CLI::IsMember({"ddpm", "ddim", "dpmpp-2m", "dpmpp-2m-sde"}));
+  cmd->add_option("--steps", a->steps, "denoising steps, 1..T (default: the model's; T for ddpm)");
+  CLI::Option* eta_opt =
+      cmd->add_option("--eta", a->eta, "eta in [0, 1] for ddim and dpmpp-2m-sde (default: the model's)");
+  CLI::Option* guidance_opt = cmd->add_option(
+      "--guidance", a->guidance, "classifier-free guidance scale w; 1 = conditional only (default: the model's)");
   cmd->add_option("--seed", a->seed, "seed of sprite 0 (sprite i uses seed+i); 0 = random")->capture_default_str();
   cmd->add_option("--out", a->out, "output directory")->required();
   cmd->add_option("--upscale", a->upscale, "nearest-neighbour factor of grid.png")->check(CLI::Range(1, 32))
       ->capture_default_str();
-  cmd->callback([a, &common] {
+  cmd->callback([a, &common, eta_opt, guidance_opt] {
     AppConfig config = ResolveConfig(common);
     const std::string dir = ModelDir(a->model, config);
     const std::string device = PrepareCompute(config);
@@ -60,11 +63,22 @@ void AddSampleCommand(CLI::App& app, const CommonOptions& common) {
     model->net->to(torch::Device(device));
     const ModelInfo& info = model->info;
 
+    // The daemon's rule for unset fields (core/sampling_defaults.h), so both give the same sprites.
+    SamplingChoice choice;
+    if (!a->sampler.empty()) {
+      SamplerKind kind;
+      if (!ParseSamplerName(a->sampler, &kind)) Fail("--sampler must be one of " + SamplerNames());
+      choice.sampler = kind;
+    }
+    if (a->steps > 0) choice.steps = a->steps;
+    if (eta_opt->count() > 0) choice.eta = a->eta;
+    if (guidance_opt->count() > 0) choice.guidance = a->guidance;
+    const SamplingDefaults used = ResolveSampling(choice, EffectiveSamplingDefaults(info), info.schedule.timesteps);
     RowSpec spec;
-    spec.sampler = a->sampler == "ddpm" ? SamplerKind::kDdpm : SamplerKind::kDdim;
-    spec.steps = a->steps > 0 ? a->steps : DefaultSteps(spec.sampler, info.schedule.timesteps);
-    spec.eta = a->eta;
-    spec.guidance = a->guidance;
+    spec.sampler = used.sampler;
+    spec.steps = used.steps;
+    spec.eta = SamplerUsesEta(used.sampler) ? used.eta : 0.0;
+    spec.guidance = used.guidance;
     if (!a->labels.empty() && !a->context.empty()) Fail("give --label or --context, not both");
     if (a->per_label > 0 && (!a->labels.empty() || !a->context.empty())) {
       Fail("--per-label makes every label; leave out --label and --context");
@@ -122,9 +136,11 @@ void AddSampleCommand(CLI::App& app, const CommonOptions& common) {
     if (!grid.ok()) Fail(grid.status().message());
     Status s = WritePng((fs::path(a->out) / "grid.png").string(), *grid);
     if (!s.ok()) Fail(s.message());
-    spdlog::info("{} sprites from {} ({} {} steps, guidance {}, seed {}) in {:.2f}s -> {}", total, info.name,
-                 SamplerName(spec.sampler), spec.steps, spec.guidance, seed, seconds, a->out);
+    spdlog::info("{} sprites from {} ({} {} steps, eta {}, guidance {}, seed {}) in {:.2f}s ({:.2f} sprites/s) -> {}",
+                 total, info.name, SamplerName(spec.sampler), spec.steps, spec.eta, spec.guidance, seed, seconds,
+                 total / std::max(seconds, 1e-9), a->out);
   });
 }
 
 }  // namespace spritediff
+    std::string sampler = "ddim";

@@ -37,11 +37,19 @@ Status ValidateModelInfo(const ModelInfo& info) {
     return Status::InvalidArgument("labels has " + std::to_string(info.labels.size()) + " names but n_cfeat is " +
                                    std::to_string(info.arch.n_cfeat));
   }
+  if (info.sampling) {
+    Status d = ValidateSamplingDefaults(*info.sampling, info.schedule.timesteps);
+    if (!d.ok()) return d;
+  }
   return Status::Ok();
 }
 
+SamplingDefaults EffectiveSamplingDefaults(const ModelInfo& info) {
+  return info.sampling ? *info.sampling : BuiltinSamplingDefaults(info.schedule.timesteps);
+}
+
 json ModelInfoToJson(const ModelInfo& info) {
-  return json{{"format", kFormat},
+  json j{{"format", kFormat},
               {"format_version", kFormatVersion},
               {"name", info.name},
               {"architecture",
@@ -57,6 +65,8 @@ json ModelInfoToJson(const ModelInfo& info) {
                 {"beta2", info.schedule.beta2}}},
               {"labels", info.labels},
               {"provenance", info.provenance}};
+  if (info.sampling) j["sampling"] = SamplingDefaultsToJson(*info.sampling);
+  return j;
 }
 
 Result<ModelInfo> ModelInfoFromJson(const json& j, const std::string& where) {
@@ -75,6 +85,11 @@ Result<ModelInfo> ModelInfoFromJson(const json& j, const std::string& where) {
     info.schedule.beta2 = s.at("beta2").get<double>();
     info.labels = j.at("labels").get<std::vector<std::string>>();
     info.provenance = j.value("provenance", json::object());
+    if (j.contains("sampling")) {
+      Result<SamplingDefaults> sampling = SamplingDefaultsFromJson(j.at("sampling"), info.schedule.timesteps);
+      if (!sampling.ok()) return Status::InvalidArgument(where + ": " + sampling.status().message());
+      info.sampling = *sampling;
+    }
     Status v = ValidateModelInfo(info);
     if (!v.ok()) return Status::InvalidArgument(where + ": " + v.message());
     return info;

@@ -9,10 +9,12 @@
 #include <torch/torch.h>
 
 #include <nlohmann/json.hpp>
+#include <optional>
 #include <string>
 #include <vector>
 
 #include "core/model.h"
+#include "core/sampling_defaults.h"
 #include "core/schedule.h"
 #include "common/status.h"
 
@@ -24,7 +26,13 @@ struct ModelInfo {
   ScheduleConfig schedule;
   std::vector<std::string> labels;  // context order; size == arch.n_cfeat
   nlohmann::json provenance = nlohmann::json::object();
+  // model.json "sampling": recommended settings for requests that leave fields unset. Absent:
+  // the built-in defaults (see core/sampling_defaults.h); written back only when present.
+  std::optional<SamplingDefaults> sampling;
 };
+
+// info.sampling, or the built-in defaults for the model's schedule.
+SamplingDefaults EffectiveSamplingDefaults(const ModelInfo& info);
 
 struct LoadedModel {
   ModelInfo info;

@@ -1,13 +1,48 @@
 #include "core/sampler.h"
 
+#include <algorithm>
 #include <cmath>
 #include <sstream>
 
 namespace spritediff {
 
-const char* SamplerName(SamplerKind kind) { return kind == SamplerKind::kDdpm ? "ddpm" : "ddim"; }
+namespace {
+constexpr SamplerKind kAllSamplers[] = {SamplerKind::kDdpm, SamplerKind::kDdim, SamplerKind::kDpmpp2m,
+                                        SamplerKind::kDpmpp2mSde};
+}  // namespace
+
+const char* SamplerName(SamplerKind kind) {
+  switch (kind) {
+    case SamplerKind::kDdpm: return "ddpm";
+    case SamplerKind::kDdim: return "ddim";
+    case SamplerKind::kDpmpp2m: return "dpmpp-2m";
+    case SamplerKind::kDpmpp2mSde: return "dpmpp-2m-sde";
+  }
+  return "unknown";
+}
+
+bool ParseSamplerName(const std::string& name, SamplerKind* kind) {
+  for (SamplerKind k : kAllSamplers) {
+    if (name == SamplerName(k)) {
+      *kind = k;
+      return true;
+    }
+  }
+  return false;
+}
+
+std::string SamplerNames() {
+  std::string names;
+  for (SamplerKind k : kAllSamplers) names += (names.empty() ? "" : " | ") + std::string(SamplerName(k));
+  return names;
+}
+
+bool SamplerUsesEta(SamplerKind kind) { return kind == SamplerKind::kDdim || kind == SamplerKind::kDpmpp2mSde; }
 
 Status ValidateRowSpec(const RowSpec& spec, int timesteps, int n_cfeat) {
+  bool known = false;
+  for (SamplerKind k : kAllSamplers) known = known || spec.sampler == k;
+  if (!known) return Status::InvalidArgument("sampler must be one of " + SamplerNames());
   if (spec.steps < 1 || spec.steps > timesteps) {
     return Status::InvalidArgument("steps must be in [1, " + std::to_string(timesteps) + "], got " +
                                    std::to_string(spec.steps));
@@ -48,7 +83,42 @@ SampleRow::SampleRow(const RowSpec& spec, const NoiseSchedule& schedule, const M
   context_ = torch::tensor(spec.context, torch::kFloat32).to(device);
 }
 
-StepRule ComputeStepRule(const NoiseSchedule& sched, SamplerKind sampler, double eta, int t, int s) {
+namespace {
+
+// DPM-Solver++ (header comment): x_s = A x_t + K ((1 + w) x0_i - w x0_{i-1}) + sigma z with
+// w = 1/(2r), written as x_s = a x_t + b eps + c x0_{i-1} + sigma z through
+// x0_i = (x_t - sigma_t eps) / alpha_t.
+StepRule DpmSolverPlusPlusRule(const NoiseSchedule& sched, double eta, int t, int s, int prev_t) {
+  const double alpha_t = std::sqrt(sched.alpha_bar(t)), sigma_t = std::sqrt(1.0 - sched.alpha_bar(t));
+  StepRule c;
+  if (s == 0) {  // sigma_s = 0: the step lands on the x0 prediction (first order)
+    c.a = 1.0 / alpha_t;
+    c.b = -sigma_t / alpha_t;
+    return c;
+  }
+  const double alpha_s = std::sqrt(sched.alpha_bar(s)), sigma_s = std::sqrt(1.0 - sched.alpha_bar(s));
+  auto lambda = [&](int u) { return 0.5 * std::log(sched.alpha_bar(u) / (1.0 - sched.alpha_bar(u))); };
+  const double h = lambda(s) - lambda(t);
+  const double decay = std::exp(-eta * h);  // e^{-eta h}
+  const double A = sigma_s / sigma_t * decay;
+  const double K = -alpha_s * std::expm1(-(1.0 + eta) * h);  // alpha_s (1 - e^{-(1+eta) h})
+  double w = 0.0;
+  if (prev_t > t) {
+    const double r = (lambda(t) - lambda(prev_t)) / h;
+    w = 1.0 / (2.0 * r);
+  }
+  c.a = A + K * (1.0 + w) / alpha_t;
+  c.b = -K * (1.0 + w) * sigma_t / alpha_t;
+  c.c = -K * w;
+  c.sigma = eta > 0 ? sigma_s * std::sqrt(-std::expm1(-2.0 * eta * h)) : 0.0;
+  return c;
+}
+
+}  // namespace
+
+StepRule ComputeStepRule(const NoiseSchedule& sched, SamplerKind sampler, double eta, int t, int s, int prev_t) {
+  if (sampler == SamplerKind::kDpmpp2m) return DpmSolverPlusPlusRule(sched, 0.0, t, s, prev_t);
+  if (sampler == SamplerKind::kDpmpp2mSde) return DpmSolverPlusPlusRule(sched, eta, t, s, prev_t);
   const double ab_t = sched.alpha_bar(t);
   const double ab_s = sched.alpha_bar(s);
   StepRule c;
@@ -109,34 +179,49 @@ void DenoiseStep(ContextUnet& net, const NoiseSchedule& schedule, const std::vec
     eps.index_copy_(0, gi, eps_u + wt * (eps_c - eps_u));
   }
 
-  std::vector<float> a(n), b(n), sigma(n), x0_scale(n), x0_shift(n);
-  std::vector<torch::Tensor> noise;
-  bool any_noise = false;
+  std::vector<float> a(n), b(n), c(n), sigma(n), x0_scale(n), x0_shift(n);
+  std::vector<torch::Tensor> noise, prev_x0;
+  bool any_noise = false, any_history = false, any_multistep = false;
   for (int64_t i = 0; i < n; ++i) {
     SampleRow* r = active[i];
     const int t = r->current_t(), s = r->next_t();
-    const StepRule c = ComputeStepRule(schedule, r->spec_.sampler, r->spec_.eta, t, s);
-    a[i] = static_cast<float>(c.a);
-    b[i] = static_cast<float>(c.b);
-    sigma[i] = static_cast<float>(c.sigma);
+    const bool multistep = r->spec_.sampler == SamplerKind::kDpmpp2m || r->spec_.sampler == SamplerKind::kDpmpp2mSde;
+    any_multistep = any_multistep || multistep;
+    const StepRule rule = ComputeStepRule(schedule, r->spec_.sampler, r->spec_.eta, t, s, multistep ? r->prev_t_ : -1);
+    a[i] = static_cast<float>(rule.a);
+    b[i] = static_cast<float>(rule.b);
+    c[i] = static_cast<float>(rule.c);
+    sigma[i] = static_cast<float>(rule.sigma);
     x0_scale[i] = static_cast<float>(1.0 / std::sqrt(schedule.alpha_bar(t)));
     x0_shift[i] = static_cast<float>(-std::sqrt(1.0 - schedule.alpha_bar(t)) / std::sqrt(schedule.alpha_bar(t)));
-    if (c.sigma > 0) {
+    if (rule.sigma > 0) {
       noise.push_back(torch::randn(r->x_.sizes(), r->generator_, torch::kFloat32));
       any_noise = true;
     } else {
       noise.push_back(torch::zeros(r->x_.sizes(), torch::kFloat32));
     }
+    if (rule.c != 0.0) {
+      prev_x0.push_back(r->prev_x0_);
+      any_history = true;
+    } else {
+      prev_x0.push_back(torch::zeros_like(r->x_));
+    }
   }
   auto col = [&](const std::vector<float>& v) { return torch::tensor(v, torch::kFloat32).to(device).view({-1, 1, 1, 1}); };
   torch::Tensor next = col(a) * x + col(b) * eps;
+  if (any_history) next = next + col(c) * torch::stack(prev_x0);
   if (any_noise) next = next + col(sigma) * torch::stack(noise).to(device);
   torch::Tensor x0;
-  if (want_x0) x0 = col(x0_scale) * x + col(x0_shift) * eps;
+  if (want_x0 || any_multistep) x0 = col(x0_scale) * x + col(x0_shift) * eps;
   for (int64_t i = 0; i < n; ++i) {
-    active[i]->x_ = next[i];
-    if (want_x0) active[i]->x0_pred_ = x0[i];
-    active[i]->position_++;
+    SampleRow* r = active[i];
+    if (r->spec_.sampler == SamplerKind::kDpmpp2m || r->spec_.sampler == SamplerKind::kDpmpp2mSde) {
+      r->prev_x0_ = x0[i];
+      r->prev_t_ = r->current_t();
+    }
+    r->x_ = next[i];
+    if (want_x0) r->x0_pred_ = x0[i];
+    r->position_++;
   }
 }
 

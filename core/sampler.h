@@ -1,17 +1,42 @@
-// Reverse-process samplers (DDPM and DDIM) that work row by row: every row of a batch carries
-// its own sampler, step count, eta, guidance, context, seeded generator and position in its
-// own timestep sequence. One DenoiseStep runs one batched forward for all rows (the
-// unconditional halves of guided rows included) and advances each row by its own rule. This
-// is what lets the daemon add and retire rows at every step (iteration-level batching), and
-// why a row's pixels do not depend on what else shares the batch.
+// Reverse-process samplers (DDPM, DDIM, DPM-Solver++) that work row by row: every row of a
+// batch carries its own sampler, step count, eta, guidance, context, seeded generator, position
+// in its own timestep sequence and (for the multistep solvers) its own previous x0 prediction.
+// One DenoiseStep runs one batched forward for all rows (the unconditional halves of guided rows
+// included) and advances each row by its own rule. This is what lets the daemon add and retire
+// rows at every step (iteration-level batching), and why a row's pixels do not depend on what
+// else shares the batch.
 //
-// Each step, from t to the row's next timestep s < t, is  x_s = A x_t + B eps + sigma z:
+// Each step, from t to the row's next timestep s < t, is  x_s = a x_t + b eps + c x0_prev + sigma z
+// (c is non-zero only for a second-order DPM-Solver++ step):
 //   DDPM (Ho et al.), respaced for s < t-1 with alpha = ab_t/ab_s, beta = 1 - alpha:
 //     x_s = (x_t - eps * beta / sqrt(1 - ab_t)) / sqrt(alpha) + sqrt(beta) z,  no noise when s = 0
 //   DDIM (Song et al.):
 //     x0 = (x_t - sqrt(1 - ab_t) eps) / sqrt(ab_t)
 //     sigma = eta * sqrt((1 - ab_s) / (1 - ab_t)) * sqrt(1 - ab_t / ab_s)
 //     x_s = sqrt(ab_s) x0 + sqrt(1 - ab_s - sigma^2) eps + sigma z
+//   DPM-Solver++(2M) and its SDE variant (Lu et al. 2022, data-prediction form, multistep):
+//     alpha_t = sqrt(ab_t), sigma_t = sqrt(1 - ab_t), lambda_t = log(alpha_t / sigma_t),
+//     x0_i = (x_t - sigma_t eps) / alpha_t the row's current x0 prediction, x0_{i-1} the one
+//     from its previous step (taken at t_prev > t), h = lambda_s - lambda_t,
+//     r = (lambda_t - lambda_{t_prev}) / h,
+//     D = (1 + 1/(2r)) x0_i - 1/(2r) x0_{i-1}   (second order; D = x0_i on the first step)
+//     2M:      x_s = (sigma_s / sigma_t) x_t + alpha_s (1 - e^{-h}) D
+//     2M SDE:  x_s = (sigma_s / sigma_t) e^{-eta h} x_t + alpha_s (1 - e^{-(1+eta) h}) D
+//                    + sigma_s sqrt(1 - e^{-2 eta h}) z
+//     (eta = 1 is the paper's SDE-DPM-Solver++(2M); eta = 0 is 2M; 2M ignores eta.) The last
+//     step, to s = 0 where sigma_s = 0 and lambda is infinite, is first order: x_0 = x0_i. The
+//     first-order step equals DDIM with eta = 0 (2M) and keeps the marginals of the forward
+//     process for an exact x0 (SDE). The history lives in the row, so rows at different
+//     positions with different solvers still share one forward.
+//
+// Timesteps: every sampler visits the same time-uniform sequence T = t_0 > ... > t_steps = 0
+// (below). That is the spacing the DPM-Solver reference code uses in its examples for
+// discrete-time models and for multistep data-prediction (guided) sampling; its README suggests
+// logSNR-uniform steps for low-resolution images, a spacing worth measuring for 16x16 with the
+// quality meter (issue 12). The sequence starts at t = T itself ("trailing", Lin et al. 2023)
+// rather than at T - T/steps, which matters most at 10-15 steps: the first step then starts from
+// the noise level the model was trained to see at T. One sequence for every sampler also keeps
+// mixed batches simple.
 #pragma once
 
 #include <torch/torch.h>
@@ -28,9 +53,16 @@
 
 namespace spritediff {
 
-enum class SamplerKind { kDdpm, kDdim };
+enum class SamplerKind { kDdpm, kDdim, kDpmpp2m, kDpmpp2mSde };
 
+// "ddpm", "ddim", "dpmpp-2m", "dpmpp-2m-sde": the names the CLIs and model.json use.
 const char* SamplerName(SamplerKind kind);
+// The inverse of SamplerName; false for an unknown name.
+bool ParseSamplerName(const std::string& name, SamplerKind* kind);
+// The names above, joined with " | " (for help text and error messages).
+std::string SamplerNames();
+// Whether eta changes the sampler's steps (DDIM, DPM-Solver++(2M) SDE); DDPM and 2M ignore it.
+bool SamplerUsesEta(SamplerKind kind);
 
 // The step count a request runs when it names none: every timestep for DDPM, 25 for DDIM (at
 // most T). The one place for this default: the daemon, the offline sampler and the trainer's
@@ -44,7 +76,7 @@ inline int DefaultSteps(SamplerKind sampler, int timesteps) {
 struct RowSpec {
   SamplerKind sampler = SamplerKind::kDdim;
   int steps = kDefaultDdimSteps;  // 1..T denoising steps
-  double eta = 0.0;       // DDIM only; 0 deterministic, 1 DDPM-like variance
+  double eta = 0.0;       // DDIM and DPM++ 2M SDE; 0 deterministic, 1 DDPM-like / the SDE's variance
   double guidance = 1.0;  // classifier-free guidance w; 1 = conditional only (one forward)
   std::vector<float> context;  // n_cfeat values
   uint64_t seed = 0;
@@ -57,11 +89,14 @@ Status ValidateRowSpec(const RowSpec& spec, int timesteps, int n_cfeat);
 // The descending timestep sequence a row visits: T = t_0 > t_1 > ... > t_steps = 0.
 std::vector<int> TimestepSequence(int timesteps, int steps);
 
-// The coefficients of one step from t to s (< t): x_s = a x_t + b eps + sigma z.
+// The coefficients of one step from t to s (< t): x_s = a x_t + b eps + c x0_prev + sigma z.
 struct StepRule {
-  double a = 1, b = 0, sigma = 0;
+  double a = 1, b = 0, c = 0, sigma = 0;
 };
-StepRule ComputeStepRule(const NoiseSchedule& schedule, SamplerKind sampler, double eta, int t, int s);
+// prev_t: the timestep (> t) of the row's previous x0 prediction, or -1 when it has none; only
+// DPM-Solver++ uses it (second order when prev_t >= 0 and s > 0).
+StepRule ComputeStepRule(const NoiseSchedule& schedule, SamplerKind sampler, double eta, int t, int s,
+                         int prev_t = -1);
 
 // One row being sampled.
 class SampleRow {
@@ -88,6 +123,9 @@ class SampleRow {
   torch::Tensor context_;  // [n_cfeat] on the device
   torch::Tensor x_;
   torch::Tensor x0_pred_;
+  // DPM-Solver++ history: the x0 prediction of the previous step and its timestep (-1: none).
+  torch::Tensor prev_x0_;
+  int prev_t_ = -1;
 };
 
 // Advances every row that is not done by one step. The network must be in eval mode.

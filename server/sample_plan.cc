@@ -20,6 +20,26 @@ uint64_t RandomSeed() {
 
 }  // namespace
 
+bool SamplerFromProto(v1::Sampler sampler, SamplerKind* kind) {
+  switch (sampler) {
+    case v1::SAMPLER_DDPM: *kind = SamplerKind::kDdpm; return true;
+    case v1::SAMPLER_DDIM: *kind = SamplerKind::kDdim; return true;
+    case v1::SAMPLER_DPMPP_2M: *kind = SamplerKind::kDpmpp2m; return true;
+    case v1::SAMPLER_DPMPP_2M_SDE: *kind = SamplerKind::kDpmpp2mSde; return true;
+    default: return false;
+  }
+}
+
+v1::Sampler SamplerToProto(SamplerKind kind) {
+  switch (kind) {
+    case SamplerKind::kDdpm: return v1::SAMPLER_DDPM;
+    case SamplerKind::kDdim: return v1::SAMPLER_DDIM;
+    case SamplerKind::kDpmpp2m: return v1::SAMPLER_DPMPP_2M;
+    case SamplerKind::kDpmpp2mSde: return v1::SAMPLER_DPMPP_2M_SDE;
+  }
+  return v1::SAMPLER_UNSPECIFIED;
+}
+
 grpc::Status PlanSample(const v1::SampleRequest& req, const ServedModel& model, const AppConfig& config,
                         SamplePlan* plan) {
   const ModelInfo& info = model.info;
@@ -29,24 +49,38 @@ grpc::Status PlanSample(const v1::SampleRequest& req, const ServedModel& model, 
     return Invalid("count must be in [1, " + std::to_string(config.max_rows_per_request) + "], got " +
                    std::to_string(req.count()));
   }
-  switch (req.sampler()) {
-    case v1::SAMPLER_UNSPECIFIED:
-    case v1::SAMPLER_DDIM: plan->sampler = SamplerKind::kDdim; break;
-    case v1::SAMPLER_DDPM: plan->sampler = SamplerKind::kDdpm; break;
-    default: return Invalid("sampler must be SAMPLER_DDPM or SAMPLER_DDIM, got " + std::to_string(req.sampler()));
+  // The one place where a request's unset fields take the model's defaults
+  // (core/sampling_defaults.h states the rule); the offline `spritediffd sample` uses the same.
+  SamplingChoice choice;
+  if (req.sampler() != v1::SAMPLER_UNSPECIFIED) {
+    SamplerKind kind;
+    if (!SamplerFromProto(req.sampler(), &kind)) {
+      return Invalid("sampler must be SAMPLER_UNSPECIFIED (the model's), SAMPLER_DDPM, SAMPLER_DDIM, "
+                     "SAMPLER_DPMPP_2M or SAMPLER_DPMPP_2M_SDE, got " + std::to_string(req.sampler()));
+    }
+    choice.sampler = kind;
   }
-  const int default_steps = DefaultSteps(plan->sampler, T);
   if (req.steps() > static_cast<uint32_t>(T)) {
     return Invalid("steps must be in [1, " + std::to_string(T) + "] (0 = default), got " + std::to_string(req.steps()));
   }
-  plan->steps = req.steps() == 0 ? default_steps : static_cast<int>(req.steps());
-  if (!(req.eta() >= 0.0f && req.eta() <= 1.0f)) {
-    return Invalid("eta must be in [0, 1], got " + std::to_string(req.eta()));
+  if (req.steps() != 0) choice.steps = static_cast<int>(req.steps());
+  if (req.has_eta()) {
+    if (!(req.eta() >= 0.0f && req.eta() <= 1.0f)) {
+      return Invalid("eta must be in [0, 1], got " + std::to_string(req.eta()));
+    }
+    choice.eta = req.eta();
   }
-  plan->guidance = req.has_guidance_scale() ? req.guidance_scale() : 1.0;
-  if (!(plan->guidance >= 0.0 && plan->guidance <= 20.0)) {
-    return Invalid("guidance_scale must be in [0, 20], got " + std::to_string(plan->guidance));
+  if (req.has_guidance_scale()) {
+    if (!(req.guidance_scale() >= 0.0f && req.guidance_scale() <= 20.0f)) {
+      return Invalid("guidance_scale must be in [0, 20], got " + std::to_string(req.guidance_scale()));
+    }
+    choice.guidance = req.guidance_scale();
   }
+  const SamplingDefaults used = ResolveSampling(choice, EffectiveSamplingDefaults(info), T);
+  plan->sampler = used.sampler;
+  plan->steps = used.steps;
+  plan->eta = SamplerUsesEta(used.sampler) ? used.eta : 0.0;
+  plan->guidance = used.guidance;
   if (req.frame_every() > static_cast<uint32_t>(plan->steps)) {
     return Invalid("frame_every must be in [0, steps=" + std::to_string(plan->steps) + "], got " +
                    std::to_string(req.frame_every()));
@@ -86,7 +120,7 @@ grpc::Status PlanSample(const v1::SampleRequest& req, const ServedModel& model, 
     RowSpec spec;
     spec.sampler = plan->sampler;
     spec.steps = plan->steps;
-    spec.eta = req.eta();
+    spec.eta = plan->eta;
     spec.guidance = plan->guidance;
     spec.context = context;
     spec.seed = seed + static_cast<uint64_t>(i);

@@ -9,6 +9,7 @@
 #include "core/sampler.h"
 #include "common/config.h"
 #include "common/grpc_status.h"
+#include "core/sampling_defaults.h"
 #include "server/model_registry.h"
 #include "spritediff/v1/sprites.pb.h"
 
@@ -20,8 +21,13 @@ struct SamplePlan {
   bool include_x0 = false;
   int steps = 0;
   SamplerKind sampler = SamplerKind::kDdim;
+  double eta = 0.0;  // 0 where the sampler ignores eta
   double guidance = 1.0;
 };
+
+// Between the proto's Sampler and core's; false for SAMPLER_UNSPECIFIED and unknown values.
+bool SamplerFromProto(v1::Sampler sampler, SamplerKind* kind);
+v1::Sampler SamplerToProto(SamplerKind kind);
 
 grpc::Status PlanSample(const v1::SampleRequest& request, const ServedModel& model, const AppConfig& config,
                         SamplePlan* plan);

@@ -108,6 +108,12 @@ class SampleReactor : public grpc::ServerWriteReactor<v1::SampleEvent> {
       r->set_model(model);
       r->set_steps(static_cast<uint32_t>(steps));
       r->set_request_id(id_);
+      if (!job_->rows.empty()) {  // what the server used, defaults filled in
+        const RowSpec& used = job_->rows.front();
+        r->set_sampler(SamplerToProto(used.sampler));
+        r->set_eta(static_cast<float>(used.eta));
+        r->set_guidance_scale(static_cast<float>(used.guidance));
+      }
       result_ = std::move(ev);
     }
     job_done_ = true;
@@ -211,6 +217,12 @@ void SpritesService::Describe(const ServedModel& model, v1::ModelInfo* out) cons
   out->set_is_default(model.name == registry_.default_model());
   out->set_parameters(static_cast<uint64_t>(model.parameters));
   out->set_n_feat(static_cast<uint32_t>(model.info.arch.n_feat));
+  const SamplingDefaults d = EffectiveSamplingDefaults(model.info);
+  v1::SamplingDefaults* sampling = out->mutable_sampling();
+  sampling->set_sampler(SamplerToProto(d.sampler));
+  sampling->set_steps(static_cast<uint32_t>(d.steps));
+  sampling->set_eta(static_cast<float>(d.eta));
+  sampling->set_guidance_scale(static_cast<float>(d.guidance));
 }
 
 grpc::ServerUnaryReactor* SpritesService::ListModels(grpc::CallbackServerContext* context,

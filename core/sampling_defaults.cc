@@ -1,0 +1,73 @@
+#include "core/sampling_defaults.h"
+
+#include <algorithm>
+#include <cmath>
+
+namespace spritediff {
+
+using nlohmann::json;
+
+SamplingDefaults BuiltinSamplingDefaults(int timesteps) {
+  SamplingDefaults d;
+  d.steps = DefaultSteps(d.sampler, timesteps);
+  return d;
+}
+
+double SamplerDefaultEta(SamplerKind sampler) { return sampler == SamplerKind::kDpmpp2mSde ? 1.0 : 0.0; }
+
+Status ValidateSamplingDefaults(const SamplingDefaults& d, int timesteps) {
+  if (d.steps < 1 || d.steps > timesteps) {
+    return Status::InvalidArgument("sampling.steps must be in [1, " + std::to_string(timesteps) + "], got " +
+                                   std::to_string(d.steps));
+  }
+  if (!(d.eta >= 0.0 && d.eta <= 1.0)) {
+    return Status::InvalidArgument("sampling.eta must be in [0, 1], got " + std::to_string(d.eta));
+  }
+  if (!(d.guidance >= 0.0 && d.guidance <= 20.0)) {
+    return Status::InvalidArgument("sampling.guidance must be in [0, 20], got " + std::to_string(d.guidance));
+  }
+  return Status::Ok();
+}
+
+json SamplingDefaultsToJson(const SamplingDefaults& d) {
+  return json{{"sampler", SamplerName(d.sampler)}, {"steps", d.steps}, {"eta", d.eta}, {"guidance", d.guidance}};
+}
+
+Result<SamplingDefaults> SamplingDefaultsFromJson(const json& j, int timesteps) {
+  if (!j.is_object()) return Status::InvalidArgument("sampling must be an object");
+  SamplingDefaults d = BuiltinSamplingDefaults(timesteps);
+  for (const auto& [key, value] : j.items()) {
+    if (key == "sampler") {
+      if (!value.is_string() || !ParseSamplerName(value.get<std::string>(), &d.sampler)) {
+        return Status::InvalidArgument("sampling.sampler must be one of " + SamplerNames() + ", got " +
+                                       value.dump().substr(0, 40));
+      }
+    } else if (key == "steps") {
+      if (!value.is_number_integer()) return Status::InvalidArgument("sampling.steps must be an integer");
+      const int64_t steps = value.get<int64_t>();
+      d.steps = static_cast<int>(std::clamp<int64_t>(steps, -1, int64_t{1} << 30));
+    } else if (key == "eta" || key == "guidance") {
+      if (!value.is_number()) return Status::InvalidArgument("sampling." + key + " must be a number");
+      (key == "eta" ? d.eta : d.guidance) = value.get<double>();
+    } else {
+      return Status::InvalidArgument("sampling: unknown key '" + key.substr(0, 40) +
+                                     "' (known: sampler, steps, eta, guidance)");
+    }
+  }
+  Status s = ValidateSamplingDefaults(d, timesteps);
+  if (!s.ok()) return s;
+  return d;
+}
+
+SamplingDefaults ResolveSampling(const SamplingChoice& request, const SamplingDefaults& model, int timesteps) {
+  SamplingDefaults out;
+  out.sampler = request.sampler.value_or(model.sampler);
+  const bool models_sampler = out.sampler == model.sampler;
+  out.steps = request.steps ? *request.steps
+                            : (models_sampler ? model.steps : DefaultSteps(out.sampler, timesteps));
+  out.eta = request.eta ? *request.eta : (models_sampler ? model.eta : SamplerDefaultEta(out.sampler));
+  out.guidance = request.guidance.value_or(model.guidance);
+  return out;
+}
+
+}  // namespace spritediff
