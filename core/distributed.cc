@@ -104,8 +104,8 @@ int64_t TensorChecksum(const std::vector<torch::Tensor>& tensors) {
   return static_cast<int64_t>(h >> 2);  // 62 bits: negating it cannot overflow
 }
 
-DataParallel::DataParallel(DistributedConfig config, c10::intrusive_ptr<c10d::Store> store)
-    : config_(std::move(config)), store_(std::move(store)) {}
+DataParallel::DataParallel(DistributedConfig config, c10::intrusive_ptr<c10d::Store> store, torch::Device device)
+    : config_(std::move(config)), store_(std::move(store)), device_(device) {}
 
 DataParallel::~DataParallel() {
   {
@@ -161,7 +161,7 @@ Result<std::unique_ptr<DataParallel>> DataParallel::Connect(const DistributedCon
                                     where + " within " + Seconds(config.timeout_s) +
                                     ": rank 0 never arrived or is unreachable (" + ShortError(e) + ")");
   }
-  std::unique_ptr<DataParallel> dp(new DataParallel(config, tcp));
+  std::unique_ptr<DataParallel> dp(new DataParallel(config, tcp, device));
   try {
     tcp->set(ArrivedKey(config.rank), Bytes("1"));
     tcp->set(StepKey(config.rank), Bytes("0"));
@@ -319,8 +319,10 @@ Status DataParallel::Agree(const std::vector<std::pair<std::string, int64_t>>& f
   const int64_t n = static_cast<int64_t>(fields.size());
   torch::Tensor all = torch::zeros({config_.world_size, n}, torch::kInt64);
   for (int64_t i = 0; i < n; ++i) all[config_.rank][i].fill_(fields[i].second);
+  all = all.to(device_);
   Status s = AllReduceSum(all, "agreeing on the run's settings");
   if (!s.ok()) return s;
+  all = all.to(torch::kCPU);
   for (int64_t i = 0; i < n; ++i) {
     bool same = true;
     for (int r = 1; r < config_.world_size; ++r) same = same && all[r][i].item<int64_t>() == all[0][i].item<int64_t>();
@@ -335,7 +337,7 @@ Status DataParallel::Agree(const std::vector<std::pair<std::string, int64_t>>& f
 }
 
 Status DataParallel::Barrier(const std::string& what) {
-  torch::Tensor one = torch::ones({1}, torch::kInt64);
+  torch::Tensor one = torch::ones({1}, torch::TensorOptions().dtype(torch::kInt64).device(device_));
   return AllReduceSum(one, what);
 }
 
