@@ -247,24 +247,20 @@ Status DataParallel::Explain(const std::string& what, const std::string& error) 
   std::vector<std::string> blame;
   try {
     store_->setTimeout(std::chrono::milliseconds(5000));
-    // Dead ranks first: a rank whose heartbeat does not move over 2 s is gone.
+    // A rank whose heartbeat does not move over 2 s is gone.
     const std::vector<int64_t> before = ReadBeats();
     std::this_thread::sleep_for(std::chrono::milliseconds(2000));
     const std::vector<int64_t> after = ReadBeats();
+    // Per rank: its own error report if it left one, else no heartbeat (gone), else behind us.
     for (int r = 0; r < config_.world_size; ++r) {
-      if (r == config_.rank || after[r] != before[r]) continue;
-      const int64_t step = store_->check({StepKey(r)}) ? std::stoll(FromBytes(store_->get(StepKey(r)))) : -1;
-      blame.push_back("rank " + std::to_string(r) + " is gone (no heartbeat: it died, was killed or is frozen; " +
-                      "last completed step " + std::to_string(step) + ")");
-    }
-    for (int r = 0; r < config_.world_size && blame.empty(); ++r) {
       if (r == config_.rank) continue;
+      const int64_t step = store_->check({StepKey(r)}) ? std::stoll(FromBytes(store_->get(StepKey(r)))) : -1;
       if (store_->check({ErrorKey(r)})) {
         blame.push_back("rank " + std::to_string(r) + " failed: " + FromBytes(store_->get(ErrorKey(r))));
-        continue;
-      }
-      const int64_t step = store_->check({StepKey(r)}) ? std::stoll(FromBytes(store_->get(StepKey(r)))) : -1;
-      if (step < step_) {
+      } else if (after[r] == before[r]) {
+        blame.push_back("rank " + std::to_string(r) + " is gone (no heartbeat: it died, was killed or is frozen; " +
+                        "last completed step " + std::to_string(step) + ")");
+      } else if (step < step_) {
         blame.push_back("rank " + std::to_string(r) + " is alive but stuck after step " + std::to_string(step));
       }
     }
