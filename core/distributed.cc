@@ -104,8 +104,8 @@ int64_t TensorChecksum(const std::vector<torch::Tensor>& tensors) {
   return static_cast<int64_t>(h >> 2);  // 62 bits: negating it cannot overflow
 }
 
-DataParallel::DataParallel(DistributedConfig config, c10::intrusive_ptr<c10d::Store> store)
-    : config_(std::move(config)), store_(std::move(store)) {}
+DataParallel::DataParallel(DistributedConfig config, c10::intrusive_ptr<c10d::Store> store, torch::Device device)
+    : config_(std::move(config)), store_(std::move(store)), device_(device) {}
 
 DataParallel::~DataParallel() {
   {
@@ -161,7 +161,7 @@ Result<std::unique_ptr<DataParallel>> DataParallel::Connect(const DistributedCon
                                     where + " within " + Seconds(config.timeout_s) +
                                     ": rank 0 never arrived or is unreachable (" + ShortError(e) + ")");
   }
-  std::unique_ptr<DataParallel> dp(new DataParallel(config, tcp));
+  std::unique_ptr<DataParallel> dp(new DataParallel(config, tcp, device));
   try {
     tcp->set(ArrivedKey(config.rank), Bytes("1"));
     tcp->set(StepKey(config.rank), Bytes("0"));
@@ -247,24 +247,20 @@ Status DataParallel::Explain(const std::string& what, const std::string& error) 
   std::vector<std::string> blame;
   try {
     store_->setTimeout(std::chrono::milliseconds(5000));
-    // Dead ranks first: a rank whose heartbeat does not move over 2 s is gone.
+    // A rank whose heartbeat does not move over 2 s is gone.
     const std::vector<int64_t> before = ReadBeats();
     std::this_thread::sleep_for(std::chrono::milliseconds(2000));
     const std::vector<int64_t> after = ReadBeats();
+    // Per rank: its own error report if it left one, else no heartbeat (gone), else behind us.
     for (int r = 0; r < config_.world_size; ++r) {
-      if (r == config_.rank || after[r] != before[r]) continue;
-      const int64_t step = store_->check({StepKey(r)}) ? std::stoll(FromBytes(store_->get(StepKey(r)))) : -1;
-      blame.push_back("rank " + std::to_string(r) + " is gone (no heartbeat: it died, was killed or is frozen; " +
-                      "last completed step " + std::to_string(step) + ")");
-    }
-    for (int r = 0; r < config_.world_size && blame.empty(); ++r) {
       if (r == config_.rank) continue;
+      const int64_t step = store_->check({StepKey(r)}) ? std::stoll(FromBytes(store_->get(StepKey(r)))) : -1;
       if (store_->check({ErrorKey(r)})) {
         blame.push_back("rank " + std::to_string(r) + " failed: " + FromBytes(store_->get(ErrorKey(r))));
-        continue;
-      }
-      const int64_t step = store_->check({StepKey(r)}) ? std::stoll(FromBytes(store_->get(StepKey(r)))) : -1;
-      if (step < step_) {
+      } else if (after[r] == before[r]) {
+        blame.push_back("rank " + std::to_string(r) + " is gone (no heartbeat: it died, was killed or is frozen; " +
+                        "last completed step " + std::to_string(step) + ")");
+      } else if (step < step_) {
         blame.push_back("rank " + std::to_string(r) + " is alive but stuck after step " + std::to_string(step));
       }
     }
@@ -319,8 +315,10 @@ Status DataParallel::Agree(const std::vector<std::pair<std::string, int64_t>>& f
   const int64_t n = static_cast<int64_t>(fields.size());
   torch::Tensor all = torch::zeros({config_.world_size, n}, torch::kInt64);
   for (int64_t i = 0; i < n; ++i) all[config_.rank][i].fill_(fields[i].second);
+  all = all.to(device_);
   Status s = AllReduceSum(all, "agreeing on the run's settings");
   if (!s.ok()) return s;
+  all = all.to(torch::kCPU);
   for (int64_t i = 0; i < n; ++i) {
     bool same = true;
     for (int r = 1; r < config_.world_size; ++r) same = same && all[r][i].item<int64_t>() == all[0][i].item<int64_t>();
@@ -335,7 +333,7 @@ Status DataParallel::Agree(const std::vector<std::pair<std::string, int64_t>>& f
 }
 
 Status DataParallel::Barrier(const std::string& what) {
-  torch::Tensor one = torch::ones({1}, torch::kInt64);
+  torch::Tensor one = torch::ones({1}, torch::TensorOptions().dtype(torch::kInt64).device(device_));
   return AllReduceSum(one, what);
 }
 

@@ -89,7 +89,7 @@ class DataParallel {
   void ReportFailure(const std::string& message);
 
  private:
-  DataParallel(DistributedConfig config, c10::intrusive_ptr<c10d::Store> store);
+  DataParallel(DistributedConfig config, c10::intrusive_ptr<c10d::Store> store, torch::Device device);
   // Turns a failed collective into a message naming the ranks that failed or fell behind.
   Status Explain(const std::string& what, const std::string& error);
 
@@ -100,6 +100,7 @@ class DataParallel {
 
   DistributedConfig config_;
   c10::intrusive_ptr<c10d::Store> store_;
+  torch::Device device_;  // where collective buffers live (NCCL needs them on the GPU)
   c10::intrusive_ptr<c10d::ProcessGroup> group_;
   int64_t step_ = 0;
   std::mutex beat_mu_;

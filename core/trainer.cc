@@ -533,9 +533,11 @@ Result<TrainSummary> TrainWith(const TrainConfig& config, DataParallel* dp, cons
       if (dp) {
         // The mean loss over all ranks, and whether any rank was asked to stop.
         const auto wait_start = Clock::now();
-        torch::Tensor tail = torch::tensor({l, (stop != nullptr && stop->load()) ? 1.0 : 0.0}, torch::kFloat64);
+        torch::Tensor tail =
+            torch::tensor({l, (stop != nullptr && stop->load()) ? 1.0 : 0.0}, torch::kFloat64).to(device);
         s = dp->AllReduceSum(tail, "all-reduce of loss and stop flag");
         if (!s.ok()) return s;
+        tail = tail.to(torch::kCPU);
         comm_s += std::chrono::duration<double>(Clock::now() - wait_start).count();
         l = tail[0].item<double>() * inv_ranks;
         agreed_stop = tail[1].item<double>() > 0;
