@@ -26,6 +26,17 @@ Status SyncPath(const std::string& path, int flags) {
   return Status::Ok();
 }
 
+// rename(tmp, path) then fsync of path's directory; tmp is removed when the rename fails.
+Status RenameDurably(const std::string& tmp, const std::string& path) {
+  std::error_code ec;
+  fs::rename(tmp, path, ec);
+  if (ec) {
+    std::remove(tmp.c_str());
+    return Status::IoError(path + ": rename failed (" + ec.message() + ")");
+  }
+  return SyncDirectory(fs::path(path).parent_path().string());
+}
+
 }  // namespace
 
 Status SyncDirectory(const std::string& dir) { return SyncPath(dir.empty() ? "." : dir, O_RDONLY | O_DIRECTORY); }
@@ -36,13 +47,7 @@ Status CommitFileAtomic(const std::string& tmp, const std::string& path) {
     std::remove(tmp.c_str());
     return s;
   }
-  std::error_code ec;
-  fs::rename(tmp, path, ec);
-  if (ec) {
-    std::remove(tmp.c_str());
-    return Status::IoError(path + ": rename failed (" + ec.message() + ")");
-  }
-  return SyncDirectory(fs::path(path).parent_path().string());
+  return RenameDurably(tmp, path);
 }
 
 Status WriteFileAtomic(const std::string& path, const std::string& bytes) {
@@ -58,13 +63,7 @@ Status WriteFileAtomic(const std::string& path, const std::string& bytes) {
     std::remove(tmp.c_str());
     return Status::IoError(tmp + ": write failed (" + (synced ? Errno() : why) + ")");
   }
-  std::error_code ec;
-  fs::rename(tmp, path, ec);
-  if (ec) {
-    std::remove(tmp.c_str());
-    return Status::IoError(path + ": rename failed (" + ec.message() + ")");
-  }
-  return SyncDirectory(fs::path(path).parent_path().string());
+  return RenameDurably(tmp, path);
 }
 
 }  // namespace spritediff

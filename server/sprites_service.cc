@@ -12,7 +12,8 @@ namespace spritediff {
 
 namespace {
 
-// One Sample call. Events come from the model's scheduler thread; at most one write is in
+// One Sample call. Events come from the model's delivery thread (PNGs already encoded, never
+// the thread that steps the network); at most one write is in
 // flight; frames for a slow reader are dropped oldest-first past max_pending_frames, the
 // Result never. Finish is called exactly once: directly for a request that never reached the
 // scheduler, otherwise after the job's on_done, so the scheduler never outlives the reactor.

@@ -71,6 +71,9 @@ class Daemon {
     std::ofstream(root_ / "config.json") << config_json;
     port_ = 0;
     const std::string log = (root_ / "daemon.log").string();
+    // The bound port is read from this run's log: the previous run's must be gone before the
+    // child starts, or its "listening on" line would name the old port.
+    fs::remove(log);
     pid_ = fork();
     if (pid_ == 0) {
       const int fd = ::open(log.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);

@@ -353,12 +353,17 @@ TEST(TrainingRestartTest, KilledMidJobResumesFromItsLastCheckpoint) {
   ASSERT_TRUE(Submit(d, TinySpec("resumed", 60), &job).ok());
   ASSERT_TRUE(WaitFor(d, job.id(), [](const Job& j) { return j.progress().checkpoint_epoch() >= 4; }));
   d.Kill();  // kill -9: whatever was being written, the next start must cope
+  ASSERT_TRUE(fs::exists(d.root() / "state" / "jobs" / job.id() / "train-state.pt"));
   d.Start(kConfig);
   Watched w = Watch(d, job.id());
   ASSERT_TRUE(w.status.ok()) << w.status.error_message();
   const Job& last = w.events.back().job();
   ASSERT_EQ(last.state(), v1::JOB_STATE_SUCCEEDED) << last.message() << "\n" << d.Log();
   EXPECT_EQ(last.resumes(), 1u);
+  // A resume, not a restart from epoch 1 (which, seeded the same, would end with the same
+  // losses): the worker found the training state and said so ("starting" otherwise).
+  EXPECT_NE(d.Log().find("job " + job.id() + ": resuming training model resumed"), std::string::npos) << d.Log();
+  EXPECT_EQ(d.Log().find("job " + job.id() + ": starting training"), std::string::npos) << d.Log();
   EXPECT_EQ(last.epoch_losses_size(), 60);
   EXPECT_TRUE(Served(d, "resumed"));
   EXPECT_EQ(d.Stop(), 0) << d.Log();

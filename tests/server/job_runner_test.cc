@@ -14,6 +14,7 @@
 
 #include "server/job_runner.h"
 #include "server/model_registry.h"
+#include "tests/server/test_data.h"
 
 namespace spritediff {
 namespace {
@@ -27,16 +28,7 @@ class JobRunnerTest : public ::testing::Test {
                                          ::testing::UnitTest::GetInstance()->current_test_info()->name());
     fs::remove_all(root_);
     fs::create_directories(root_ / "models");
-    const fs::path real(SPRITEDIFF_DATA_DIR);
-    for (const char* cls : {"food", "hero"}) {
-      fs::create_directories(root_ / "data" / "small" / cls);
-      int n = 0;
-      for (const auto& f : fs::directory_iterator(real / cls)) {
-        if (f.path().extension() != ".png" || n == 3) continue;
-        fs::copy_file(f.path(), root_ / "data" / "small" / cls / f.path().filename());
-        ++n;
-      }
-    }
+    testing::CopyRealSprites(root_ / "data" / "small", {"food", "hero"}, 3);
     limits_.data_root = (root_ / "data").string();
     limits_.models_dir = (root_ / "models").string();
     limits_.state_dir = (root_ / "state").string();

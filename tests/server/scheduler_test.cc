@@ -10,7 +10,11 @@
 #include <optional>
 #include <stdexcept>
 
+#include <filesystem>
+#include <unistd.h>
+
 #include "server/batch_scheduler.h"
+#include "server/model_registry.h"
 
 namespace spritediff {
 namespace {
@@ -232,6 +236,29 @@ TEST(Scheduler, AThrowingDoneCallbackDoesNotStopTheScheduler) {
   EXPECT_TRUE(next->outcome.status.ok()) << next->outcome.status.message();
   s.Stop();
   EXPECT_EQ(thrower->DoneCalls(), 1);
+}
+
+TEST(Scheduler, AModelReplacedWhileItsRequestsRunEndsThemSayingSo) {
+  namespace fs = std::filesystem;
+  const fs::path dir = fs::temp_directory_path() / ("spritediff-replace-" + std::to_string(::getpid()));
+  fs::remove_all(dir);
+  LoadedModel m = TinyModel(kLongT);
+  ASSERT_TRUE(SaveModel((dir / "tiny").string(), m.info, m.net).ok());
+  ModelRegistry registry(dir.string(), "tiny", torch::kCPU, Limits(8, 16));
+  ASSERT_TRUE(registry.Add("tiny", (dir / "tiny").string()).ok());
+  std::shared_ptr<ServedModel> old = registry.Find("tiny");
+  auto probe = std::make_shared<Probe>();
+  ASSERT_TRUE(old->scheduler->Submit(LongJob("on-old", 1, probe)).ok());
+  ASSERT_TRUE(WaitStats(*old->scheduler, [](const SchedulerStats& st) { return st.running_rows == 1; }));
+  // Publishing a new version under the same name (what a finished training job does).
+  ASSERT_TRUE(registry.Add("tiny", (dir / "tiny").string()).ok());
+  ASSERT_EQ(probe->DoneCalls(), 1);
+  EXPECT_EQ(probe->outcome.status.code(), Status::Code::kUnavailable);
+  EXPECT_NE(probe->outcome.status.message().find("replaced"), std::string::npos) << probe->outcome.status.message();
+  EXPECT_EQ(probe->outcome.status.message().find("shutting down"), std::string::npos);
+  EXPECT_NE(registry.Find("tiny"), old);
+  registry.StopAll();
+  fs::remove_all(dir);
 }
 
 }  // namespace

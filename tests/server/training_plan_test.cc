@@ -11,6 +11,7 @@
 #include <functional>
 
 #include "server/model_registry.h"
+#include "tests/server/test_data.h"
 #include "server/training_plan.h"
 
 namespace spritediff {
@@ -29,16 +30,7 @@ class TrainingPlanTest : public ::testing::Test {
     fs::create_directories(root_ / "models");
     fs::create_directories(root_ / "outside");
     // data/small: 2 classes of 3 real sprites each.
-    const fs::path real(SPRITEDIFF_DATA_DIR);
-    for (const char* cls : {"food", "hero"}) {
-      fs::create_directories(root_ / "data" / "small" / cls);
-      int n = 0;
-      for (const auto& f : fs::directory_iterator(real / cls)) {
-        if (f.path().extension() != ".png" || n == 3) continue;
-        fs::copy_file(f.path(), root_ / "data" / "small" / cls / f.path().filename());
-        ++n;
-      }
-    }
+    testing::CopyRealSprites(root_ / "data" / "small", {"food", "hero"}, 3);
     fs::create_symlink(root_ / "outside", root_ / "data" / "link-out");
     limits_.data_root = (root_ / "data").string();
     limits_.models_dir = (root_ / "models").string();
