@@ -1,5 +1,7 @@
 #include "core/checkpoint.h"
 
+#include "core/durable_file.h"
+
 #include <chrono>
 #include <filesystem>
 #include <fstream>
@@ -119,10 +121,7 @@ Status SaveArchiveAtomic(torch::serialize::OutputArchive& archive, const std::st
   } catch (const std::exception& e) {
     return Status::IoError(tmp + ": " + e.what());
   }
-  std::error_code ec;
-  fs::rename(tmp, path, ec);
-  if (ec) return Status::IoError(path + ": rename failed (" + ec.message() + ")");
-  return Status::Ok();
+  return RenameDurably(tmp, path);
 }
 
 Status SaveModel(const std::string& dir, const ModelInfo& info, ContextUnet& net) {

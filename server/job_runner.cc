@@ -10,6 +10,7 @@
 #include <regex>
 #include <sstream>
 
+#include "core/client_text.h"
 #include "core/dataset.h"
 #include "core/image.h"
 #include "core/runtime.h"
@@ -42,6 +43,10 @@ bool ValidModelName(const std::string& name) {
 // The dataset folder for a spec, resolved (symlinks included) and checked to lie under root.
 grpc::Status ResolveDataset(const std::string& data_root, const std::string& dataset, fs::path* out) {
   if (dataset.empty()) return Invalid("dataset is required: a folder under the server's data root");
+  if (dataset.size() > kMaxPathBytes) {
+    return Invalid("dataset must be at most " + std::to_string(kMaxPathBytes) + " bytes, got " +
+                   std::to_string(dataset.size()));
+  }
   if (dataset.find('\0') != std::string::npos) return Invalid("dataset contains a NUL character");
   std::error_code ec;
   const fs::path root = fs::weakly_canonical(fs::absolute(data_root), ec);
@@ -51,12 +56,12 @@ grpc::Status ResolveDataset(const std::string& data_root, const std::string& dat
   }
   const fs::path path = fs::weakly_canonical(root / dataset, ec);
   if (ec) {
-    return grpc::Status(grpc::StatusCode::FAILED_PRECONDITION, "dataset '" + dataset + "': " + ec.message());
+    return grpc::Status(grpc::StatusCode::FAILED_PRECONDITION, "dataset '" + Echo(dataset) + "': " + ec.message());
   }
   const fs::path rel = path.lexically_relative(root);
   if (rel.empty() || *rel.begin() == "..") {
     return grpc::Status(grpc::StatusCode::PERMISSION_DENIED,
-                        "dataset '" + dataset + "' resolves outside the server's data root " + root.string());
+                        "dataset '" + Echo(dataset) + "' resolves outside the server's data root " + root.string());
   }
   *out = path;
   return grpc::Status::OK;
@@ -85,17 +90,17 @@ grpc::Status CheckDatasetTree(const fs::path& root, const fs::path& dataset, con
       const fs::path rel = target.lexically_relative(root);
       if (ec || rel.empty() || *rel.begin() == "..") {
         return grpc::Status(grpc::StatusCode::PERMISSION_DENIED,
-                            "dataset '" + name + "': " + p.string() + " links outside the server's data root");
+                            "dataset '" + Echo(name) + "': " + p.string() + " links outside the server's data root");
       }
     }
     const fs::file_status st = fs::status(p, ec);
     if (!ec && !fs::is_regular_file(st) && !fs::is_directory(st)) {
       return grpc::Status(grpc::StatusCode::FAILED_PRECONDITION,
-                          "dataset '" + name + "': " + p.string() + " is neither a file nor a directory");
+                          "dataset '" + Echo(name) + "': " + p.string() + " is neither a file nor a directory");
     }
   }
   if (ec) {
-    return grpc::Status(grpc::StatusCode::FAILED_PRECONDITION, "dataset '" + name + "': " + ec.message());
+    return grpc::Status(grpc::StatusCode::FAILED_PRECONDITION, "dataset '" + Echo(name) + "': " + ec.message());
   }
   return grpc::Status::OK;
 }
@@ -217,6 +222,17 @@ Status JobRunner::Start() {
       Status s = PersistLocked(*entry);
       if (!s.ok()) spdlog::error("job {}: {}", id, s.message());
     }
+    // Retention: a finished job's dir goes after finished_job_retention_h; the newest dir
+    // always stays, so job ids keep counting up across restarts.
+    const int64_t retention_ms = static_cast<int64_t>(limits_.finished_job_retention_h) * 3600 * 1000;
+    if (retention_ms > 0 && IsFinal(entry->job.state()) && entry->job.finished_unix_ms() > 0 &&
+        static_cast<int64_t>(NowUnixMs()) - static_cast<int64_t>(entry->job.finished_unix_ms()) > retention_ms && dir != dirs.back()) {
+      std::error_code removed;
+      fs::remove_all(dir, removed);
+      spdlog::info("job {}: finished over {}h ago; its dir {} is removed (finished_job_retention_h)", id,
+                   limits_.finished_job_retention_h, removed ? "could not be" : "was");
+      continue;
+    }
     jobs_[id] = entry;
   }
   for (int i = 0; i < limits_.max_concurrent_jobs; ++i) workers_.emplace_back([this] { WorkerLoop(); });
@@ -246,7 +262,7 @@ void JobRunner::Stop() {
 
 grpc::Status JobRunner::ValidateSpec(v1::JobSpec* spec, std::string* dataset_path) const {
   if (!ValidModelName(spec->model_name())) {
-    return Invalid("model_name '" + spec->model_name() +
+    return Invalid("model_name '" + Echo(spec->model_name()) +
                    "' must be 1..64 characters from [A-Za-z0-9._-], start with a letter or digit, and not contain '..'");
   }
   std::shared_ptr<ServedModel> base;
@@ -254,7 +270,7 @@ grpc::Status JobRunner::ValidateSpec(v1::JobSpec* spec, std::string* dataset_pat
     base = registry_.Find(spec->base_model());
     if (!base) {
       return grpc::Status(grpc::StatusCode::NOT_FOUND,
-                          "base_model '" + spec->base_model() + "' is not served; see ListModels");
+                          "base_model '" + Echo(spec->base_model()) + "' is not served; see ListModels");
     }
     if (spec->image_size() == 0) spec->set_image_size(static_cast<uint32_t>(base->info.arch.height));
     if (spec->n_feat() == 0) spec->set_n_feat(static_cast<uint32_t>(base->info.arch.n_feat));
@@ -290,13 +306,19 @@ grpc::Status JobRunner::ValidateSpec(v1::JobSpec* spec, std::string* dataset_pat
   if (spec->seed() == 0) spec->set_seed(1);
   if (spec->class_balance().empty()) spec->set_class_balance("none");
   if (spec->class_balance() != "none" && spec->class_balance() != "sqrt") {
-    return Invalid("class_balance must be none or sqrt, got '" + spec->class_balance() + "'");
+    return Invalid("class_balance must be none or sqrt, got '" + Echo(spec->class_balance()) + "'");
   }
   ModelConfig arch;
   arch.n_feat = static_cast<int>(spec->n_feat());
   arch.height = static_cast<int>(spec->image_size());
   Status arch_ok = arch.Validate();
   if (!arch_ok.ok()) return Invalid("n_feat/image_size: " + arch_ok.message());
+  if (static_cast<int64_t>(spec->n_feat()) * spec->image_size() > limits_.max_n_feat_x_image_size) {
+    return grpc::Status(grpc::StatusCode::RESOURCE_EXHAUSTED,
+                        "n_feat x image_size must be at most " + std::to_string(limits_.max_n_feat_x_image_size) +
+                            " on this server, got " + std::to_string(spec->n_feat()) + " x " +
+                            std::to_string(spec->image_size()));
+  }
   if (base && (base->info.arch.height != arch.height || base->info.arch.n_feat != arch.n_feat)) {
     return Invalid("base_model '" + base->name + "' has image_size " + std::to_string(base->info.arch.height) +
                    " and n_feat " + std::to_string(base->info.arch.n_feat) + "; a fine-tune keeps both");
@@ -313,11 +335,11 @@ grpc::Status JobRunner::ValidateSpec(v1::JobSpec* spec, std::string* dataset_pat
   if (!resolved.ok()) return resolved;
   if (!fs::exists(path, ec)) {
     return grpc::Status(grpc::StatusCode::FAILED_PRECONDITION,
-                        "dataset '" + spec->dataset() + "' (" + path.string() + "): no such file or directory");
+                        "dataset '" + Echo(spec->dataset()) + "' (" + path.string() + "): no such file or directory");
   }
   if (!fs::is_directory(path, ec)) {
     return grpc::Status(grpc::StatusCode::FAILED_PRECONDITION,
-                        "dataset '" + spec->dataset() + "' (" + path.string() + "): not a directory");
+                        "dataset '" + Echo(spec->dataset()) + "' (" + path.string() + "): not a directory");
   }
   grpc::Status tree = CheckDatasetTree(fs::weakly_canonical(fs::absolute(limits_.data_root), ec), path, spec->dataset());
   if (!tree.ok()) return tree;
@@ -325,7 +347,13 @@ grpc::Status JobRunner::ValidateSpec(v1::JobSpec* spec, std::string* dataset_pat
   Result<Dataset> data = LoadDataset(path.string(), arch.height);
   if (!data.ok()) {
     return grpc::Status(grpc::StatusCode::FAILED_PRECONDITION,
-                        "dataset '" + spec->dataset() + "' (" + path.string() + "): " + data.status().message());
+                        "dataset '" + Echo(spec->dataset()) + "' (" + path.string() + "): " + data.status().message());
+  }
+  if (static_cast<int64_t>(spec->epochs()) * data->size() > limits_.max_epochs_x_images) {
+    return grpc::Status(grpc::StatusCode::RESOURCE_EXHAUSTED,
+                        "epochs x dataset images must be at most " + std::to_string(limits_.max_epochs_x_images) +
+                            " on this server, got " + std::to_string(spec->epochs()) + " x " +
+                            std::to_string(data->size()));
   }
   if (data->size() < spec->batch_size()) {
     return Invalid("batch_size " + std::to_string(spec->batch_size()) + " exceeds the dataset's " +
@@ -340,11 +368,27 @@ grpc::Status JobRunner::ValidateSpec(v1::JobSpec* spec, std::string* dataset_pat
   return grpc::Status::OK;
 }
 
+grpc::Status JobRunner::QueueFullLocked() const {
+  int unfinished = 0;
+  for (const auto& [id, entry] : jobs_) unfinished += IsFinal(entry->job.state()) ? 0 : 1;
+  if (unfinished < limits_.max_queued_jobs) return grpc::Status::OK;
+  return grpc::Status(grpc::StatusCode::RESOURCE_EXHAUSTED,
+                      "the training queue is full (" + std::to_string(unfinished) +
+                          " unfinished jobs; config max_queued_jobs); try again when one finishes");
+}
+
+grpc::Status JobRunner::QueueFull() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  return QueueFullLocked();
+}
+
 grpc::Status JobRunner::Submit(const v1::JobSpec& spec_in, v1::Job* out) {
   if (limits_.max_concurrent_jobs == 0) {
     return grpc::Status(grpc::StatusCode::FAILED_PRECONDITION,
                         "training is disabled on this server (config max_concurrent_jobs = 0)");
   }
+  // Checked before the dataset is read (the costly part of validation) and again below.
+  if (grpc::Status full = QueueFull(); !full.ok()) return full;
   v1::JobSpec spec = spec_in;
   std::string dataset_path;
   grpc::Status valid = ValidateSpec(&spec, &dataset_path);
@@ -354,6 +398,7 @@ grpc::Status JobRunner::Submit(const v1::JobSpec& spec_in, v1::Job* out) {
   {
     std::lock_guard<std::mutex> lock(mu_);
     if (stopping_) return grpc::Status(grpc::StatusCode::UNAVAILABLE, "the server is shutting down");
+    if (grpc::Status full = QueueFullLocked(); !full.ok()) return full;
     for (const auto& [id, other] : jobs_) {
       if (!IsFinal(other->job.state()) && other->job.spec().model_name() == spec.model_name()) {
         return grpc::Status(grpc::StatusCode::ALREADY_EXISTS,
@@ -389,7 +434,7 @@ grpc::Status JobRunner::Submit(const v1::JobSpec& spec_in, v1::Job* out) {
 grpc::Status JobRunner::Get(const std::string& id, v1::Job* out) const {
   std::lock_guard<std::mutex> lock(mu_);
   auto it = jobs_.find(id);
-  if (it == jobs_.end()) return grpc::Status(grpc::StatusCode::NOT_FOUND, "job '" + id + "' does not exist; see ListJobs");
+  if (it == jobs_.end()) return grpc::Status(grpc::StatusCode::NOT_FOUND, "job '" + Echo(id) + "' does not exist; see ListJobs");
   *out = it->second->job;
   return grpc::Status::OK;
 }
@@ -405,7 +450,7 @@ grpc::Status JobRunner::Cancel(const std::string& id, v1::Job* out) {
   std::vector<std::function<void()>> listeners;
   std::unique_lock<std::mutex> lock(mu_);
   auto it = jobs_.find(id);
-  if (it == jobs_.end()) return grpc::Status(grpc::StatusCode::NOT_FOUND, "job '" + id + "' does not exist; see ListJobs");
+  if (it == jobs_.end()) return grpc::Status(grpc::StatusCode::NOT_FOUND, "job '" + Echo(id) + "' does not exist; see ListJobs");
   std::shared_ptr<Entry> entry = it->second;
   if (IsFinal(entry->job.state())) {
     return grpc::Status(grpc::StatusCode::FAILED_PRECONDITION,
@@ -635,9 +680,15 @@ void JobRunner::RunJob(const std::shared_ptr<Entry>& entry) {
   }
   done_cv_.notify_all();
   Notify(listeners);
-  if (state == v1::JOB_STATE_SUCCEEDED || state == v1::JOB_STATE_CANCELLED) {
+  if (state == v1::JOB_STATE_SUCCEEDED || state == v1::JOB_STATE_CANCELLED || state == v1::JOB_STATE_FAILED) {
     std::error_code ec;
     fs::remove(tc.state_path, ec);  // no longer needed; it is the biggest file of a job
+    fs::remove(tc.state_path + ".tmp", ec);
+    // A cancelled or failed job's scratch weights are never published (a failed publish
+    // keeps its staged model for inspection).
+    if (state == v1::JOB_STATE_CANCELLED || (state == v1::JOB_STATE_FAILED && !result.ok())) {
+      fs::remove_all(fs::path(entry->dir) / "model", ec);
+    }
   }
   spdlog::info("job {}: {}", id, outcome);
 }

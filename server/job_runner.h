@@ -32,6 +32,10 @@ struct TrainingLimits {
   int max_concurrent_jobs = 1;
   int threads = 1;  // intra-op threads per job
   bool resume_interrupted = true;
+  int max_queued_jobs = 16;  // unfinished jobs (queued + running) at once; past it RESOURCE_EXHAUSTED
+  int64_t max_n_feat_x_image_size = 4096;     // model width x sprite side (compute and weights size)
+  int64_t max_epochs_x_images = 20000000;     // images a job may train on in total
+  int finished_job_retention_h = 168;         // finished job dirs older than this go at start (0 = keep)
 };
 
 class JobRunner {
@@ -81,6 +85,8 @@ class JobRunner {
   };
 
   grpc::Status ValidateSpec(v1::JobSpec* spec, std::string* dataset_path) const;
+  grpc::Status QueueFull() const;        // RESOURCE_EXHAUSTED at max_queued_jobs unfinished jobs
+  grpc::Status QueueFullLocked() const;  // the same, mu_ held
   void WorkerLoop();
   void RunJob(const std::shared_ptr<Entry>& entry);
   // Moves the staging model into models_dir/<name> and serves it.
