@@ -4,7 +4,11 @@ JOBS ?= $(shell nproc)
 CMAKE_FLAGS ?= -DCMAKE_BUILD_TYPE=Release
 BUILD_TARGETS ?= all
 
-.PHONY: deps configure build test serve clean thread-safety
+SANITIZE_DIR ?= build-sanitize
+# What `make sanitize` runs (a ctest -R regex); the default is the whole suite.
+SANITIZE_TESTS ?= .
+
+.PHONY: deps configure build test serve clean sanitize thread-safety
 
 deps:
 	./scripts/install-deps.sh
@@ -17,6 +21,15 @@ build: configure
 
 test: build
 	cd $(BUILD_DIR) && ctest --output-on-failure -j $(JOBS)
+
+# ASan + UBSan in a separate build dir. Leak checking is off: libtorch keeps global allocations
+# for the life of the process. UBSan stops at the first finding (-fno-sanitize-recover).
+sanitize: deps
+	@if [ ! -f $(SANITIZE_DIR)/CMakeCache.txt ]; then \
+	  cmake -S . -B $(SANITIZE_DIR) -DCMAKE_BUILD_TYPE=RelWithDebInfo -DSPRITEDIFF_SANITIZE=ON; fi
+	cmake --build $(SANITIZE_DIR) -j $(JOBS)
+	cd $(SANITIZE_DIR) && ASAN_OPTIONS=detect_leaks=0:abort_on_error=1:detect_odr_violation=0 \
+	  UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 ctest --output-on-failure -j $(JOBS) -R '$(SANITIZE_TESTS)'
 
 serve: build
 	./$(BUILD_DIR)/bin/spritediffd serve

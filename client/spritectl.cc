@@ -373,7 +373,7 @@ void BenchCommand(CLI::App& app) {
         grpc::ChannelArguments args;
         args.SetInt("grpc.use_local_subchannel_pool", 1);  // one connection per client
         args.SetMaxReceiveMessageSize(64 << 20);
-        auto stub = v1::Sprites::NewStub(grpc::CreateCustomChannel(a->c.server, grpc::InsecureChannelCredentials(), args));
+        auto stub = v1::Sprites::NewStub(MakeChannel(a->c, args));
         for (int k = 0; k < a->requests; ++k) {
           v1::SampleRequest req = base;
           if (req.seed() != 0) req.set_seed(base.seed() + static_cast<uint64_t>(ci * a->requests + k) * 4096);

@@ -23,7 +23,15 @@ Status AppConfig::Validate() const {
                           range("max_pending_frames", max_pending_frames, 1, 1024),
                           range("shutdown_grace_s", shutdown_grace_s, 0, 3600),
                           range("max_concurrent_jobs", max_concurrent_jobs, 0, 64),
-                          range("training_threads", training_threads, 1, 1024)}) {
+                          range("training_threads", training_threads, 1, 1024),
+                          range("max_queued_jobs", max_queued_jobs, 1, 100000),
+                          range("finished_job_retention_h", finished_job_retention_h, 0, 24 * 3650),
+                          range("max_n_feat_x_image_size", max_n_feat_x_image_size, 16, 512 * 32),
+                          range("tls_reload_s", tls_reload_s, 1, 86400),
+                          range("max_concurrent_streams", max_concurrent_streams, 1, 100000),
+                          range("keepalive_time_s", keepalive_time_s, 1, 86400),
+                          range("keepalive_timeout_s", keepalive_timeout_s, 1, 3600),
+                          range("max_connection_idle_s", max_connection_idle_s, 0, 86400 * 7)}) {
     if (!s.ok()) return s;
   }
   if (max_rows_per_request > max_queued_rows) {
@@ -40,7 +48,34 @@ Status AppConfig::Validate() const {
   if (models_dir.empty()) return Status::InvalidArgument("models_dir must not be empty");
   if (data_root.empty()) return Status::InvalidArgument("data_root must not be empty");
   if (state_dir.empty()) return Status::InvalidArgument("state_dir must not be empty");
+  if (tls_cert_file.empty() != tls_key_file.empty()) {
+    return Status::InvalidArgument("tls_cert_file and tls_key_file go together: set both or neither");
+  }
+  if (!tls_client_ca_file.empty() && tls_cert_file.empty()) {
+    return Status::InvalidArgument("tls_client_ca_file needs tls_cert_file and tls_key_file");
+  }
+  if (max_epochs_x_images < 1) return Status::InvalidArgument("max_epochs_x_images must be at least 1");
+  if (metrics_bind.empty()) return Status::InvalidArgument("metrics_bind must not be empty");
   return Status::Ok();
+}
+
+namespace {
+
+bool IsLoopback(const std::string& host) {
+  return host == "localhost" || host == "::1" || host == "[::1]" || host.rfind("127.", 0) == 0 ||
+         host.rfind("unix:", 0) == 0;
+}
+
+}  // namespace
+
+std::string AppConfig::InsecurePublicRefusal() const {
+  if (allow_insecure_public || IsLoopback(bind)) return "";
+  std::string missing;
+  if (tls_cert_file.empty()) missing = "TLS (tls_cert_file, tls_key_file)";
+  if (auth_token_file.empty()) missing += std::string(missing.empty() ? "" : " and ") + "a token file (auth_token_file)";
+  if (missing.empty()) return "";
+  return "refusing to listen on non-loopback address " + bind + " without " + missing +
+         "; set them, or set allow_insecure_public: true to accept the risk";
 }
 
 Result<AppConfig> LoadConfig(const std::string& path) {
@@ -54,7 +89,10 @@ Result<AppConfig> LoadConfig(const std::string& path) {
                                   "max_batch_rows", "max_queued_rows", "max_rows_per_request",
                                   "max_frames_per_request", "max_pending_frames", "shutdown_grace_s", "data_root",
                                   "state_dir", "max_concurrent_jobs", "training_threads",
-                                  "resume_interrupted_jobs", "comment"};
+                                  "resume_interrupted_jobs", "max_queued_jobs", "max_n_feat_x_image_size", "max_epochs_x_images", "finished_job_retention_h", "auth_token_file", "tls_cert_file",
+                                  "tls_key_file", "tls_client_ca_file", "tls_reload_s", "allow_insecure_public",
+                                  "reflection", "metrics_bind", "max_concurrent_streams", "keepalive_time_s",
+                                  "keepalive_timeout_s", "max_connection_idle_s", "comment"};
     for (const auto& item : j.items()) {
       if (std::find(std::begin(known), std::end(known), item.key()) == std::end(known)) {
         return Status::InvalidArgument(path + ": unknown key '" + item.key() + "'");
@@ -78,6 +116,22 @@ Result<AppConfig> LoadConfig(const std::string& path) {
     c.max_concurrent_jobs = j.value("max_concurrent_jobs", c.max_concurrent_jobs);
     c.training_threads = j.value("training_threads", c.training_threads);
     c.resume_interrupted_jobs = j.value("resume_interrupted_jobs", c.resume_interrupted_jobs);
+    c.max_queued_jobs = j.value("max_queued_jobs", c.max_queued_jobs);
+    c.max_n_feat_x_image_size = j.value("max_n_feat_x_image_size", c.max_n_feat_x_image_size);
+    c.max_epochs_x_images = j.value("max_epochs_x_images", c.max_epochs_x_images);
+    c.finished_job_retention_h = j.value("finished_job_retention_h", c.finished_job_retention_h);
+    c.auth_token_file = j.value("auth_token_file", c.auth_token_file);
+    c.tls_cert_file = j.value("tls_cert_file", c.tls_cert_file);
+    c.tls_key_file = j.value("tls_key_file", c.tls_key_file);
+    c.tls_client_ca_file = j.value("tls_client_ca_file", c.tls_client_ca_file);
+    c.tls_reload_s = j.value("tls_reload_s", c.tls_reload_s);
+    c.allow_insecure_public = j.value("allow_insecure_public", c.allow_insecure_public);
+    c.reflection = j.value("reflection", c.reflection);
+    c.metrics_bind = j.value("metrics_bind", c.metrics_bind);
+    c.max_concurrent_streams = j.value("max_concurrent_streams", c.max_concurrent_streams);
+    c.keepalive_time_s = j.value("keepalive_time_s", c.keepalive_time_s);
+    c.keepalive_timeout_s = j.value("keepalive_timeout_s", c.keepalive_timeout_s);
+    c.max_connection_idle_s = j.value("max_connection_idle_s", c.max_connection_idle_s);
   } catch (const json::exception& e) {
     return Status::InvalidArgument(path + ": " + e.what());
   }

@@ -2,6 +2,7 @@
 // struct with defaults; command-line flags override fields after parsing.
 #pragma once
 
+#include <cstdint>
 #include <string>
 
 #include "common/status.h"
@@ -31,8 +32,30 @@ struct AppConfig {
   int training_threads = 1;              // intra-op threads each job uses; serving keeps `threads`
   bool resume_interrupted_jobs = true;   // on restart, resume jobs the daemon stopped mid-run
                                          // (false: mark them INTERRUPTED)
+  int max_queued_jobs = 16;              // unfinished jobs (queued + running); past it, RESOURCE_EXHAUSTED
+  int max_n_feat_x_image_size = 4096;    // a job's n_feat x image_size (128 at 32px, 256 at 16px)
+  int64_t max_epochs_x_images = 20000000;  // a job's epochs x dataset images
+  int finished_job_retention_h = 168;    // finished job dirs older than this are removed at start (0 = keep)
+  // Security (see deploy/README.md). Without TLS and a token file the daemon only listens on a
+  // loopback address, unless allow_insecure_public says otherwise.
+  std::string auth_token_file;           // "<role> <sha256-hex>" lines (server/auth.h); empty = no auth
+  std::string tls_cert_file;             // PEM certificate chain; with tls_key_file enables TLS
+  std::string tls_key_file;              // PEM private key
+  std::string tls_client_ca_file;        // PEM CA bundle: when set, clients must present a cert it signed (mTLS)
+  int tls_reload_s = 60;                 // certificate files are re-read when they change, checked this often
+  bool allow_insecure_public = false;    // listen on a non-loopback address without TLS + tokens
+  bool reflection = true;                // gRPC server reflection (service schemas, no data)
+  std::string metrics_bind = "127.0.0.1";  // address of the /metrics HTTP listener
+  // Connection policy (gRPC channel arguments).
+  int max_concurrent_streams = 100;      // per connection; more calls wait for a free stream
+  int keepalive_time_s = 60;             // server pings an idle connection this often
+  int keepalive_timeout_s = 20;          // and closes it when the ping is not answered
+  int max_connection_idle_s = 600;       // a connection with no calls this long is closed (0 = never)
 
   Status Validate() const;
+  // A one-line refusal when the listen address is public and TLS or the token file is missing
+  // (and allow_insecure_public is false); empty when the config may start.
+  std::string InsecurePublicRefusal() const;
 };
 
 // Reads path (missing file -> error) and fills fields present in it over the defaults.

@@ -1,5 +1,7 @@
 #include "common/image.h"
 
+#include "common/file_util.h"
+
 #include <png.h>
 
 #include <cstdio>
@@ -23,31 +25,35 @@ Result<Image> FinishRead(png_image& png, const std::string& what) {
   return image;
 }
 
-constexpr png_uint_32 kMaxSide = 16384;
-
 }  // namespace
 
-Result<Image> ReadPng(const std::string& path) {
+Result<Image> ReadPng(const std::string& path, uint32_t max_side) {
   std::ifstream in(path, std::ios::binary);
   if (!in) return Status::NotFound(path + ": cannot open (" + std::strerror(errno) + ")");
+  std::error_code ec;
+  const uintmax_t size = std::filesystem::file_size(path, ec);
+  if (!ec && size > kMaxPngFileBytes) {
+    return Status::InvalidArgument(path + ": " + std::to_string(size) + " bytes, more than a PNG may have here (" +
+                                   std::to_string(kMaxPngFileBytes) + ")");
+  }
   std::ostringstream buf;
   buf << in.rdbuf();
-  Result<Image> image = DecodePng(buf.str());
+  Result<Image> image = DecodePng(buf.str(), max_side);
   if (!image.ok()) return Status::InvalidArgument(path + ": " + image.status().message());
   return image;
 }
 
-Result<Image> DecodePng(const std::string& bytes) {
+Result<Image> DecodePng(const std::string& bytes, uint32_t max_side) {
   png_image png;
   std::memset(&png, 0, sizeof(png));
   png.version = PNG_IMAGE_VERSION;
   if (!png_image_begin_read_from_memory(&png, bytes.data(), bytes.size())) {
     return Status::InvalidArgument(std::string("not a PNG (") + png.message + ")");
   }
-  if (png.width == 0 || png.height == 0 || png.width > kMaxSide || png.height > kMaxSide) {
+  if (png.width == 0 || png.height == 0 || png.width > max_side || png.height > max_side) {
     png_image_free(&png);
-    return Status::InvalidArgument("PNG size " + std::to_string(png.width) + "x" +
-                                   std::to_string(png.height) + " is out of range");
+    return Status::InvalidArgument("PNG size " + std::to_string(png.width) + "x" + std::to_string(png.height) +
+                                   " is out of range (sides 1.." + std::to_string(max_side) + ")");
   }
   return FinishRead(png, "PNG");
 }

@@ -24,8 +24,14 @@ struct Image {
   uint8_t at(int x, int y, int c) const { return pixels[(static_cast<size_t>(y) * width + x) * channels + c]; }
 };
 
-Result<Image> ReadPng(const std::string& path);
-Result<Image> DecodePng(const std::string& bytes);
+// Declared sizes are checked against these before any pixel buffer is allocated, so a 60-byte
+// PNG that claims 16384x16384 costs nothing. Sprites are tiny; the defaults leave room for
+// sheets and grids. Training datasets pass a tighter side (see core/dataset.cc).
+inline constexpr uint32_t kMaxPngSide = 4096;
+inline constexpr uint64_t kMaxPngFileBytes = 64ull << 20;
+
+Result<Image> ReadPng(const std::string& path, uint32_t max_side = kMaxPngSide);
+Result<Image> DecodePng(const std::string& bytes, uint32_t max_side = kMaxPngSide);
 
 // RGBA -> RGB with colour multiplied by alpha (black background). RGB passes through.
 Image CompositeOnBlack(const Image& image);

@@ -6,6 +6,7 @@
 #include <regex>
 #include <sstream>
 
+#include "common/client_text.h"
 #include "common/image.h"
 
 namespace spritediff {
@@ -20,9 +21,13 @@ bool HasPngExtension(const fs::path& p) {
   return ext == ".png";
 }
 
+// Dataset images are sprites: a side past this is refused from the PNG header, before any
+// pixel buffer exists (a 60-byte PNG may claim 16384x16384).
+constexpr uint32_t kMaxDatasetImageSide = 1024;
+
 // One image brought to [3, height, height] uint8 (composited onto black, box-downscaled).
 Result<Image> PrepareImage(const std::string& path, int height) {
-  Result<Image> rgba = ReadPng(path);
+  Result<Image> rgba = ReadPng(path, kMaxDatasetImageSide);
   if (!rgba.ok()) return rgba.status();
   Image rgb = CompositeOnBlack(*rgba);
   if (rgb.width != rgb.height) {
@@ -54,9 +59,19 @@ Result<std::vector<std::string>> ReadLabelsTxt(const fs::path& file) {
   if (!in) return Status::NotFound(file.string() + ": cannot open");
   std::vector<std::string> labels;
   std::string line;
+  int number = 0;
   while (std::getline(in, line)) {
+    ++number;
     line.erase(std::remove_if(line.begin(), line.end(), ::isspace), line.end());
-    if (!line.empty()) labels.push_back(line);
+    if (line.empty()) continue;
+    // A label names a direct subfolder: "/abs", "../other" or "a/b" would read classes from
+    // outside the dataset, which the server's symlink scan never sees.
+    if (!IsPlainName(line)) {
+      return Status::InvalidArgument(file.string() + ":" + std::to_string(number) + ": '" + Echo(line) +
+                                     "' is not a plain folder name (1.." + std::to_string(kMaxLabelBytes) +
+                                     " bytes, no '/', '\\', '.', '..' or control characters)");
+    }
+    labels.push_back(line);
   }
   return labels;
 }
@@ -169,7 +184,7 @@ Result<std::vector<std::string>> ImageFolderLabels(const std::string& dir_str) {
     labels = *names;
     for (const auto& l : labels) {
       if (!fs::is_directory(dir / l)) {
-        return Status::FailedPrecondition(dir_str + ": labels.txt names '" + l + "' but there is no such folder");
+        return Status::FailedPrecondition(dir_str + ": labels.txt names '" + Echo(l) + "' but there is no such folder");
       }
     }
   } else {
@@ -258,7 +273,19 @@ Result<NpyArray> ReadNpy(const std::string& path) {
   else if (arr.dtype == "<f4" || arr.dtype == "<i4") item = 4;
   else if (arr.dtype == "<f8" || arr.dtype == "<i8") item = 8;
   else return Status::InvalidArgument(path + ": unsupported .npy dtype " + arr.dtype);
-  arr.data.resize(static_cast<size_t>(count * item));
+  // The declared size must be what the file holds, checked before allocating: a 128-byte
+  // file may claim gigabytes.
+  const int64_t declared = count * item;  // count <= 2^34 and item <= 8: no overflow
+  const std::streamoff data_start = in.tellg();
+  in.seekg(0, std::ios::end);
+  const std::streamoff file_end = in.tellg();
+  in.seekg(data_start);
+  if (data_start < 0 || file_end < data_start || file_end - data_start < declared) {
+    return Status::InvalidArgument(path + ": .npy header declares " + std::to_string(declared) +
+                                   " data bytes but the file holds only " +
+                                   std::to_string(file_end >= data_start ? file_end - data_start : 0));
+  }
+  arr.data.resize(static_cast<size_t>(declared));
   in.read(arr.data.data(), static_cast<std::streamsize>(arr.data.size()));
   if (!in) return Status::InvalidArgument(path + ": truncated .npy data");
   return arr;

@@ -1,6 +1,7 @@
 #include "core/sampler.h"
 
 #include <algorithm>
+#include "common/client_text.h"
 #include <cmath>
 #include <sstream>
 
@@ -251,10 +252,10 @@ Result<std::vector<float>> ContextFromLabels(const std::vector<std::string>& mod
     if (it == model_labels.end()) {
       std::string known;
       for (const auto& l : model_labels) known += (known.empty() ? "" : ", ") + l;
-      return Status::InvalidArgument("unknown label '" + name + "'; this model knows: " + known);
+      return Status::InvalidArgument("unknown label '" + Echo(name) + "'; this model knows: " + known);
     }
     if (!std::isfinite(weight) || std::fabs(weight) > 100.0f) {
-      return Status::InvalidArgument("label weight for '" + name + "' must be finite and within [-100, 100]");
+      return Status::InvalidArgument("label weight for '" + Echo(name) + "' must be finite and within [-100, 100]");
     }
     ctx[it - model_labels.begin()] += weight;
   }

@@ -7,6 +7,7 @@
 #include <fstream>
 #include <iterator>
 
+#include "common/client_text.h"
 #include "core/runtime.h"
 #include "core/trainer.h"
 #include "server/model_publisher.h"
@@ -97,6 +98,18 @@ Status JobRunner::StartLocked(std::vector<Change>* changes) {
       }
       changes->push_back(ChangedLocked(entry));
     }
+    // Retention: a finished job's dir goes after finished_job_retention_h; the newest dir always
+    // stays, so job ids keep counting up across restarts. (Start-up only: nothing waits on mu_ yet.)
+    const int64_t retention_ms = static_cast<int64_t>(limits_.finished_job_retention_h) * 3600 * 1000;
+    if (retention_ms > 0 && IsFinal(entry->job.state()) && entry->job.finished_unix_ms() > 0 &&
+        NowUnixMs() - static_cast<int64_t>(entry->job.finished_unix_ms()) > retention_ms &&
+        &l != &loaded.back()) {
+      std::error_code removed;
+      fs::remove_all(entry->writer.dir(), removed);
+      spdlog::info("job {}: finished over {}h ago; its dir {} removed (finished_job_retention_h)", id,
+                   limits_.finished_job_retention_h, removed ? "could not be" : "was");
+      continue;
+    }
     jobs_[id] = entry;
   }
   for (int i = 0; i < limits_.max_concurrent_jobs; ++i) workers_.emplace_back([this] { WorkerLoop(); });
@@ -142,6 +155,12 @@ Status JobRunner::Submit(TrainingPlan plan, v1::Job* out) {
   {
     MutexLock lock(mu_);
     if (stopping_) return Status::Unavailable("the server is shutting down");
+    int unfinished = 0;
+    for (const auto& [id, other] : jobs_) unfinished += IsFinal(other->job.state()) ? 0 : 1;
+    if (unfinished >= limits_.max_queued_jobs) {
+      return Status::ResourceExhausted("the training queue is full (" + std::to_string(unfinished) +
+                                       " unfinished jobs; config max_queued_jobs); try again when one finishes");
+    }
     for (const auto& [id, other] : jobs_) {
       if (!IsFinal(other->job.state()) && other->job.spec().model_name() == spec.model_name()) {
         return Status::AlreadyExists("model_name '" + spec.model_name() + "' is the target of unfinished job " + id);
@@ -177,7 +196,7 @@ Status JobRunner::Submit(TrainingPlan plan, v1::Job* out) {
 Status JobRunner::Get(const std::string& id, v1::Job* out) const {
   MutexLock lock(mu_);
   auto it = jobs_.find(id);
-  if (it == jobs_.end()) return Status::NotFound("job '" + id + "' does not exist; see ListJobs");
+  if (it == jobs_.end()) return Status::NotFound("job '" + Echo(id) + "' does not exist; see ListJobs");
   *out = it->second->job;
   return Status::Ok();
 }
@@ -194,7 +213,7 @@ Status JobRunner::Cancel(const std::string& id, v1::Job* out) {
   {
     MutexLock lock(mu_);
     auto it = jobs_.find(id);
-    if (it == jobs_.end()) return Status::NotFound("job '" + id + "' does not exist; see ListJobs");
+    if (it == jobs_.end()) return Status::NotFound("job '" + Echo(id) + "' does not exist; see ListJobs");
     std::shared_ptr<Entry> entry = it->second;
     if (IsFinal(entry->job.state())) {
       return Status::FailedPrecondition("job " + id + " has already finished (" +
@@ -319,7 +338,7 @@ void JobRunner::RunJob(const std::shared_ptr<Entry>& entry) {
       base_labels = base->info.labels.size();
     }
   }
-  if (ready.ok()) ready = CheckDataset(spec, dataset_path, limits_.data_root, base_labels);
+  if (ready.ok()) ready = CheckDataset(spec, dataset_path, limits_.data_root, base_labels, limits_.max_epochs_x_images);
   tc.data = dataset_path;
 
   Change change;
@@ -444,9 +463,15 @@ void JobRunner::RunJob(const std::shared_ptr<Entry>& entry) {
     state = entry->job.state();
   }
   Commit(change);
-  if (state == v1::JOB_STATE_SUCCEEDED || state == v1::JOB_STATE_CANCELLED) {
+  if (state == v1::JOB_STATE_SUCCEEDED || state == v1::JOB_STATE_CANCELLED || state == v1::JOB_STATE_FAILED) {
     std::error_code ec;
     fs::remove(tc.state_path, ec);  // no longer needed; it is the biggest file of a job
+    fs::remove(tc.state_path + ".tmp", ec);
+    // A cancelled job's scratch weights, or those of a job whose training failed, are never
+    // published (a failed publish keeps its staged model for inspection).
+    if (state == v1::JOB_STATE_CANCELLED || (state == v1::JOB_STATE_FAILED && !result.ok())) {
+      fs::remove_all(fs::path(tc.out), ec);
+    }
   }
   spdlog::info("job {}: {}", id, outcome);
 }

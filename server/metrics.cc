@@ -5,6 +5,7 @@
 
 #include <array>
 #include <chrono>
+#include <filesystem>
 #include <sstream>
 
 #include "server/job_runner.h"
@@ -13,6 +14,9 @@
 namespace spritediff {
 
 namespace {
+
+constexpr size_t kMetricsThreads = 4;
+constexpr time_t kMetricsIoTimeoutS = 2;
 
 constexpr std::array<double, 11> kBounds = {0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30};
 
@@ -36,6 +40,22 @@ void Line(std::string* out, const std::string& name, const std::string& labels, 
   if (!labels.empty()) s << '{' << labels << '}';
   s << ' ' << value << '\n';
   *out += s.str();
+}
+
+// Sum of regular file sizes under dir (symlinks not followed); 0 when it does not exist.
+uint64_t DiskBytes(const std::string& dir) {
+  namespace fs = std::filesystem;
+  std::error_code ec;
+  uint64_t total = 0;
+  for (auto it = fs::recursive_directory_iterator(dir, ec); !ec && it != fs::recursive_directory_iterator();
+       it.increment(ec)) {
+    std::error_code size_ec;
+    if (it->is_regular_file(size_ec)) {
+      const uintmax_t size = it->file_size(size_ec);
+      if (!size_ec) total += size;
+    }
+  }
+  return total;
 }
 
 }  // namespace
@@ -128,7 +148,18 @@ std::string MetricsServer::Render() const {
   }
   out += "# HELP spritediff_training_jobs Training jobs on record, by state.\n# TYPE spritediff_training_jobs gauge\n";
   for (const auto& [state, n] : by_state) Line(&out, "spritediff_training_jobs", "state=\"" + state + "\"", n);
+  out += "# HELP spritediff_disk_bytes Bytes in regular files under the models dir and the job state dir.\n"
+         "# TYPE spritediff_disk_bytes gauge\n";
+  const std::vector<std::pair<std::string, std::string>> disk_dirs = {{"models", models_dir_}, {"state", state_dir_}};
+  for (const auto& [label, dir] : disk_dirs) {
+    if (!dir.empty()) Line(&out, "spritediff_disk_bytes", "dir=\"" + label + "\"", static_cast<double>(DiskBytes(dir)));
+  }
   return out;
+}
+
+void MetricsServer::SetDiskPaths(std::string models_dir, std::string state_dir) {
+  models_dir_ = std::move(models_dir);
+  state_dir_ = std::move(state_dir);
 }
 
 Status MetricsServer::Start(const std::string& bind, int port) {
@@ -139,6 +170,14 @@ Status MetricsServer::Start(const std::string& bind, int port) {
     int yes = 1;
     setsockopt(sock, SOL_SOCKET, SO_REUSEADDR, reinterpret_cast<const void*>(&yes), sizeof(yes));
   });
+  // Slow or idle clients cannot hold the listener: short read/write timeouts, a small pool of
+  // its own, one request per connection, and no request bodies.
+  http_->new_task_queue = [] { return new httplib::ThreadPool(kMetricsThreads); };
+  http_->set_read_timeout(kMetricsIoTimeoutS, 0);
+  http_->set_write_timeout(kMetricsIoTimeoutS, 0);
+  http_->set_keep_alive_max_count(1);
+  http_->set_keep_alive_timeout(1);
+  http_->set_payload_max_length(4096);
   http_->Get("/metrics", [this](const httplib::Request&, httplib::Response& res) {
     res.set_content(Render(), "text/plain; version=0.0.4");
   });

@@ -24,9 +24,14 @@ namespace spritediff {
 class ModelRegistry;
 class JobRunner;
 
+// The model label of Sample calls that named no served model: client-invented names must not
+// each become a series (4,000 such names once made /metrics 200 MB).
+inline constexpr char kUnknownModelLabel[] = "(unknown)";
+
 class RequestMetrics {
  public:
-  // One finished Sample call: its model ("-" when unknown), gRPC status name, and timings.
+  // One finished Sample call: a served model's name (kUnknownModelLabel otherwise), gRPC
+  // status name, and timings.
   void Record(const std::string& model, const std::string& code, double queued_ms, double run_ms);
   void Render(std::string* out) const;
 
@@ -54,8 +59,12 @@ class MetricsServer {
   Status Start(const std::string& bind, int port);
   void Stop();
   std::string Render() const;
+  // Dirs whose size /metrics reports (spritediff_disk_bytes{dir="models"|"state"}).
+  void SetDiskPaths(std::string models_dir, std::string state_dir);
 
  private:
+  std::string models_dir_;
+  std::string state_dir_;
   const ModelRegistry& registry_;
   const JobRunner& jobs_;
   const RequestMetrics& requests_;

@@ -3,6 +3,8 @@
 #include <cmath>
 #include <random>
 
+#include "common/client_text.h"
+
 namespace spritediff {
 
 namespace {
@@ -108,7 +110,13 @@ grpc::Status PlanSample(const v1::SampleRequest& req, const ServedModel& model, 
   } else if (req.labels_size() > 0) {
     if (req.labels_size() > 64) return Invalid("labels may hold at most 64 entries");
     std::vector<std::pair<std::string, float>> mix;
-    for (const auto& lw : req.labels()) mix.emplace_back(lw.label(), lw.has_weight() ? lw.weight() : 1.0f);
+    for (const auto& lw : req.labels()) {
+      if (lw.label().size() > kMaxLabelBytes) {
+        return Invalid("labels: a label must be at most " + std::to_string(kMaxLabelBytes) + " bytes, got " +
+                       std::to_string(lw.label().size()));
+      }
+      mix.emplace_back(lw.label(), lw.has_weight() ? lw.weight() : 1.0f);
+    }
     Result<std::vector<float>> ctx = ContextFromLabels(info.labels, mix);
     if (!ctx.ok()) return Invalid("labels: " + ctx.status().message());
     context = *ctx;

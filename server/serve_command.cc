@@ -10,9 +10,12 @@
 
 #include "core/runtime.h"
 #include "server/model_registry.h"
+#include "server/auth.h"
 #include "server/job_runner.h"
+#include "server/listen_security.h"
 #include "server/metrics.h"
 #include "server/sprites_service.h"
+#include "server/startup_sweep.h"
 #include "server/training_service.h"
 
 namespace spritediff {
@@ -48,12 +51,24 @@ void AddServeCommand(CLI::App& app, const CommonOptions& common) {
     if (!a->state_dir.empty()) config.state_dir = a->state_dir;
     Status valid = config.Validate();
     if (!valid.ok()) Fail(valid.message());
+    const std::string refusal = config.InsecurePublicRefusal();
+    if (!refusal.empty()) Fail(refusal);
+    Authorizer auth;
+    if (!config.auth_token_file.empty()) {
+      Result<Authorizer> loaded = Authorizer::FromFile(config.auth_token_file);
+      if (!loaded.ok()) Fail(loaded.status().message());
+      auth = *loaded;
+      spdlog::info("authentication: tokens from {} (SIGHUP re-reads it)", config.auth_token_file);
+    }
+    Result<std::shared_ptr<grpc::ServerCredentials>> credentials = MakeServerCredentials(config);
+    if (!credentials.ok()) Fail(credentials.status().message());
 
     // Signals are taken by sigwait below; every thread started from here on inherits the mask.
     sigset_t signals;
     sigemptyset(&signals);
     sigaddset(&signals, SIGINT);
     sigaddset(&signals, SIGTERM);
+    sigaddset(&signals, SIGHUP);  // must not kill the daemon: operators send it after renewing certificates
     pthread_sigmask(SIG_BLOCK, &signals, nullptr);
 
     Result<std::string> device = ResolveDevice(config.device);
@@ -61,6 +76,11 @@ void AddServeCommand(CLI::App& app, const CommonOptions& common) {
     const int threads = ConfigureThreads(config.threads);
     const std::string blas_warning = SlowBlasWarning(*device);
     if (!blas_warning.empty()) spdlog::warn(blas_warning);
+    const SweepReport swept = SweepStartup(config.models_dir, config.state_dir);
+    if (swept.temporaries + swept.orphan_weights > 0) {
+      spdlog::warn("start-up sweep: removed {} temporaries and {} orphan weights files ({} bytes) left by a crash",
+                   swept.temporaries, swept.orphan_weights, swept.bytes);
+    }
     ModelRegistry registry(config.models_dir, config.default_model, torch::Device(*device),
                            SchedulerLimits{config.max_batch_rows, config.max_queued_rows, threads});
     Status loaded = registry.LoadAll();
@@ -74,24 +94,30 @@ void AddServeCommand(CLI::App& app, const CommonOptions& common) {
     training.max_concurrent_jobs = config.max_concurrent_jobs;
     training.threads = config.training_threads;
     training.resume_interrupted = config.resume_interrupted_jobs;
+    training.max_queued_jobs = config.max_queued_jobs;
+    training.max_n_feat_x_image_size = config.max_n_feat_x_image_size;
+    training.max_epochs_x_images = config.max_epochs_x_images;
+    training.finished_job_retention_h = config.finished_job_retention_h;
     JobRunner jobs(training, registry);
     Status started = jobs.Start();
     if (!started.ok()) Fail(started.message());
 
     RequestMetrics request_metrics;
     MetricsServer metrics(registry, jobs, request_metrics);
+    metrics.SetDiskPaths(config.models_dir, config.state_dir);
     if (config.metrics_port > 0) {
-      Status listening = metrics.Start(config.bind, config.metrics_port);
+      Status listening = metrics.Start(config.metrics_bind, config.metrics_port);
       if (!listening.ok()) Fail(listening.message());
     }
-    SpritesService sprites(registry, config, request_metrics);
-    TrainingService trainer(jobs);
+    SpritesService sprites(registry, config, request_metrics, auth);
+    TrainingService trainer(jobs, auth);
     grpc::EnableDefaultHealthCheckService(true);
-    grpc::reflection::InitProtoReflectionServerBuilderPlugin();
+    if (config.reflection) grpc::reflection::InitProtoReflectionServerBuilderPlugin();
     grpc::ServerBuilder builder;
     const std::string address = config.bind + ":" + std::to_string(config.port);
     int bound_port = 0;
-    builder.AddListeningPort(address, grpc::InsecureServerCredentials(), &bound_port);
+    builder.AddListeningPort(address, *credentials, &bound_port);
+    ApplyConnectionPolicy(config, builder);
     builder.RegisterService(&sprites);
     builder.RegisterService(&trainer);
     builder.SetMaxSendMessageSize(64 << 20);
@@ -100,13 +126,26 @@ void AddServeCommand(CLI::App& app, const CommonOptions& common) {
     grpc::HealthCheckServiceInterface* health = server->GetHealthCheckService();
     health->SetServingStatus("spritediff.v1.Sprites", true);
     health->SetServingStatus("spritediff.v1.Training", config.max_concurrent_jobs > 0);
-    spdlog::info("spritediffd listening on {}:{} (device {}, {} threads, CPU BLAS {}, default model {}, metrics {})",
+    spdlog::info("spritediffd listening on {}:{} (device {}, {} threads, CPU BLAS {}, default model {}, metrics {}, "
+                 "TLS {}, tokens {})",
                  config.bind, bound_port, *device, threads, CpuBlasName(), registry.default_model(),
-                 config.metrics_port > 0 ? "http://" + config.bind + ":" + std::to_string(config.metrics_port) + "/metrics"
-                                         : std::string("off"));
+                 config.metrics_port > 0
+                     ? "http://" + config.metrics_bind + ":" + std::to_string(config.metrics_port) + "/metrics"
+                     : std::string("off"),
+                 config.tls_cert_file.empty() ? "off" : (config.tls_client_ca_file.empty() ? "on" : "mutual"),
+                 auth.enabled() ? "required" : "off");
 
     int received = 0;
-    sigwait(&signals, &received);
+    while (sigwait(&signals, &received) == 0 && received == SIGHUP) {
+      if (auth.enabled()) {
+        Result<size_t> reloaded = auth.Reload();
+        if (reloaded.ok()) spdlog::info("SIGHUP: {} tokens in use from {}", *reloaded, config.auth_token_file);
+        else spdlog::error("SIGHUP: keeping the previous tokens: {}", reloaded.status().message());
+      }
+      if (!config.tls_cert_file.empty()) {
+        spdlog::info("SIGHUP: TLS certificate files are re-read when they change (every {}s)", config.tls_reload_s);
+      }
+    }
     spdlog::info("signal {}: draining (grace {}s)", received == SIGINT ? "SIGINT" : "SIGTERM", config.shutdown_grace_s);
     health->SetServingStatus(false);
     jobs.Stop();  // running jobs save their state; their watchers are told to come back later

@@ -6,6 +6,7 @@
 #include <mutex>
 #include <optional>
 
+#include "common/client_text.h"
 #include "server/sample_plan.h"
 
 namespace spritediff {
@@ -22,6 +23,7 @@ class SampleReactor : public grpc::ServerWriteReactor<v1::SampleEvent> {
   SampleReactor(std::string id, int max_pending_frames, RequestMetrics& metrics)
       : id_(std::move(id)), max_pending_(max_pending_frames), metrics_(metrics) {}
 
+  // model: a served model's name, or kUnknownModelLabel; never a client's unchecked string.
   void FinishNow(const grpc::Status& status, const std::string& model) {
     spdlog::info("request {} model {} status {} ({})", id_, model.empty() ? "-" : model, CodeName(status.error_code()),
                  status.error_message());
@@ -177,11 +179,23 @@ grpc::ServerWriteReactor<v1::SampleEvent>* SpritesService::Sample(grpc::Callback
   char id[32];
   std::snprintf(id, sizeof(id), "r%06llu", static_cast<unsigned long long>(next_id_++));
   auto* reactor = new SampleReactor(id, config_.max_pending_frames, metrics_);
+  if (grpc::Status denied = auth_.Check(*context, Role::kSample); !denied.ok()) {
+    reactor->FinishNow(denied, kUnknownModelLabel);
+    return reactor;
+  }
+  if (request->model().size() > kMaxNameBytes) {
+    reactor->FinishNow(grpc::Status(grpc::StatusCode::INVALID_ARGUMENT,
+                                    "model must be at most " + std::to_string(kMaxNameBytes) + " bytes, got " +
+                                        std::to_string(request->model().size())),
+                       kUnknownModelLabel);
+    return reactor;
+  }
   std::shared_ptr<ServedModel> model = registry_.Find(request->model());
   if (!model) {
+    // Counted under one label value: every name a client invents must not become a series.
     reactor->FinishNow(grpc::Status(grpc::StatusCode::NOT_FOUND,
-                                    "model '" + request->model() + "' is not served; see ListModels"),
-                       request->model());
+                                    "model '" + Echo(request->model()) + "' is not served; see ListModels"),
+                       kUnknownModelLabel);
     return reactor;
   }
   SamplePlan plan;
@@ -228,6 +242,11 @@ void SpritesService::Describe(const ServedModel& model, v1::ModelInfo* out) cons
 
 grpc::ServerUnaryReactor* SpritesService::ListModels(grpc::CallbackServerContext* context,
                                                      const v1::ListModelsRequest*, v1::ListModelsResponse* response) {
+  if (grpc::Status denied = auth_.Check(*context, Role::kSample); !denied.ok()) {
+    auto* refused = context->DefaultReactor();
+    refused->Finish(denied);
+    return refused;
+  }
   for (const auto& model : registry_.List()) Describe(*model, response->add_models());
   auto* reactor = context->DefaultReactor();
   reactor->Finish(grpc::Status::OK);
@@ -237,9 +256,13 @@ grpc::ServerUnaryReactor* SpritesService::ListModels(grpc::CallbackServerContext
 grpc::ServerUnaryReactor* SpritesService::GetModel(grpc::CallbackServerContext* context,
                                                    const v1::GetModelRequest* request, v1::ModelInfo* response) {
   auto* reactor = context->DefaultReactor();
+  if (grpc::Status denied = auth_.Check(*context, Role::kSample); !denied.ok()) {
+    reactor->Finish(denied);
+    return reactor;
+  }
   std::shared_ptr<ServedModel> model = registry_.Find(request->name());
   if (!model) {
-    reactor->Finish(grpc::Status(grpc::StatusCode::NOT_FOUND, "model '" + request->name() + "' is not served"));
+    reactor->Finish(grpc::Status(grpc::StatusCode::NOT_FOUND, "model '" + Echo(request->name()) + "' is not served"));
     return reactor;
   }
   Describe(*model, response);

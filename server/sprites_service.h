@@ -6,6 +6,7 @@
 #include <string>
 
 #include "common/config.h"
+#include "server/auth.h"
 #include "server/metrics.h"
 #include "server/model_registry.h"
 #include "spritediff/v1/sprites.grpc.pb.h"
@@ -14,8 +15,10 @@ namespace spritediff {
 
 class SpritesService final : public v1::Sprites::CallbackService {
  public:
-  SpritesService(ModelRegistry& registry, const AppConfig& config, RequestMetrics& metrics)
-      : registry_(registry), config_(config), metrics_(metrics) {}
+  // auth: checked first in every call (role sample); the default lets every call through.
+  SpritesService(ModelRegistry& registry, const AppConfig& config, RequestMetrics& metrics,
+                 Authorizer auth = Authorizer())
+      : registry_(registry), config_(config), metrics_(metrics), auth_(std::move(auth)) {}
 
   grpc::ServerWriteReactor<v1::SampleEvent>* Sample(grpc::CallbackServerContext* context,
                                                      const v1::SampleRequest* request) override;
@@ -30,6 +33,7 @@ class SpritesService final : public v1::Sprites::CallbackService {
   ModelRegistry& registry_;
   const AppConfig config_;
   RequestMetrics& metrics_;
+  const Authorizer auth_;
   std::atomic<uint64_t> next_id_{1};
 };
 

@@ -4,6 +4,7 @@
 #include <filesystem>
 #include <regex>
 
+#include "common/client_text.h"
 #include "core/dataset.h"
 #include "server/model_registry.h"
 
@@ -32,17 +33,17 @@ Status CheckDatasetTree(const fs::path& root, const fs::path& dataset, const std
     if (it->is_symlink(ec)) {
       const fs::path target = fs::weakly_canonical(p, ec);
       if (ec || !Under(target, root)) {
-        return Status::PermissionDenied("dataset '" + name + "': " + p.string() +
+        return Status::PermissionDenied("dataset '" + Echo(name) + "': " + p.string() +
                                         " links outside the server's data root");
       }
     }
     const fs::file_status st = fs::status(p, ec);
     if (!ec && !fs::is_regular_file(st) && !fs::is_directory(st)) {
-      return Status::FailedPrecondition("dataset '" + name + "': " + p.string() +
+      return Status::FailedPrecondition("dataset '" + Echo(name) + "': " + p.string() +
                                         " is neither a file nor a directory");
     }
   }
-  if (ec) return Status::FailedPrecondition("dataset '" + name + "': " + ec.message());
+  if (ec) return Status::FailedPrecondition("dataset '" + Echo(name) + "': " + ec.message());
   return Status::Ok();
 }
 
@@ -55,6 +56,10 @@ bool ValidModelName(const std::string& name) {
 
 Result<std::string> ResolveDataset(const std::string& data_root, const std::string& dataset) {
   if (dataset.empty()) return Invalid("dataset is required: a folder under the server's data root");
+  if (dataset.size() > kMaxPathBytes) {
+    return Invalid("dataset must be at most " + std::to_string(kMaxPathBytes) + " bytes, got " +
+                   std::to_string(dataset.size()));
+  }
   if (dataset.find('\0') != std::string::npos) return Invalid("dataset contains a NUL character");
   std::error_code ec;
   const fs::path root = fs::weakly_canonical(fs::absolute(data_root), ec);
@@ -62,9 +67,9 @@ Result<std::string> ResolveDataset(const std::string& data_root, const std::stri
     return Status::FailedPrecondition("the server's data root " + data_root + " is not a directory (config data_root)");
   }
   const fs::path path = fs::weakly_canonical(root / dataset, ec);
-  if (ec) return Status::FailedPrecondition("dataset '" + dataset + "': " + ec.message());
+  if (ec) return Status::FailedPrecondition("dataset '" + Echo(dataset) + "': " + ec.message());
   if (!Under(path, root)) {
-    return Status::PermissionDenied("dataset '" + dataset + "' resolves outside the server's data root " +
+    return Status::PermissionDenied("dataset '" + Echo(dataset) + "' resolves outside the server's data root " +
                                     root.string());
   }
   return path.string();
@@ -76,13 +81,13 @@ Result<TrainingPlan> PlanTraining(const v1::JobSpec& spec_in, const TrainingLimi
   v1::JobSpec* spec = &plan.spec;
   *spec = spec_in;
   if (!ValidModelName(spec->model_name())) {
-    return Invalid("model_name '" + spec->model_name() +
+    return Invalid("model_name '" + Echo(spec->model_name()) +
                    "' must be 1..64 characters from [A-Za-z0-9._-], start with a letter or digit, and not contain '..'");
   }
   std::shared_ptr<ServedModel> base;
   if (!spec->base_model().empty()) {
     base = registry.Find(spec->base_model());
-    if (!base) return Status::NotFound("base_model '" + spec->base_model() + "' is not served; see ListModels");
+    if (!base) return Status::NotFound("base_model '" + Echo(spec->base_model()) + "' is not served; see ListModels");
     if (spec->image_size() == 0) spec->set_image_size(static_cast<uint32_t>(base->info.arch.height));
     if (spec->n_feat() == 0) spec->set_n_feat(static_cast<uint32_t>(base->info.arch.n_feat));
   }
@@ -120,13 +125,18 @@ Result<TrainingPlan> PlanTraining(const v1::JobSpec& spec_in, const TrainingLimi
   if (spec->seed() == 0) spec->set_seed(1);
   if (spec->class_balance().empty()) spec->set_class_balance(d.class_balance);
   if (spec->class_balance() != "none" && spec->class_balance() != "sqrt") {
-    return Invalid("class_balance must be none or sqrt, got '" + spec->class_balance() + "'");
+    return Invalid("class_balance must be none or sqrt, got '" + Echo(spec->class_balance()) + "'");
   }
   ModelConfig arch;
   arch.n_feat = static_cast<int>(spec->n_feat());
   arch.height = static_cast<int>(spec->image_size());
   Status arch_ok = arch.Validate();
   if (!arch_ok.ok()) return Invalid("n_feat/image_size: " + arch_ok.message());
+  if (static_cast<int64_t>(spec->n_feat()) * spec->image_size() > limits.max_n_feat_x_image_size) {
+    return Status::ResourceExhausted("n_feat x image_size must be at most " +
+                                     std::to_string(limits.max_n_feat_x_image_size) + " on this server, got " +
+                                     std::to_string(spec->n_feat()) + " x " + std::to_string(spec->image_size()));
+  }
   if (base && (base->info.arch.height != arch.height || base->info.arch.n_feat != arch.n_feat)) {
     return Invalid("base_model '" + base->name + "' has image_size " + std::to_string(base->info.arch.height) +
                    " and n_feat " + std::to_string(base->info.arch.n_feat) + "; a fine-tune keeps both");
@@ -143,8 +153,8 @@ Result<TrainingPlan> PlanTraining(const v1::JobSpec& spec_in, const TrainingLimi
 }
 
 Status CheckDataset(const v1::JobSpec& spec, const std::string& dataset_path, const std::string& data_root,
-                    size_t base_labels) {
-  const std::string what = "dataset '" + spec.dataset() + "' (" + dataset_path + ")";
+                    size_t base_labels, int64_t max_epochs_x_images) {
+  const std::string what = "dataset '" + Echo(spec.dataset()) + "' (" + dataset_path + ")";
   std::error_code ec;
   if (!fs::exists(dataset_path, ec)) return Status::FailedPrecondition(what + ": no such file or directory");
   if (!fs::is_directory(dataset_path, ec)) return Status::FailedPrecondition(what + ": not a directory");
@@ -153,6 +163,11 @@ Status CheckDataset(const v1::JobSpec& spec, const std::string& dataset_path, co
   if (!tree.ok()) return tree;
   Result<Dataset> data = LoadDataset(dataset_path, static_cast<int>(spec.image_size()));
   if (!data.ok()) return Status::FailedPrecondition(what + ": " + data.status().message());
+  if (max_epochs_x_images > 0 && static_cast<int64_t>(spec.epochs()) * data->size() > max_epochs_x_images) {
+    return Status::ResourceExhausted("epochs x dataset images must be at most " + std::to_string(max_epochs_x_images) +
+                                     " on this server, got " + std::to_string(spec.epochs()) + " x " +
+                                     std::to_string(data->size()) + " (" + what + ")");
+  }
   if (data->size() < spec.batch_size()) {
     return Status::InvalidArgument("batch_size " + std::to_string(spec.batch_size()) + " exceeds the " + what +
                                    "'s " + std::to_string(data->size()) + " images");

@@ -24,6 +24,10 @@ struct TrainingLimits {
   int max_concurrent_jobs = 1;
   int threads = 1;  // intra-op threads per job
   bool resume_interrupted = true;
+  int max_queued_jobs = 16;  // unfinished jobs (queued + running) at once; past it RESOURCE_EXHAUSTED
+  int64_t max_n_feat_x_image_size = 4096;  // model width x sprite side (compute and weights size)
+  int64_t max_epochs_x_images = 20000000;  // images a job may train on in total
+  int finished_job_retention_h = 168;      // finished job dirs older than this go at start (0 = keep)
 };
 
 struct TrainingPlan {
@@ -45,9 +49,10 @@ Result<TrainingPlan> PlanTraining(const v1::JobSpec& spec, const TrainingLimits&
 
 // On the worker, before training: the dataset tree holds only files and directories under
 // data_root, it reads, it has at least batch_size images and (for a fine-tune) the base model's
-// label count. Errors name the dataset, its path and the reason.
+// label count, and epochs x images stays within max_epochs_x_images (0 = no bound). Errors name
+// the dataset, its path and the reason.
 Status CheckDataset(const v1::JobSpec& spec, const std::string& dataset_path, const std::string& data_root,
-                    size_t base_labels);
+                    size_t base_labels, int64_t max_epochs_x_images = 0);
 
 // The trainer's config for a planned job: out and state under job_dir, the spec's fields.
 TrainConfig TrainConfigFor(const v1::JobSpec& spec, const std::string& job_dir, const std::string& device);

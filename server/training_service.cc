@@ -5,6 +5,7 @@
 #include <mutex>
 
 #include "common/grpc_status.h"
+#include "common/client_text.h"
 
 namespace spritediff {
 
@@ -71,7 +72,7 @@ class WatchReactor : public grpc::ServerWriteReactor<v1::JobEvent> {
     if (broken_) {
       final_status = grpc::Status(grpc::StatusCode::CANCELLED, "watcher went away");
     } else if (!runner_.GetSnapshot(id_, &snap)) {
-      final_status = grpc::Status(grpc::StatusCode::NOT_FOUND, "job '" + id_ + "' does not exist; see ListJobs");
+      final_status = grpc::Status(grpc::StatusCode::NOT_FOUND, "job '" + Echo(id_) + "' does not exist; see ListJobs");
     } else if (snap.version > sent_version_) {
       current_.Clear();
       *current_.mutable_job() = snap.job;
@@ -119,30 +120,47 @@ class WatchReactor : public grpc::ServerWriteReactor<v1::JobEvent> {
 grpc::ServerUnaryReactor* TrainingService::SubmitJob(grpc::CallbackServerContext* context, const v1::JobSpec* spec,
                                                      v1::Job* job) {
   auto* reactor = context->DefaultReactor();
+  if (grpc::Status denied = auth_.Check(*context, Role::kTrain); !denied.ok()) {
+    reactor->Finish(denied);
+    return reactor;
+  }
   // Cheap checks here; the dataset is read by the training worker.
   Result<TrainingPlan> plan = runner_.Plan(*spec);
   const grpc::Status status = ToGrpc(plan.ok() ? runner_.Submit(std::move(*plan), job) : plan.status());
   if (!status.ok()) {
-    spdlog::info("SubmitJob model '{}' dataset '{}' rejected: {}", spec->model_name(), spec->dataset(),
+    spdlog::info("SubmitJob model '{}' dataset '{}' rejected: {}", Echo(spec->model_name()), Echo(spec->dataset()),
                  status.error_message());
   }
   reactor->Finish(status);
   return reactor;
 }
 
-grpc::ServerWriteReactor<v1::JobEvent>* TrainingService::WatchJob(grpc::CallbackServerContext*, const v1::JobRef* ref) {
+grpc::ServerWriteReactor<v1::JobEvent>* TrainingService::WatchJob(grpc::CallbackServerContext* context,
+                                                                  const v1::JobRef* ref) {
+  if (grpc::Status denied = auth_.Check(*context, Role::kTrain); !denied.ok()) {
+    return new RefusedWriteReactor<v1::JobEvent>(denied);
+  }
   return new WatchReactor(runner_, ref->id());
 }
 
 grpc::ServerUnaryReactor* TrainingService::GetJob(grpc::CallbackServerContext* context, const v1::JobRef* ref,
                                                   v1::Job* job) {
   auto* reactor = context->DefaultReactor();
+  if (grpc::Status denied = auth_.Check(*context, Role::kTrain); !denied.ok()) {
+    reactor->Finish(denied);
+    return reactor;
+  }
   reactor->Finish(ToGrpc(runner_.Get(ref->id(), job)));
   return reactor;
 }
 
 grpc::ServerUnaryReactor* TrainingService::ListJobs(grpc::CallbackServerContext* context, const v1::ListJobsRequest*,
                                                     v1::ListJobsResponse* response) {
+  if (grpc::Status denied = auth_.Check(*context, Role::kTrain); !denied.ok()) {
+    auto* refused = context->DefaultReactor();
+    refused->Finish(denied);
+    return refused;
+  }
   for (v1::Job& job : runner_.List()) *response->add_jobs() = std::move(job);
   auto* reactor = context->DefaultReactor();
   reactor->Finish(grpc::Status::OK);
@@ -152,6 +170,10 @@ grpc::ServerUnaryReactor* TrainingService::ListJobs(grpc::CallbackServerContext*
 grpc::ServerUnaryReactor* TrainingService::CancelJob(grpc::CallbackServerContext* context, const v1::JobRef* ref,
                                                      v1::Job* job) {
   auto* reactor = context->DefaultReactor();
+  if (grpc::Status denied = auth_.Check(*context, Role::kTrain); !denied.ok()) {
+    reactor->Finish(denied);
+    return reactor;
+  }
   reactor->Finish(ToGrpc(runner_.Cancel(ref->id(), job)));
   return reactor;
 }

@@ -2,6 +2,7 @@
 // reactor that always sends the job's latest state (a slow reader skips intermediate ones).
 #pragma once
 
+#include "server/auth.h"
 #include "server/job_runner.h"
 #include "spritediff/v1/training.grpc.pb.h"
 
@@ -9,7 +10,9 @@ namespace spritediff {
 
 class TrainingService final : public v1::Training::CallbackService {
  public:
-  explicit TrainingService(JobRunner& runner) : runner_(runner) {}
+  // auth: checked first in every call (role train); the default lets every call through.
+  explicit TrainingService(JobRunner& runner, Authorizer auth = Authorizer())
+      : runner_(runner), auth_(std::move(auth)) {}
 
   grpc::ServerUnaryReactor* SubmitJob(grpc::CallbackServerContext* context, const v1::JobSpec* spec,
                                       v1::Job* job) override;
@@ -24,6 +27,7 @@ class TrainingService final : public v1::Training::CallbackService {
 
  private:
   JobRunner& runner_;
+  const Authorizer auth_;
 };
 
 }  // namespace spritediff

@@ -42,6 +42,18 @@ for name, svc in [("spritediff", gpu), ("spritediff-cpu", cpu)]:
           f"compose {name}: a healthcheck through spritectl health")
     check(any("50051" in str(p) for p in svc.get("ports", [])), f"compose {name}: the gRPC port")
     check(any("9464" in str(p) for p in svc.get("ports", [])), f"compose {name}: the metrics port")
+    used = set(svc.get("secrets", []))
+    check({"spritediff-tokens", "spritediff-tls.crt", "spritediff-tls.key"} <= used,
+          f"compose {name}: token file, TLS certificate and key come from compose secrets")
+    check(all(s in compose.get("secrets", {}) for s in used), f"compose {name}: every secret it uses is defined")
+    check("--tls-ca" in svc["healthcheck"].get("test", []), f"compose {name}: the healthcheck speaks TLS")
+
+# The container config binds publicly, so it must name TLS and token files under /run/secrets.
+with open(os.path.join(ROOT, "docker", "container.json")) as f:
+    container = json.load(f)
+for key in ["auth_token_file", "tls_cert_file", "tls_key_file"]:
+    check(str(container.get(key, "")).startswith("/run/secrets/"), f"docker/container.json: {key} under /run/secrets")
+check(not container.get("allow_insecure_public", False), "docker/container.json: no allow_insecure_public")
 
 # kubernetes
 docs = []
@@ -64,8 +76,18 @@ dep = kinds["Deployment"][0]["spec"]["template"]["spec"]
 main = dep["containers"][0]
 check(main["resources"]["limits"].get("nvidia.com/gpu") == 1, "k8s Deployment: nvidia.com/gpu: 1")
 check("requests" in main["resources"], "k8s Deployment: resource requests")
+for key in ["auth_token_file", "tls_cert_file", "tls_key_file"]:
+    check(str(config.get(key, "")).startswith("/run/secrets/"), f"k8s ConfigMap: {key} under /run/secrets")
+check(not config.get("allow_insecure_public", False), "k8s ConfigMap: no allow_insecure_public")
+secret_volumes = {v["name"] for v in dep.get("volumes", []) if "secret" in v}
+check(any(m["name"] in secret_volumes and m["mountPath"] == "/run/secrets" for m in main.get("volumeMounts", [])),
+      "k8s Deployment: a Secret volume mounted at /run/secrets")
+# The kubelet's native gRPC probe cannot speak TLS: with TLS on, probes exec spritectl health.
 for probe in ["livenessProbe", "readinessProbe"]:
-    check("grpc" in main.get(probe, {}), f"k8s Deployment: native gRPC {probe}")
+    p = main.get(probe, {})
+    cmd = p.get("exec", {}).get("command", [])
+    check("grpc" in p or ("spritectl" in cmd and "health" in cmd and "--tls-ca" in cmd),
+          f"k8s Deployment: {probe} through the gRPC health service (native, or spritectl health with TLS)")
 check(dep.get("terminationGracePeriodSeconds", 30) > config.get("shutdown_grace_s", 10),
       "k8s Deployment: terminationGracePeriodSeconds must exceed shutdown_grace_s")
 check(any(p.get("containerPort") == config.get("metrics_port") for p in main.get("ports", [])),

@@ -60,8 +60,11 @@ inline void WriteTinyModel(const fs::path& dir, const std::string& name) {
 class Daemon {
  public:
   // config: extra JSON config fields (max_batch_rows and the like). A second Start after Stop
-  // restarts the daemon on the same directory (models, data and job state kept).
-  void Start(const std::string& config_json) {
+  // restarts the daemon on the same directory (models, data and job state kept). creds: how
+  // channel() and the health probe connect (TLS tests); args: their channel arguments.
+  void Start(const std::string& config_json,
+             std::shared_ptr<grpc::ChannelCredentials> creds = grpc::InsecureChannelCredentials(),
+             grpc::ChannelArguments channel_args = grpc::ChannelArguments()) {
     if (root_.empty()) {
       root_ = fs::temp_directory_path() / ("spritediff_e2e_" + std::to_string(::getpid()) + "_" + std::to_string(FreePort()));
       fs::create_directories(root_ / "models");
@@ -99,15 +102,15 @@ class Daemon {
         std::this_thread::sleep_for(std::chrono::milliseconds(100));
         continue;
       }
-      grpc::ChannelArguments args;
+      grpc::ChannelArguments args = channel_args;
       args.SetInt(GRPC_ARG_USE_LOCAL_SUBCHANNEL_POOL, 1);
-      auto probe = grpc::CreateCustomChannel(address(), grpc::InsecureChannelCredentials(), args);
+      auto probe = grpc::CreateCustomChannel(address(), creds, args);
       auto health = grpc::health::v1::Health::NewStub(probe);
       grpc::ClientContext ctx;
       ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::milliseconds(200));
       grpc::health::v1::HealthCheckResponse resp;
       if (health->Check(&ctx, {}, &resp).ok() && resp.status() == grpc::health::v1::HealthCheckResponse::SERVING) {
-        channel_ = grpc::CreateChannel(address(), grpc::InsecureChannelCredentials());
+        channel_ = grpc::CreateCustomChannel(address(), creds, channel_args);
         return;
       }
       int status = 0;
