@@ -31,6 +31,23 @@ else
   buildah bud --pull=never --isolation chroot --format docker -t spritediff:cpu -f docker/Dockerfile .  # docker format keeps HEALTHCHECK
 fi
 
+step "secrets: a throwaway CA, server certificate and tokens (as deploy/README.md makes them)"
+sec=$(mktemp -d)
+(
+  cd "$sec"
+  openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 2 \
+    -keyout ca.key -out spritediff-ca.crt -subj /CN=verify-ca 2>/dev/null
+  openssl req -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -keyout spritediff-tls.key \
+    -out tls.csr -subj /CN=spritediff 2>/dev/null
+  printf 'subjectAltName=DNS:spritediff,IP:127.0.0.1\n' > tls.ext
+  openssl x509 -req -in tls.csr -CA spritediff-ca.crt -CAkey ca.key -CAcreateserial -days 2 \
+    -out spritediff-tls.crt -extfile tls.ext 2>/dev/null
+  openssl rand -hex 32 > admin.token
+  printf 'admin %s verify\n' "$(tr -d '\n' < admin.token | sha256sum | cut -d' ' -f1)" > spritediff-tokens
+  chmod 644 ./*  # read by the image's uid 10001; throwaway files
+)
+conn="--server 127.0.0.1:$PORT --tls-ca $sec/spritediff-ca.crt --tls-server-name spritediff"
+
 step "run: spritediffd serve from the image on port $PORT"
 c=$(buildah from spritediff:cpu)
 cleanup() { pkill -f "spritediffd --config configs/container.json serve --port $PORT" 2>/dev/null || true; buildah rm "$c" >/dev/null 2>&1 || true; }
@@ -43,26 +60,31 @@ for cls in $(cat ../shared/data/dcss-sprites/labels.txt); do
 done
 cp ../shared/data/dcss-sprites/labels.txt "$mini/"
 buildah copy --chown spritediff:spritediff "$c" "$mini" /srv/spritediff/data/mini >/dev/null
-buildah run --isolation chroot --user spritediff --workingdir /srv/spritediff "$c" -- \
+buildah run --isolation chroot --user spritediff --workingdir /srv/spritediff -v "$sec:/run/secrets:ro" "$c" -- \
   spritediffd --config configs/container.json serve --port "$PORT" > /tmp/spritediff-image.log 2>&1 &
 for _ in $(seq 120); do
-  build/bin/spritectl health --server "127.0.0.1:$PORT" --connect-timeout 0.5 >/dev/null 2>&1 && break
+  build/bin/spritectl health $conn --connect-timeout 0.5 >/dev/null 2>&1 && break
   sleep 1
 done
 
 step "check: health from outside the image (host spritectl)"
-build/bin/spritectl health --server "127.0.0.1:$PORT"
+build/bin/spritectl health $conn
+step "check: a request without a token is refused (UNAUTHENTICATED)"
+refused=$(build/bin/spritectl models $conn 2>&1 || true)
+echo "$refused"
+grep -q UNAUTHENTICATED <<<"$refused"
 step "check: health with the image's own spritectl (the HEALTHCHECK command)"
-buildah run --isolation chroot "$c" -- spritectl health --server "127.0.0.1:$PORT"
+buildah run --isolation chroot -v "$sec:/run/secrets:ro" "$c" -- spritectl health --server "127.0.0.1:$PORT" \
+  --tls-ca /run/secrets/spritediff-ca.crt --tls-server-name spritediff
 step "check: a sample request returns sprites"
 out=$(mktemp -d)
-build/bin/spritectl sample --server "127.0.0.1:$PORT" --label food --count 4 --quiet --out "$out"
+build/bin/spritectl sample $conn --token-file "$sec/admin.token" --label food --count 4 --quiet --out "$out"
 ls "$out"
 test -s "$out/sprite-003.png" && test -s "$out/grid.png"
 step "check: a training job runs inside the image and its model is served at once"
-build/bin/spritectl train submit --server "127.0.0.1:$PORT" --name verify-mini --dataset mini --n-feat 8 \
+build/bin/spritectl train submit $conn --token-file "$sec/admin.token" --name verify-mini --dataset mini --n-feat 8 \
   --epochs 2 --batch-size 8 --checkpoint-every 1 --watch --quiet
-build/bin/spritectl sample --server "127.0.0.1:$PORT" --model verify-mini --label food --count 2 --steps 5 --quiet --out "$out/mini"
+build/bin/spritectl sample $conn --token-file "$sec/admin.token" --model verify-mini --label food --count 2 --steps 5 --quiet --out "$out/mini"
 test -s "$out/mini/sprite-001.png"
 step "check: the daemon runs as a non-root user (the image has no shell or id: read its uid from /proc)"
 pid=$(pgrep -f "^spritediffd --config configs/container.json serve --port $PORT" | head -1)  # not buildah's own
