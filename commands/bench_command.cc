@@ -10,6 +10,7 @@
 #include "core/runtime.h"
 #include "core/sampler.h"
 #include "core/sampling_defaults.h"
+#include "core/trainer.h"
 
 namespace spritediff {
 
@@ -20,17 +21,23 @@ void AddBenchCommand(CLI::App& app, const CommonOptions& common) {
   struct Args {
     std::string model;
     std::vector<int> batches{1, 4, 16, 32, 64};
-    int ddim_batch = 32;
+    std::vector<int> ddim_batches{32};
     int steps = kDefaultDdimSteps;
     int repeats = 20;
     std::string sampler = "ddim";
+    bool fold_batchnorm = false;
+    int train_batch = 0;
   };
   auto a = std::make_shared<Args>();
   auto* cmd = app.add_subcommand("bench", "offline speed figures: forward ms per batch size, DDIM samples/s");
   cmd->add_option("--model", a->model, "model directory or name (default: a fresh n_feat=64 16x16 network)");
   cmd->add_option("--batches", a->batches, "batch sizes for the forward timing")->delimiter(',')->capture_default_str();
-  cmd->add_option("--ddim-batch", a->ddim_batch, "batch of the DDIM sampling run")->check(CLI::Range(1, 4096))
-      ->capture_default_str();
+  cmd->add_option("--ddim-batch", a->ddim_batches, "batch(es) of the sampling runs, e.g. 32,64; the first one "
+                  "fills the single-valued keys")->delimiter(',')->check(CLI::Range(1, 4096))->capture_default_str();
+  cmd->add_flag("--fold-batchnorm", a->fold_batchnorm, "fold BatchNorms into their convolutions first (as serving does "
+                "with fold_batchnorm in the config)");
+  cmd->add_option("--train-batch", a->train_batch, "also time training steps at this batch (Adam, MSE on the noise, "
+                  "as the course's reference times them); 0 = skip")->check(CLI::Range(0, 4096))->capture_default_str();
   cmd->add_option("--steps", a->steps, "sampling steps")->check(CLI::Range(1, 100000))->capture_default_str();
   cmd->add_option("--sampler", a->sampler, "sampler of the sampling run: " + SamplerNames())
       ->check(CLI::IsMember({"ddpm", "ddim", "dpmpp-2m", "dpmpp-2m-sde"}))
@@ -56,13 +63,14 @@ void AddBenchCommand(CLI::App& app, const CommonOptions& common) {
     if (a->steps > info.schedule.timesteps) Fail("--steps must be at most T=" + std::to_string(info.schedule.timesteps));
     net->to(device);
     net->eval();
+    if (a->fold_batchnorm) net->FuseBatchNormForInference();
     torch::NoGradGuard no_grad;
     auto sync = [&] {
       if (device.is_cuda()) torch::cuda::synchronize();
     };
     nlohmann::json report = {{"device", device_name}, {"threads", at::get_num_threads()}, {"blas", CpuBlasName()},
                              {"n_feat", info.arch.n_feat}, {"height", info.arch.height},
-                             {"parameters", ParameterCount(*net)}};
+                             {"parameters", ParameterCount(*net)}, {"fold_batchnorm", a->fold_batchnorm}};
     for (int b : a->batches) {
       if (b < 1 || b > 4096) Fail("--batches values must be in [1, 4096]");
       torch::Tensor x = torch::randn({b, info.arch.in_channels, info.arch.height, info.arch.height}).to(device);
@@ -82,9 +90,9 @@ void AddBenchCommand(CLI::App& app, const CommonOptions& common) {
     if (!ParseSamplerName(a->sampler, &sampler)) Fail("--sampler must be one of " + SamplerNames());
     report["sampler"] = a->sampler;
     report["steps"] = a->steps;
-    for (double guidance : {1.0, 2.0}) {
-      std::vector<RowSpec> specs(a->ddim_batch);
-      for (int i = 0; i < a->ddim_batch; ++i) {
+    auto make_specs = [&](int batch, double guidance) {
+      std::vector<RowSpec> specs(batch);
+      for (int i = 0; i < batch; ++i) {
         specs[i].sampler = sampler;
         specs[i].eta = SamplerDefaultEta(sampler);
         specs[i].steps = a->steps;
@@ -93,18 +101,81 @@ void AddBenchCommand(CLI::App& app, const CommonOptions& common) {
         specs[i].context[i % info.arch.n_cfeat] = 1.0f;
         specs[i].seed = 1 + i;
       }
-      SampleAll(net, schedule, specs, device);  // warm-up
+      return specs;
+    };
+    // One request's step on its own: a one-row, unguided run, per step.
+    {
+      const std::vector<RowSpec> one = make_specs(1, 1.0);
+      SampleAll(net, schedule, one, device);  // warm-up
       sync();
       const auto start = Clock::now();
-      SampleAll(net, schedule, specs, device);
+      for (int i = 0; i < a->repeats; ++i) SampleAll(net, schedule, one, device);
+      sync();
+      const double ms = std::chrono::duration<double, std::milli>(Clock::now() - start).count() / (a->repeats * a->steps);
+      report["step_ms_batch1"] = std::round(ms * 1000) / 1000;
+      std::printf("one row, %s step: %.3f ms\n", SamplerName(sampler), ms);
+    }
+    for (size_t bi = 0; bi < a->ddim_batches.size(); ++bi) {
+      const int batch = a->ddim_batches[bi];
+      for (double guidance : {1.0, 2.0}) {
+        const std::vector<RowSpec> specs = make_specs(batch, guidance);
+        SampleAll(net, schedule, specs, device);  // warm-up
+        sync();
+        const auto start = Clock::now();
+        SampleAll(net, schedule, specs, device);
+        sync();
+        const double s = std::chrono::duration<double>(Clock::now() - start).count();
+        const double rate = std::round(batch / s * 100) / 100;
+        // "ddim_*" keys as before for DDIM; every run also fills the sampler-neutral keys.
+        const std::string key = guidance == 1.0 ? "samples_per_s" : "guided_samples_per_s";
+        report[key + "_by_batch"][std::to_string(batch)] = rate;
+        if (bi == 0) {
+          report[key] = rate;
+          if (sampler == SamplerKind::kDdim) report["ddim_" + key] = rate;
+        }
+        std::printf("%s-%d batch %d guidance %.0f: %.3f s  (%.2f samples/s)\n", SamplerName(sampler), a->steps, batch,
+                    guidance, s, batch / s);
+      }
+    }
+    if (a->train_batch > 0) {
+      // The course reference's timing: a fresh network in train mode, Adam 1e-3, random images,
+      // t uniform in 1..T, MSE on the noise; 2 warm-up steps, 10 timed.
+      torch::AutoGradMode enable_grad(true);
+      torch::manual_seed(0);
+      ContextUnet trained(info.arch);
+      trained->to(device);
+      trained->train();
+      torch::optim::Adam opt(trained->parameters(), torch::optim::AdamOptions(1e-3));
+      const int n = a->train_batch;
+      const int T = info.schedule.timesteps;
+      const torch::Tensor x0 = torch::randn({n, info.arch.in_channels, info.arch.height, info.arch.height}).to(device);
+      const torch::Tensor ctx =
+          torch::one_hot(torch::randint(0, info.arch.n_cfeat, {n}), info.arch.n_cfeat).to(torch::kFloat32).to(device);
+      std::vector<float> sab(T + 1), s1mab(T + 1);
+      for (int t = 0; t <= T; ++t) {
+        sab[t] = static_cast<float>(std::sqrt(schedule.alpha_bar(t)));
+        s1mab[t] = static_cast<float>(std::sqrt(1.0 - schedule.alpha_bar(t)));
+      }
+      const torch::Tensor sqrt_ab = torch::tensor(sab).to(device);
+      const torch::Tensor sqrt_1mab = torch::tensor(s1mab).to(device);
+      auto step = [&] {
+        opt.zero_grad();
+        torch::Tensor noise = torch::randn_like(x0);
+        torch::Tensor t = torch::randint(1, T + 1, {n}, torch::kInt64).to(device);
+        torch::Tensor pred = trained->forward(ForwardDiffuse(x0, t, noise, sqrt_ab, sqrt_1mab),
+                                              t.to(torch::kFloat32) / static_cast<float>(T), ctx);
+        torch::mse_loss(pred, noise).backward();
+        opt.step();
+      };
+      for (int i = 0; i < 2; ++i) step();
+      sync();
+      const auto start = Clock::now();
+      for (int i = 0; i < 10; ++i) step();
       sync();
       const double s = std::chrono::duration<double>(Clock::now() - start).count();
-      // "ddim_*" keys as before for DDIM; every run also fills the sampler-neutral keys.
-      const std::string key = guidance == 1.0 ? "samples_per_s" : "guided_samples_per_s";
-      report[key] = std::round(a->ddim_batch / s * 100) / 100;
-      if (sampler == SamplerKind::kDdim) report["ddim_" + key] = report[key];
-      std::printf("%s-%d batch %d guidance %.0f: %.3f s  (%.2f samples/s)\n", SamplerName(sampler), a->steps,
-                  a->ddim_batch, guidance, s, a->ddim_batch / s);
+      report["train_batch"] = n;
+      report["train_images_per_s"] = std::round(n * 10 / s * 10) / 10;
+      std::printf("training batch %d: %.1f images/s\n", n, n * 10 / s);
     }
     std::printf("%s\n", report.dump().c_str());
   });

@@ -1,0 +1,45 @@
+#!/usr/bin/env bash
+# spritediffd against the course's PyTorch model (../shared/reference/course_ref.py), timed
+# back to back on this machine with the same thread count, and printed as ratios: batch-1 step
+# latency, unguided and guided DDIM-25 at batch 32 and 64, training images/s at one batch.
+# Ours runs twice, as loaded and with its BatchNorms folded into the convolutions (what the
+# daemon serves with fold_batchnorm on). Needs `make build` and python3-torch (Debian).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+THREADS=${THREADS:-2}
+MODEL=${MODEL:-sprites16}
+TRAIN_BATCH=${TRAIN_BATCH:-100}
+REPEATS=${REPEATS:-20}
+command -v /usr/bin/python3 >/dev/null && /usr/bin/python3 -c 'import torch' 2>/dev/null || {
+  echo "bench-reference: needs Debian's python3-torch (apt-get install python3-torch)" >&2; exit 1; }
+
+echo "== reference: course_ref.py model in PyTorch (threads $THREADS)"
+ref=$(/usr/bin/python3 scripts/bench_reference.py --threads "$THREADS" --batches 32,64 --train-batch "$TRAIN_BATCH" \
+  --repeats "$REPEATS" | tail -1)
+echo "$ref"
+ours() {
+  build/bin/spritediffd --threads "$THREADS" bench --model "$MODEL" --batches 1,32 --ddim-batch 32,64 --steps 25 \
+    --repeats "$REPEATS" --train-batch "$TRAIN_BATCH" "$@" | tail -1
+}
+echo "== spritediffd bench (threads $THREADS)"
+eager=$(ours)
+echo "$eager"
+echo "== spritediffd bench --fold-batchnorm"
+folded=$(ours --fold-batchnorm)
+echo "$folded"
+
+/usr/bin/python3 - "$ref" "$eager" "$folded" <<'PY'
+import json, sys
+ref, eager, folded = (json.loads(a) for a in sys.argv[1:4])
+rows = [("batch-1 step latency (ms, lower is better)", lambda j: j["step_ms_batch1"], True)]
+for b in ("32", "64"):
+    rows.append((f"unguided DDIM-25 batch {b} (sprites/s)", lambda j, b=b: j["samples_per_s_by_batch" if "samples_per_s_by_batch" in j else "ddim_samples_per_s"][b], False))
+    rows.append((f"guided DDIM-25 batch {b} (sprites/s)", lambda j, b=b: j["guided_samples_per_s_by_batch" if "guided_samples_per_s_by_batch" in j else "ddim_guided_samples_per_s"][b], False))
+rows.append((f"training batch {ref['train_batch']} (images/s)", lambda j: j["train_images_per_s"], False))
+print(f"\n{'measure':48} {'reference':>10} {'ours':>10} {'ratio':>7} {'folded':>10} {'ratio':>7}")
+for name, get, lower in rows:
+    r, e, f = get(ref), get(eager), get(folded)
+    ratio = (lambda x: r / x) if lower else (lambda x: x / r)
+    print(f"{name:48} {r:10.3f} {e:10.3f} {ratio(e):6.2f}x {f:10.3f} {ratio(f):6.2f}x")
+print("\nratio: how many times faster ours is (goal: >= 1.5x sampling, >= 1.2x training)")
+PY
