@@ -13,6 +13,7 @@ PACKAGES=(
   libspdlog-dev nlohmann-json3-dev libpng-dev libgif-dev
   libcli11-dev libcpp-httplib-dev
   libgtest-dev
+  libssl-dev   # SHA-256 and the CSPRNG for bearer tokens (server/auth.cc)
   python3 python3-yaml
 )
 

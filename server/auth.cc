@@ -114,8 +114,37 @@ std::optional<Role> TokenStore::RoleOf(const std::string& token) const {
   return static_cast<Role>(matched);
 }
 
+Authorizer::Authorizer(std::shared_ptr<const TokenStore> store) : source_(std::make_shared<Source>()) {
+  source_->store = std::move(store);
+}
+
+Result<Authorizer> Authorizer::FromFile(const std::string& path) {
+  Result<TokenStore> tokens = TokenStore::Load(path);
+  if (!tokens.ok()) return tokens.status();
+  Authorizer auth(std::make_shared<const TokenStore>(std::move(*tokens)));
+  auth.source_->path = path;
+  return auth;
+}
+
+Result<size_t> Authorizer::Reload() const {
+  if (!source_ || source_->path.empty()) return Status::FailedPrecondition("no token file to reload");
+  Result<TokenStore> tokens = TokenStore::Load(source_->path);
+  if (!tokens.ok()) return tokens.status();
+  const size_t n = tokens->size();
+  auto store = std::make_shared<const TokenStore>(std::move(*tokens));
+  std::lock_guard<std::mutex> lock(source_->mu);
+  source_->store = std::move(store);
+  return n;
+}
+
+std::shared_ptr<const TokenStore> Authorizer::Current() const {
+  std::lock_guard<std::mutex> lock(source_->mu);
+  return source_->store;
+}
+
 grpc::Status Authorizer::Check(const grpc::ServerContextBase& context, Role needed) const {
-  if (!store_) return grpc::Status::OK;
+  if (!source_) return grpc::Status::OK;
+  const std::shared_ptr<const TokenStore> store = Current();
   const auto& metadata = context.client_metadata();
   const auto found = metadata.find("authorization");
   const grpc::Status unauthenticated(grpc::StatusCode::UNAUTHENTICATED, kUnauthenticatedMessage);
@@ -126,7 +155,7 @@ grpc::Status Authorizer::Check(const grpc::ServerContextBase& context, Role need
   for (size_t i = 0; i < kScheme.size(); ++i) {
     if (std::tolower(static_cast<unsigned char>(value[i])) != kScheme[i]) return unauthenticated;
   }
-  const std::optional<Role> role = store_->RoleOf(value.substr(kScheme.size()));
+  const std::optional<Role> role = store->RoleOf(value.substr(kScheme.size()));
   if (!role) return unauthenticated;
   if (static_cast<int>(*role) < static_cast<int>(needed)) {
     return grpc::Status(grpc::StatusCode::PERMISSION_DENIED, kPermissionDeniedMessage);

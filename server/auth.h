@@ -14,6 +14,7 @@
 
 #include <array>
 #include <memory>
+#include <mutex>
 #include <optional>
 #include <string>
 #include <vector>
@@ -50,19 +51,31 @@ class TokenStore {
   std::vector<Entry> entries_;
 };
 
-// Checks a call's metadata against the store. With no store (auth_token_file unset) every
-// call passes: the daemon then only listens on loopback unless allow_insecure_public.
+// Checks a call's metadata against the token file. With none (auth_token_file unset) every
+// call passes: the daemon then only listens on loopback unless allow_insecure_public. Copies
+// share one source, so Reload (SIGHUP) reaches every service at once.
 class Authorizer {
  public:
   Authorizer() = default;
-  explicit Authorizer(std::shared_ptr<const TokenStore> store) : store_(std::move(store)) {}
+  explicit Authorizer(std::shared_ptr<const TokenStore> store);
+  // Reads the token file; Reload re-reads it.
+  static Result<Authorizer> FromFile(const std::string& path);
+  // Re-reads the file named at FromFile; on any error the tokens in use stay. Returns the
+  // number of tokens now in use, or the error.
+  Result<size_t> Reload() const;
 
   // OK, or UNAUTHENTICATED (no/unknown/malformed token) or PERMISSION_DENIED (role too low).
   grpc::Status Check(const grpc::ServerContextBase& context, Role needed) const;
-  bool enabled() const { return store_ != nullptr; }
+  bool enabled() const { return source_ != nullptr; }
 
  private:
-  std::shared_ptr<const TokenStore> store_;
+  struct Source {
+    std::string path;
+    mutable std::mutex mu;
+    std::shared_ptr<const TokenStore> store;  // GUARDED_BY(mu)
+  };
+  std::shared_ptr<const TokenStore> Current() const;
+  std::shared_ptr<Source> source_;
 };
 
 // Both are the whole message: nothing about which token, which role, or why.

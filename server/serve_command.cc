@@ -64,10 +64,10 @@ void AddServeCommand(CLI::App& app, const CommonOptions& common) {
     if (!refusal.empty()) Fail(refusal);
     Authorizer auth;
     if (!config.auth_token_file.empty()) {
-      Result<TokenStore> tokens = TokenStore::Load(config.auth_token_file);
-      if (!tokens.ok()) Fail(tokens.status().message());
-      spdlog::info("authentication: {} tokens from {}", tokens->size(), config.auth_token_file);
-      auth = Authorizer(std::make_shared<const TokenStore>(std::move(*tokens)));
+      Result<Authorizer> loaded = Authorizer::FromFile(config.auth_token_file);
+      if (!loaded.ok()) Fail(loaded.status().message());
+      auth = *loaded;
+      spdlog::info("authentication: tokens from {} (SIGHUP re-reads it)", config.auth_token_file);
     }
     Result<std::shared_ptr<grpc::ServerCredentials>> credentials = MakeServerCredentials(config);
     if (!credentials.ok()) Fail(credentials.status().message());
@@ -146,8 +146,14 @@ void AddServeCommand(CLI::App& app, const CommonOptions& common) {
 
     int received = 0;
     while (sigwait(&signals, &received) == 0 && received == SIGHUP) {
-      spdlog::info("SIGHUP: TLS certificate files are re-read when they change (every {}s); tokens on restart",
-                   config.tls_reload_s);
+      if (auth.enabled()) {
+        Result<size_t> reloaded = auth.Reload();
+        if (reloaded.ok()) spdlog::info("SIGHUP: {} tokens in use from {}", *reloaded, config.auth_token_file);
+        else spdlog::error("SIGHUP: keeping the previous tokens: {}", reloaded.status().message());
+      }
+      if (!config.tls_cert_file.empty()) {
+        spdlog::info("SIGHUP: TLS certificate files are re-read when they change (every {}s)", config.tls_reload_s);
+      }
     }
     spdlog::info("signal {}: draining (grace {}s)", received == SIGINT ? "SIGINT" : "SIGTERM", config.shutdown_grace_s);
     health->SetServingStatus(false);

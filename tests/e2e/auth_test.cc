@@ -168,6 +168,53 @@ TEST(AuthTest, EveryRoleAgainstEveryRpc) {
   EXPECT_EQ(d.Log().find(kTokens.at("admin")), std::string::npos) << "a token reached the log";
 }
 
+// The pid of the spritediffd serving on port (from /proc; the fixture keeps its own private).
+pid_t DaemonPid(const std::string& port) {
+  for (const auto& e : fs::directory_iterator("/proc")) {
+    const std::string name = e.path().filename().string();
+    if (name.find_first_not_of("0123456789") != std::string::npos) continue;
+    std::ifstream in(e.path() / "cmdline", std::ios::binary);
+    std::string cmd(std::istreambuf_iterator<char>(in), {});
+    if (cmd.find("spritediffd") != std::string::npos && cmd.find(std::string("--port\0", 7) + port + '\0') != std::string::npos) {
+      return static_cast<pid_t>(std::stol(name));
+    }
+  }
+  return -1;
+}
+
+TEST(AuthTest, SighupReReadsTheTokenFile) {
+  Scratch scratch;
+  const fs::path tokens = scratch.Write("tokens", TokenFileText());
+  Daemon d;
+  d.Start(R"({"auth_token_file": ")" + tokens.string() + R"("})");
+  auto list_with = [&](const std::string& role) {
+    grpc::ClientContext ctx;
+    ctx.AddMetadata("authorization", "Bearer " + kTokens.at(role));
+    v1::ListModelsResponse r;
+    return v1::Sprites::NewStub(d.channel())->ListModels(&ctx, {}, &r).error_code();
+  };
+  ASSERT_EQ(list_with("sample"), grpc::StatusCode::OK);
+  const pid_t pid = DaemonPid(d.address().substr(d.address().rfind(':') + 1));
+  ASSERT_GT(pid, 0);
+  // Revoke the sample token: only admin's line stays.
+  scratch.Write("tokens", "admin " + Sha256Hex(kTokens.at("admin")) + "\n");
+  ASSERT_EQ(kill(pid, SIGHUP), 0);
+  bool revoked = false;
+  for (int i = 0; i < 100 && !revoked; ++i) {
+    revoked = list_with("sample") == grpc::StatusCode::UNAUTHENTICATED;
+    if (!revoked) std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  }
+  EXPECT_TRUE(revoked) << d.Log();
+  EXPECT_EQ(list_with("admin"), grpc::StatusCode::OK);
+  // A broken file on SIGHUP keeps the tokens in use.
+  scratch.Write("tokens", "nonsense\n");
+  ASSERT_EQ(kill(pid, SIGHUP), 0);
+  std::this_thread::sleep_for(std::chrono::milliseconds(300));
+  EXPECT_EQ(list_with("admin"), grpc::StatusCode::OK);
+  EXPECT_EQ(d.Stop(), 0) << d.Log();
+  EXPECT_NE(d.Log().find("SIGHUP: keeping the previous tokens"), std::string::npos) << d.Log();
+}
+
 TEST(AuthTest, BadTokenFileIsAClearStartupError) {
   Scratch scratch;
   const fs::path bad = scratch.Write("tokens", "superuser " + Sha256Hex("x") + "\n");
@@ -207,7 +254,7 @@ class Pki {
         " && openssl req " + key + " -keyout client.key -out client.csr -subj /CN=test-client" +
         " && openssl x509 -req -in client.csr -CA ca.pem -CAkey ca.key -CAcreateserial -out client.pem -days 3650" +
         " && openssl req -x509 " + key + " -keyout other-ca.key -out other-ca.pem -days 3650 -subj /CN=other-ca" +
-        " >/dev/null 2>&1";
+        ") >/dev/null 2>&1";
     ok_ = std::system(script.c_str()) == 0;
   }
   bool ok() const { return ok_; }
