@@ -254,7 +254,7 @@ class Pki {
         " && openssl req " + key + " -keyout client.key -out client.csr -subj /CN=test-client" +
         " && openssl x509 -req -in client.csr -CA ca.pem -CAkey ca.key -CAcreateserial -out client.pem -days 3650" +
         " && openssl req -x509 " + key + " -keyout other-ca.key -out other-ca.pem -days 3650 -subj /CN=other-ca" +
-        " >/dev/null 2>&1";
+        ") >/dev/null 2>&1";
     ok_ = std::system(script.c_str()) == 0;
   }
   bool ok() const { return ok_; }
