@@ -153,6 +153,10 @@ TEST_F(SamplingDefaultsTest, SpritectlSendsOnlyWhatTheUserSetAndPrintsWhatWasUse
   }
   Output models = RunCtl("models" + Server());
   EXPECT_NE(models.text.find("dpmpp-2m-sde-6 eta 0.5 guidance 3"), std::string::npos) << models.text;
+  // No default deadline for sample, but --timeout still sets one (DDPM-500 takes far longer).
+  Output late = RunCtl("sample" + Server() + " --sampler ddpm --count 8 --timeout 0.3 --quiet --out " + out.string());
+  EXPECT_NE(late.exit_code, 0);
+  EXPECT_NE(late.text.find("DEADLINE_EXCEEDED"), std::string::npos) << late.text;
   Output bad = RunCtl("sample" + Server() + " --sampler dpmpp-3m --out " + out.string());
   EXPECT_NE(bad.exit_code, 0);
   EXPECT_NE(bad.text.find("--sampler"), std::string::npos) << bad.text;
