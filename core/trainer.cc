@@ -3,6 +3,7 @@
 #include <chrono>
 #include <cmath>
 #include <filesystem>
+#include <optional>
 #include <sstream>
 
 #include "core/image.h"
@@ -27,6 +28,9 @@ Status TrainConfig::Validate() const {
     return Status::InvalidArgument("--class-balance must be none or sqrt");
   }
   if (checkpoint_every < 1) return Status::InvalidArgument("--checkpoint-every must be >= 1");
+  if (eval.per_class < 0 || eval.per_class > 1000) {
+    return Status::InvalidArgument("--eval-per-class must be in [0, 1000]");
+  }
   if (sample_grid_per_label < 0 || sample_grid_per_label > 64) {
     return Status::InvalidArgument("--grid-per-label must be in [0, 64]");
   }
@@ -297,6 +301,19 @@ Result<TrainSummary> Train(const TrainConfig& config, const std::atomic<bool>* s
                      {"command", c.command_line}};
   if (!c.init_from.empty()) provenance["fine_tuned_from"] = c.init_from;
 
+  // Opened before training so that a bad cache dir fails the run at once, not at a checkpoint.
+  std::optional<QualityMeter> meter;
+  QualityReport quality;
+  if (c.eval.per_class > 0) {
+    MeterOptions mo;
+    mo.data = c.data;
+    mo.height = c.height;
+    mo.cache_dir = c.eval.cache_dir;
+    Result<QualityMeter> opened = QualityMeter::Open(mo, nullptr);
+    if (!opened.ok()) return opened.status();
+    meter.emplace(std::move(*opened));
+  }
+
   TrainSummary summary;
   const auto session_start = Clock::now();
   const double wall_before = st.wall_s;
@@ -411,6 +428,27 @@ Result<TrainSummary> Train(const TrainConfig& config, const std::atomic<bool>* s
     p.lr = lr;
     p.elapsed_s = wall_now();
     p.epoch_end = true;
+    if (checkpoint && meter) {
+      ContextUnet& judged = c.ema_decay > 0 ? ema : net;
+      EvalSampling sampling = c.eval.sampling;
+      sampling.per_class = c.eval.per_class;
+      Result<GeneratedSet> set = GenerateForMeter(*meter, judged, info.arch, info.labels, schedule, sampling, device);
+      if (c.ema_decay > 0) ema->eval();
+      else net->train();  // the meter sampled in eval mode
+      if (!set.ok()) return set.status();
+      Result<QualityReport> q = meter->Measure(set->images, set->classes);
+      if (!q.ok()) return q.status();
+      quality = *q;
+      provenance["quality"] = QualityReportToJson(quality);
+      provenance["quality"]["sampling"] = {{"sampler", SamplerName(sampling.spec.sampler)},
+                                           {"steps", sampling.spec.steps},
+                                           {"eta", sampling.spec.eta},
+                                           {"guidance", sampling.spec.guidance},
+                                           {"per_class", sampling.per_class},
+                                           {"seed", sampling.seed},
+                                           {"epoch", st.epoch + 1}};
+      p.quality = &quality;
+    }
     if (checkpoint) {
       ++st.epoch;  // the state on disk says this epoch is complete
       Result<std::string> grid = save_all(true);

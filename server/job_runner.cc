@@ -120,7 +120,13 @@ std::string ModelCard(const v1::Job& job) {
      << " |\n"
      << "| training wall time | " << static_cast<int64_t>(std::round(p.elapsed_s())) << " s |\n"
      << "| resumed after restarts | " << job.resumes() << " |\n"
-     << "| weights | " << (spec.ema_decay() > 0 ? "EMA" : "live") << " |\n\n"
+     << "| weights | " << (spec.ema_decay() > 0 ? "EMA" : "live") << " |\n";
+  if (p.has_eval_accuracy()) {
+    md << "| quality meter (" << spec.eval_per_class() << " per label, DDIM-25 eta 1 guidance 2) | class accuracy "
+       << p.eval_accuracy() << ", Frechet ratio " << p.eval_frechet_ratio() << ", precision " << p.eval_precision()
+       << ", recall " << p.eval_recall() << " (per class: `quality` in model.json) |\n";
+  }
+  md << "\n"
      << "![guided DDIM-25 samples, one row per label](samples.png)\n\n"
      << "Loss per epoch (mean MSE on the noise): `training-log.csv`.\n";
   return md.str();
@@ -291,6 +297,9 @@ grpc::Status JobRunner::ValidateSpec(v1::JobSpec* spec, std::string* dataset_pat
   if (spec->class_balance().empty()) spec->set_class_balance("none");
   if (spec->class_balance() != "none" && spec->class_balance() != "sqrt") {
     return Invalid("class_balance must be none or sqrt, got '" + spec->class_balance() + "'");
+  }
+  if (spec->eval_per_class() > 1000) {
+    return Invalid("eval_per_class must be in [0, 1000], got " + std::to_string(spec->eval_per_class()));
   }
   ModelConfig arch;
   arch.n_feat = static_cast<int>(spec->n_feat());
@@ -498,6 +507,8 @@ void JobRunner::RunJob(const std::shared_ptr<Entry>& entry) {
   tc.ema_decay = spec.ema_decay();
   tc.flip = !spec.no_flip();
   tc.class_balance = spec.class_balance();
+  tc.eval.per_class = static_cast<int>(spec.eval_per_class());
+  tc.eval.cache_dir = (fs::path(limits_.state_dir) / "eval-cache").string();
   tc.checkpoint_every = static_cast<int>(spec.checkpoint_every());
   tc.seed = spec.seed();
   tc.device = limits_.device;
@@ -565,6 +576,12 @@ void JobRunner::RunJob(const std::shared_ptr<Entry>& entry) {
         // The trainer's record is the truth: after a resume it holds exactly the epochs its state covers.
         entry->job.clear_epoch_losses();
         for (double l : *p.epoch_losses) entry->job.add_epoch_losses(l);
+      }
+      if (p.quality != nullptr) {
+        pr->set_eval_accuracy(p.quality->accuracy);
+        pr->set_eval_frechet_ratio(p.quality->frechet_ratio);
+        pr->set_eval_precision(p.quality->precision);
+        pr->set_eval_recall(p.quality->recall);
       }
       if (p.checkpoint) {
         pr->set_checkpoint_epoch(static_cast<uint32_t>(p.epoch));

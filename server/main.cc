@@ -3,6 +3,7 @@
 
 #include <iostream>
 
+#include "commands/eval_command.h"
 #include "server/offline_commands.h"
 #include "server/serve_command.h"
 
@@ -23,6 +24,7 @@ int main(int argc, char** argv) {
   spritediff::AddServeCommand(app, common);
   spritediff::AddImportCommand(app, common);
   spritediff::AddPreviewCommand(app, common);
+  spritediff::AddEvalCommand(app, common);
 
   try {
     app.parse(argc, argv);
