@@ -55,6 +55,11 @@ void AddTrainCommand(CLI::App& app, const CommonOptions& common) {
   cmd->add_option("--init-from", cfg->init_from,
                   "model directory whose weights start this run (fine-tuning or a longer second run); same "
                   "n_feat, height and label count");
+  cmd->add_option("--eval-per-class", cfg->eval.per_class,
+                  "quality meter at every checkpoint: sprites per label judged (DDIM-25 eta 1 w=2); 0 = off")
+      ->check(CLI::Range(0, 1000))->capture_default_str();
+  cmd->add_option("--eval-cache-dir", cfg->eval.cache_dir, "where the meter's classifier is cached")
+      ->capture_default_str();
   cmd->add_option("--timesteps", cfg->schedule.timesteps, "diffusion steps T")->capture_default_str();
   cmd->add_option("--beta1", cfg->schedule.beta1, "first beta of the linear schedule")->capture_default_str();
   cmd->add_option("--beta2", cfg->schedule.beta2, "last beta of the linear schedule")->capture_default_str();
@@ -94,6 +99,10 @@ void AddTrainCommand(CLI::App& app, const CommonOptions& common) {
       if (p.epoch_end) {
         spdlog::info("epoch {}/{} done: loss {:.5f} lr {:.2e} elapsed {:.0f}s{}", p.epoch, p.epochs, p.loss, p.lr,
                      p.elapsed_s, p.checkpoint ? " [checkpoint " + p.grid_path + "]" : "");
+        if (p.quality != nullptr) {
+          spdlog::info("epoch {} quality: class accuracy {:.3f}, Frechet ratio {:.2f}, precision {:.3f}, recall {:.3f}",
+                       p.epoch, p.quality->accuracy, p.quality->frechet_ratio, p.quality->precision, p.quality->recall);
+        }
       } else {
         spdlog::info("epoch {}/{} step {} loss {:.5f} {:.0f} images/s lr {:.2e} eta {:.0f}s{}", p.epoch, p.epochs,
                      p.step, p.loss, p.images_per_s, p.lr, p.eta_s,

@@ -3,6 +3,7 @@
 #include <chrono>
 #include <cmath>
 #include <filesystem>
+#include <optional>
 #include <sstream>
 
 #include "common/image.h"
@@ -36,6 +37,9 @@ Status TrainConfig::Validate() const {
     return Status::InvalidArgument("--bucket-mb must be in (0, 1024]");
   }
   if (checkpoint_every < 1) return Status::InvalidArgument("--checkpoint-every must be >= 1");
+  if (eval.per_class < 0 || eval.per_class > 1000) {
+    return Status::InvalidArgument("--eval-per-class must be in [0, 1000]");
+  }
   if (sample_grid_per_label < 0 || sample_grid_per_label > 64) {
     return Status::InvalidArgument("--grid-per-label must be in [0, 64]");
   }
@@ -367,6 +371,24 @@ Result<TrainSummary> TrainWith(const TrainConfig& config, DataParallel* dp, cons
                      {"command", c.command_line}};
   if (!c.init_from.empty()) provenance["fine_tuned_from"] = c.init_from;
 
+  // Opened before training so that a bad cache dir fails the run at once, not at a checkpoint.
+  std::optional<QualityMeter> meter;
+  QualityReport quality;
+  if (c.eval.per_class > 0 && ranks > 1) {
+    // The meter samples for minutes on rank 0 while the others would wait in an all-reduce.
+    return Status::InvalidArgument("the quality meter at checkpoints (eval per_class) runs in single-process "
+                                   "training only; judge a data-parallel run's model with spritediffd eval");
+  }
+  if (c.eval.per_class > 0) {
+    MeterOptions mo;
+    mo.data = c.data;
+    mo.height = c.height;
+    mo.cache_dir = c.eval.cache_dir;
+    Result<QualityMeter> opened = QualityMeter::Open(mo, nullptr);
+    if (!opened.ok()) return opened.status();
+    meter.emplace(std::move(*opened));
+  }
+
   TrainSummary summary;
   const auto session_start = Clock::now();
   const double wall_before = st.wall_s;
@@ -592,6 +614,27 @@ Result<TrainSummary> TrainWith(const TrainConfig& config, DataParallel* dp, cons
     p.lr = lr;
     p.elapsed_s = wall_now();
     p.epoch_end = true;
+    if (checkpoint && meter && rank == 0) {  // data-parallel runs refuse the meter (train command)
+      ContextUnet& judged = c.ema_decay > 0 ? ema : net;
+      EvalSampling sampling = c.eval.sampling;
+      sampling.per_class = c.eval.per_class;
+      Result<GeneratedSet> set = GenerateForMeter(*meter, judged, info.arch, info.labels, schedule, sampling, device);
+      if (c.ema_decay > 0) ema->eval();
+      else net->train();  // the meter sampled in eval mode
+      if (!set.ok()) return set.status();
+      Result<QualityReport> q = meter->Measure(set->images, set->classes);
+      if (!q.ok()) return q.status();
+      quality = *q;
+      provenance["quality"] = QualityReportToJson(quality);
+      provenance["quality"]["sampling"] = {{"sampler", SamplerName(sampling.spec.sampler)},
+                                           {"steps", sampling.spec.steps},
+                                           {"eta", sampling.spec.eta},
+                                           {"guidance", sampling.spec.guidance},
+                                           {"per_class", sampling.per_class},
+                                           {"seed", sampling.seed},
+                                           {"epoch", st.epoch + 1}};
+      p.quality = &quality;
+    }
     if (checkpoint && rank == 0) {  // rank 0 alone writes; the others go on and wait in the next all-reduce
       ++st.epoch;  // the state on disk says this epoch is complete
       Result<std::string> grid = save_all(true);

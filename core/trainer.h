@@ -19,8 +19,24 @@
 #include "core/dataset.h"
 #include "common/status.h"
 #include "core/distributed.h"
+#include "core/quality_meter.h"
 
 namespace spritediff {
+
+// The quality meter (core/quality_meter.h) at every checkpoint, on the saved weights: its
+// classifier learns the training data (trained once, cached in cache_dir) and judges per_class
+// sprites per label made with `sampling` (per_class and seeds 1..per_class). per_class 0 = off.
+struct TrainEval {
+  int per_class = 0;
+  std::string cache_dir = "state/eval-cache";
+  EvalSampling sampling;  // DDIM-25, eta 1, guidance 2
+  TrainEval() {
+    sampling.spec.sampler = SamplerKind::kDdim;
+    sampling.spec.steps = 25;
+    sampling.spec.eta = 1.0;
+    sampling.spec.guidance = 2.0;
+  }
+};
 
 struct TrainConfig {
   std::string data;        // dataset directory
@@ -54,6 +70,7 @@ struct TrainConfig {
   bool verify_replicas = false;  // after every step, check every rank holds bit-identical weights
 
   int ranks() const { return distributed.enabled() ? distributed.world_size : simulate_ranks; }
+  TrainEval eval;
 
   Status Validate() const;
 };
@@ -73,6 +90,7 @@ struct TrainProgress {
   bool checkpoint = false;
   std::string grid_path;  // set when a sample grid was written
   const std::vector<double>* epoch_losses = nullptr;  // at epoch ends: every completed epoch's mean loss
+  const QualityReport* quality = nullptr;  // at checkpoints with TrainConfig::eval on: the meter's figures
 };
 
 struct TrainSummary {

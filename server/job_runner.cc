@@ -392,6 +392,12 @@ void JobRunner::RunJob(const std::shared_ptr<Entry>& entry) {
       }
       pr->set_elapsed_s(p.elapsed_s);
       pr->set_lr(p.lr);
+      if (p.quality != nullptr) {
+        pr->set_eval_accuracy(p.quality->accuracy);
+        pr->set_eval_frechet_ratio(p.quality->frechet_ratio);
+        pr->set_eval_precision(p.quality->precision);
+        pr->set_eval_recall(p.quality->recall);
+      }
       if (p.epoch_end && p.epoch_losses != nullptr) {
         // The trainer's record is the truth: after a resume it holds exactly the epochs its state covers.
         entry->job.clear_epoch_losses();

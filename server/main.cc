@@ -4,6 +4,7 @@
 #include <iostream>
 
 #include "commands/commands.h"
+#include "commands/eval_command.h"
 #include "server/serve_command.h"
 
 int main(int argc, char** argv) {
@@ -23,6 +24,7 @@ int main(int argc, char** argv) {
   spritediff::AddServeCommand(app, common);
   spritediff::AddImportCommand(app, common);
   spritediff::AddPreviewCommand(app, common);
+  spritediff::AddEvalCommand(app, common);
 
   try {
     app.parse(argc, argv);

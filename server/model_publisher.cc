@@ -33,7 +33,13 @@ std::string ModelCard(const v1::Job& job) {
      << " |\n"
      << "| training wall time | " << static_cast<int64_t>(std::round(p.elapsed_s())) << " s |\n"
      << "| resumed after restarts | " << job.resumes() << " |\n"
-     << "| weights | " << (spec.ema_decay() > 0 ? "EMA" : "live") << " |\n\n"
+     << "| weights | " << (spec.ema_decay() > 0 ? "EMA" : "live") << " |\n";
+  if (p.has_eval_accuracy()) {
+    md << "| quality meter (" << spec.eval_per_class() << " per label, DDIM-25 eta 1 guidance 2) | class accuracy "
+       << p.eval_accuracy() << ", Frechet ratio " << p.eval_frechet_ratio() << ", precision " << p.eval_precision()
+       << ", recall " << p.eval_recall() << " (per class: `quality` in model.json) |\n";
+  }
+  md << "\n"
      << "![guided DDIM-25 samples, one row per label](samples.png)\n\n"
      << "Loss per epoch (mean MSE on the noise): `training-log.csv`.\n";
   return md.str();

@@ -122,6 +122,9 @@ Result<TrainingPlan> PlanTraining(const v1::JobSpec& spec_in, const TrainingLimi
   if (spec->checkpoint_every() > 100000) {
     return Invalid("checkpoint_every must be in [1, 100000] epochs, got " + std::to_string(spec->checkpoint_every()));
   }
+  if (spec->eval_per_class() > 1000) {
+    return Invalid("eval_per_class must be in [0, 1000], got " + std::to_string(spec->eval_per_class()));
+  }
   if (spec->seed() == 0) spec->set_seed(1);
   if (spec->class_balance().empty()) spec->set_class_balance(d.class_balance);
   if (spec->class_balance() != "none" && spec->class_balance() != "sqrt") {
@@ -198,6 +201,9 @@ TrainConfig TrainConfigFor(const v1::JobSpec& spec, const std::string& job_dir, 
   tc.seed = spec.seed();
   tc.device = device;
   tc.log_every = 10;
+  tc.eval.per_class = static_cast<int>(spec.eval_per_class());
+  // job_dir is <state_dir>/jobs/<id>: the meter's classifier is cached once per daemon state.
+  tc.eval.cache_dir = (dir.parent_path().parent_path() / "eval-cache").string();
   return tc;
 }
 

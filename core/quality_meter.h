@@ -1,0 +1,140 @@
+// The project's quality meter: judges sprites (generated, or any set of images) against a
+// dataset with a classifier trained on a fixed split of it (core/classifier.h). For images
+// that were meant to show class c it reports, per class and overall:
+//   accuracy   the fraction the classifier assigns to c;
+//   frechet    the Frechet distance of their classifier features to the held-out real
+//              images of c (core/sample_metrics.h), and frechet_real, the same distance from
+//              an equally large set of the training split's images of c to those held-out
+//              images (real vs real). Both use m_c = min(images given for c, training images
+//              of c) images, so sample-size bias cancels in the ratio. Overall figures are
+//              the means over classes (each class counts once), and
+//              frechet_ratio = mean frechet / mean frechet_real (1 = as close as real sprites);
+//   precision/recall  the k-NN manifold estimate (k = 3) against the held-out images of c;
+//              overall, all images against all held-out images.
+// The classifier trains once per (dataset file list and sizes, image size, split, recipe) and
+// is cached with the held-out and training features in <cache_dir>/<fingerprint>/, so the
+// dataset may be read-only and later runs need not read its images at all.
+#pragma once
+
+#include <torch/torch.h>
+
+#include <functional>
+#include <nlohmann/json.hpp>
+#include <string>
+#include <vector>
+
+#include "core/classifier.h"
+#include "core/model.h"
+#include "core/sampler.h"
+#include "core/schedule.h"
+#include "common/status.h"
+
+namespace spritediff {
+
+struct MeterOptions {
+  std::string data;                         // ImageFolder (or .npy) dataset directory
+  int height = 16;                          // the model's image size; the loader resizes
+  std::string cache_dir = "state/eval-cache";
+  double held_out_fraction = 0.2;
+  uint64_t split_seed = 1;
+  int width = 32;                           // classifier widths (ClassifierConfig)
+  int feature_dim = 128;
+  ClassifierTraining training;
+  int knn_k = 3;
+
+  Status Validate() const;
+};
+
+struct ClassQuality {
+  std::string label;
+  int64_t count = 0;          // images judged
+  int64_t fd_count = 0;       // m_c: images per side in both Frechet distances
+  double accuracy = 0;
+  double frechet = 0;
+  double frechet_real = 0;
+  double frechet_ratio = 0;
+  double precision = 0;
+  double recall = 0;
+};
+
+struct QualityReport {
+  std::vector<ClassQuality> classes;  // classes that had images, in the meter's label order
+  int64_t count = 0;
+  double accuracy = 0;       // over all images
+  double frechet = 0;        // mean over classes
+  double frechet_real = 0;   // mean over classes
+  double frechet_ratio = 0;  // frechet / frechet_real
+  double precision = 0;      // pooled
+  double recall = 0;         // pooled
+};
+
+nlohmann::json QualityReportToJson(const QualityReport& report);
+
+using MeterLog = std::function<void(const std::string&)>;
+
+class QualityMeter {
+ public:
+  // Loads the cached classifier for this dataset and options, or trains and caches one.
+  static Result<QualityMeter> Open(const MeterOptions& options, const MeterLog& log);
+
+  bool loaded_from_cache() const { return loaded_from_cache_; }
+  const std::string& cache_path() const { return cache_path_; }
+  const std::string& fingerprint() const { return fingerprint_; }
+  const std::vector<std::string>& labels() const { return labels_; }
+  int height() const { return options_.height; }
+  // The classifier's accuracy on the held-out split, overall and per class.
+  double held_out_accuracy() const { return held_out_accuracy_; }
+  const std::vector<double>& held_out_class_accuracy() const { return held_out_class_accuracy_; }
+  int64_t held_out_count(int c) const;
+  int64_t train_count(int c) const;
+
+  // images: [N, 3, H, W] in [-1, 1] (values are clamped and rounded to 8 bits first, as a
+  // PNG would hold them); classes: N indices into labels().
+  Result<QualityReport> Measure(const torch::Tensor& images, const std::vector<int64_t>& classes) const;
+
+  // Real vs real: the first per_class images of a seeded shuffle of the training split's class
+  // c, judged like generated ones (frechet_ratio is 1 by construction), except that the
+  // accuracies are the classifier's on the held-out split (on its own training images it is
+  // optimistic).
+  Result<QualityReport> MeasureTrainingSplit(int64_t per_class) const;
+
+ private:
+  Result<QualityReport> MeasureFeatures(const torch::Tensor& features, const torch::Tensor& predicted,
+                                        const std::vector<int64_t>& classes) const;
+  torch::Tensor TrainFeaturesOfClass(int c, int64_t count) const;  // seeded subset
+
+  MeterOptions options_;
+  std::vector<std::string> labels_;
+  std::string fingerprint_;
+  std::string cache_path_;
+  bool loaded_from_cache_ = false;
+  SpriteClassifier net_{nullptr};
+  torch::Tensor held_out_features_, held_out_classes_;  // [H, D], [H]
+  torch::Tensor train_features_, train_classes_;        // [T, D], [T]
+  double held_out_accuracy_ = 0;
+  std::vector<double> held_out_class_accuracy_;
+};
+
+// Sampler settings for an evaluation run: every class gets per_class sprites, sprite i of
+// every class uses seed + i.
+struct EvalSampling {
+  RowSpec spec;  // sampler, steps, eta, guidance (context and seed are set per sprite)
+  int per_class = 100;
+  uint64_t seed = 1;
+  int batch_rows = 64;  // rows sampled together
+};
+
+struct GeneratedSet {
+  torch::Tensor images;          // [N, 3, H, W]
+  std::vector<int64_t> classes;  // meter class index of each image
+  double seconds = 0;            // sampling wall time
+};
+
+// Samples per_class sprites of each of the model's labels that the meter knows (a label the
+// meter does not know is an error naming it). `stop` (optional) cancels between batches.
+Result<GeneratedSet> GenerateForMeter(const QualityMeter& meter, ContextUnet& net, const ModelConfig& arch,
+                                      const std::vector<std::string>& model_labels, const NoiseSchedule& schedule,
+                                      const EvalSampling& sampling, torch::Device device,
+                                      const std::function<bool()>& stop = nullptr);
+
+}  // namespace spritediff
