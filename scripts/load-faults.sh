@@ -73,10 +73,10 @@ for i in $(seq 100); do
   $BIN/spritectl sample --server "$SERVER" --count 4 --steps 200 --sampler ddpm --label hero --out "$WORK/out-$i" \
     >/dev/null 2>&1 &
   pids+=($!)
+  disown $!  # no "Killed" line per client
 done
 sleep 2
 kill -9 "${pids[@]}" 2>/dev/null || true
-wait "${pids[@]}" 2>/dev/null || true
 sleep 3
 if $BIN/spritectl sample --server "$SERVER" --count 1 --steps 5 --out "$WORK/after" >/dev/null 2>&1; then ok=yes; else ok=no; fi
 echo "serving after 100 disconnects: $ok; RSS $((before / 1024)) -> $(( $(rss_kb "$daemon") / 1024 )) MiB"
