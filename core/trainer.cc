@@ -305,7 +305,7 @@ Result<TrainSummary> Train(const TrainConfig& config, const std::atomic<bool>* s
   std::optional<QualityMeter> meter;
   QualityReport quality;
   if (c.eval.per_class > 0) {
-    MeterOptions mo;
+    MeterOptions mo = c.eval.meter;
     mo.data = c.data;
     mo.height = c.height;
     mo.cache_dir = c.eval.cache_dir;
