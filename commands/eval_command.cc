@@ -1,5 +1,6 @@
 #include "commands/eval_command.h"
 
+#include <spdlog/sinks/stdout_color_sinks.h>
 #include <spdlog/spdlog.h>
 
 #include <algorithm>
@@ -192,6 +193,8 @@ void AddEvalCommand(CLI::App& app, const CommonOptions& common) {
   cmd->add_option("--classifier-epochs", a->classifier_epochs, "epochs of the classifier's (cached) training")
       ->check(CLI::Range(1, 10000))->capture_default_str();
   cmd->callback([a, &common] {
+    // Tables and JSON go to stdout; log lines to stderr, so `--json | jq` works.
+    spdlog::set_default_logger(spdlog::stderr_color_mt("eval"));
     AppConfig config = ResolveConfig(common);
     Result<std::string> device_name = ResolveDevice(config.device);
     if (!device_name.ok()) Fail(device_name.status().message());

@@ -380,7 +380,7 @@ Result<TrainSummary> TrainWith(const TrainConfig& config, DataParallel* dp, cons
                                    "training only; judge a data-parallel run's model with spritediffd eval");
   }
   if (c.eval.per_class > 0) {
-    MeterOptions mo;
+    MeterOptions mo = c.eval.meter;
     mo.data = c.data;
     mo.height = c.height;
     mo.cache_dir = c.eval.cache_dir;

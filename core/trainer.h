@@ -29,6 +29,7 @@ namespace spritediff {
 struct TrainEval {
   int per_class = 0;
   std::string cache_dir = "state/eval-cache";
+  MeterOptions meter;     // the classifier's recipe; data, height and cache_dir come from the run
   EvalSampling sampling;  // DDIM-25, eta 1, guidance 2
   TrainEval() {
     sampling.spec.sampler = SamplerKind::kDdim;

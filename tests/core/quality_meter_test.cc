@@ -258,6 +258,7 @@ TEST_F(QualityMeterTest, TrainingCheckpointsCarryTheMetersFigures) {
   config.eval.per_class = 4;
   config.eval.cache_dir = (root_ / "train-cache").string();
   config.eval.sampling.spec.steps = 3;
+  config.eval.meter = options_;  // the fixture's tiny classifier recipe
   int reports = 0;
   QualityReport seen;
   Result<TrainSummary> summary = Train(config, nullptr, [&](const TrainProgress& p) {
