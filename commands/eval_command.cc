@@ -15,6 +15,7 @@
 #include "common/image.h"
 #include "core/quality_meter.h"
 #include "core/runtime.h"
+#include "core/sampling_defaults.h"
 
 namespace spritediff {
 
@@ -32,11 +33,11 @@ std::vector<std::string> SplitList(const std::string& text, char delimiter = ','
 }
 
 std::string RowName(const SweepRow& r) {
-  char buf[96];
-  if (r.sampler == SamplerKind::kDdpm) {
-    std::snprintf(buf, sizeof(buf), "DDPM-%d, guidance %g", r.steps, r.guidance);
+  char buf[128];
+  if (SamplerUsesEta(r.sampler)) {
+    std::snprintf(buf, sizeof(buf), "%s-%d, eta %g, guidance %g", SamplerName(r.sampler), r.steps, r.eta, r.guidance);
   } else {
-    std::snprintf(buf, sizeof(buf), "DDIM-%d, eta %g, guidance %g", r.steps, r.eta, r.guidance);
+    std::snprintf(buf, sizeof(buf), "%s-%d, guidance %g", SamplerName(r.sampler), r.steps, r.guidance);
   }
   return buf;
 }
@@ -117,9 +118,7 @@ Result<SweepRow> ParseSweepRow(const std::string& text) {
   const std::string form = "--sweep-grid '" + text + "': expected SAMPLER:STEPS:ETA:GUIDANCE, e.g. ddim:25:1:2";
   if (parts.size() != 4) return Status::InvalidArgument(form);
   SweepRow row;
-  if (parts[0] == "ddim") row.sampler = SamplerKind::kDdim;
-  else if (parts[0] == "ddpm") row.sampler = SamplerKind::kDdpm;
-  else return Status::InvalidArgument(form + " (samplers: ddim, ddpm)");
+  if (!ParseSamplerName(parts[0], &row.sampler)) return Status::InvalidArgument(form + " (samplers: " + SamplerNames() + ")");
   try {
     size_t used = 0;
     row.steps = std::stoi(parts[1], &used);
@@ -140,6 +139,8 @@ std::vector<SweepRow> DefaultSweep(int timesteps) {
     for (double g : {1.0, 2.0, 3.0}) rows.push_back({SamplerKind::kDdim, 25, eta, g});
   rows.push_back({SamplerKind::kDdim, 10, 1.0, 2.0});
   rows.push_back({SamplerKind::kDdim, 15, 1.0, 2.0});
+  rows.push_back({SamplerKind::kDpmpp2m, 15, 0.0, 2.0});
+  for (int steps : {10, 15}) rows.push_back({SamplerKind::kDpmpp2mSde, steps, 1.0, 2.0});
   rows.push_back({SamplerKind::kDdpm, timesteps, 0.0, 2.0});
   return rows;
 }
@@ -149,10 +150,10 @@ void AddEvalCommand(CLI::App& app, const CommonOptions& common) {
     std::string model = "sprites16";
     std::string data;
     std::string cache_dir;
-    std::string sampler = "ddim";
+    std::string sampler;  // empty: the model's defaults (model.json "sampling"), as a request that sets nothing
     int steps = 0;
     double eta = 0.0;
-    double guidance = 2.0;
+    double guidance = 1.0;
     uint64_t seed = 1;
     int per_class = 100;
     int batch_rows = 64;
@@ -171,10 +172,12 @@ void AddEvalCommand(CLI::App& app, const CommonOptions& common) {
   cmd->add_option("--model", a->model, "model directory, or a name under the models dir")->capture_default_str();
   cmd->add_option("--data", a->data, "dataset the meter's classifier learns (default: the model's training data)");
   cmd->add_option("--cache-dir", a->cache_dir, "where the trained classifier is cached (default STATE_DIR/eval-cache)");
-  cmd->add_option("--sampler", a->sampler, "ddpm | ddim")->check(CLI::IsMember({"ddpm", "ddim"}))->capture_default_str();
-  cmd->add_option("--steps", a->steps, "denoising steps, 1..T (default: 25 for ddim, T for ddpm)");
-  cmd->add_option("--eta", a->eta, "DDIM eta in [0, 1]")->capture_default_str();
-  cmd->add_option("--guidance", a->guidance, "classifier-free guidance scale w")->capture_default_str();
+  cmd->add_option("--sampler", a->sampler, SamplerNames() + " (default: the model's)")
+      ->check(CLI::IsMember({"ddpm", "ddim", "dpmpp-2m", "dpmpp-2m-sde"}));
+  CLI::Option* steps_opt = cmd->add_option("--steps", a->steps, "denoising steps, 1..T (default: the model's)");
+  CLI::Option* eta_opt = cmd->add_option("--eta", a->eta, "eta in [0, 1] (default: the model's)");
+  CLI::Option* guidance_opt =
+      cmd->add_option("--guidance", a->guidance, "classifier-free guidance scale w (default: the model's)");
   cmd->add_option("--seed", a->seed, "sprite i of every class uses seed + i")->capture_default_str();
   cmd->add_option("--per-class", a->per_class, "sprites generated per label")->check(CLI::Range(4, 100000))
       ->capture_default_str();
@@ -192,7 +195,7 @@ void AddEvalCommand(CLI::App& app, const CommonOptions& common) {
   cmd->add_option("--height", a->height, "sprite size of --images (default: the model's)");
   cmd->add_option("--classifier-epochs", a->classifier_epochs, "epochs of the classifier's (cached) training")
       ->check(CLI::Range(1, 10000))->capture_default_str();
-  cmd->callback([a, &common] {
+  cmd->callback([a, &common, steps_opt, eta_opt, guidance_opt] {
     // Tables and JSON go to stdout; log lines to stderr, so `--json | jq` works.
     spdlog::set_default_logger(spdlog::stderr_color_mt("eval"));
     AppConfig config = ResolveConfig(common);
@@ -234,11 +237,24 @@ void AddEvalCommand(CLI::App& app, const CommonOptions& common) {
           rows.push_back(*row);
         }
       } else {
+        // Unset flags take the model's defaults by the daemon's own rule (core/sampling_defaults.h),
+        // so `spritediffd eval --model M` judges what a request with labels only gets.
+        SamplingChoice choice;
+        if (!a->sampler.empty()) {
+          SamplerKind kind;
+          if (!ParseSamplerName(a->sampler, &kind)) Fail("--sampler must be one of " + SamplerNames());
+          choice.sampler = kind;
+        }
+        if (steps_opt->count() > 0) choice.steps = a->steps;
+        if (eta_opt->count() > 0) choice.eta = a->eta;
+        if (guidance_opt->count() > 0) choice.guidance = a->guidance;
+        const SamplingDefaults used =
+            ResolveSampling(choice, EffectiveSamplingDefaults(model.info), model.info.schedule.timesteps);
         SweepRow row;
-        row.sampler = a->sampler == "ddpm" ? SamplerKind::kDdpm : SamplerKind::kDdim;
-        row.steps = a->steps > 0 ? a->steps : (row.sampler == SamplerKind::kDdpm ? model.info.schedule.timesteps : 25);
-        row.eta = a->eta;
-        row.guidance = a->guidance;
+        row.sampler = used.sampler;
+        row.steps = used.steps;
+        row.eta = SamplerUsesEta(used.sampler) ? used.eta : 0.0;
+        row.guidance = used.guidance;
         rows.push_back(row);
       }
       for (const SweepRow& row : rows) {  // every row checked before any sampling starts

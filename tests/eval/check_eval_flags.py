@@ -12,7 +12,7 @@ base = [binary, "--threads", "1", "eval", "--model", "models/sprites16", "--cach
 cases = [
     (base + ["--per-class", "2"], "--per-class"),
     (base + ["--sweep-grid", "ddim:25:x:2"], "SAMPLER:STEPS:ETA:GUIDANCE"),
-    (base + ["--sweep-grid", "euler:25:0:1"], "samplers: ddim, ddpm"),
+    (base + ["--sweep-grid", "euler:25:0:1"], "samplers: ddpm | ddim | dpmpp-2m | dpmpp-2m-sde"),
     (base + ["--sweep-grid", "ddim:900:0:1"], "steps must be in [1, 500]"),
     (base + ["--eta", "2"], "eta must be in [0, 1]"),
     (base + ["--sampler", "plms"], "--sampler"),
