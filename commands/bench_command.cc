@@ -151,13 +151,9 @@ void AddBenchCommand(CLI::App& app, const CommonOptions& common) {
       const torch::Tensor x0 = torch::randn({n, info.arch.in_channels, info.arch.height, info.arch.height}).to(device);
       const torch::Tensor ctx =
           torch::one_hot(torch::randint(0, info.arch.n_cfeat, {n}), info.arch.n_cfeat).to(torch::kFloat32).to(device);
-      std::vector<float> sab(T + 1), s1mab(T + 1);
-      for (int t = 0; t <= T; ++t) {
-        sab[t] = static_cast<float>(std::sqrt(schedule.alpha_bar(t)));
-        s1mab[t] = static_cast<float>(std::sqrt(1.0 - schedule.alpha_bar(t)));
-      }
-      const torch::Tensor sqrt_ab = torch::tensor(sab).to(device);
-      const torch::Tensor sqrt_1mab = torch::tensor(s1mab).to(device);
+      const std::pair<torch::Tensor, torch::Tensor> tables = ForwardProcessTables(schedule, device);
+  const torch::Tensor& sqrt_ab = tables.first;  // named, not bound: lambdas below capture them
+  const torch::Tensor& sqrt_1mab = tables.second;
       auto step = [&] {
         opt.zero_grad();
         torch::Tensor noise = torch::randn_like(x0);

@@ -62,6 +62,16 @@ void UpdateEma(torch::nn::Module& ema, torch::nn::Module& live, double decay) {
   }
 }
 
+std::pair<torch::Tensor, torch::Tensor> ForwardProcessTables(const NoiseSchedule& schedule, torch::Device device) {
+  const int T = schedule.timesteps();
+  std::vector<float> sab(T + 1), s1mab(T + 1);
+  for (int t = 0; t <= T; ++t) {
+    sab[t] = static_cast<float>(std::sqrt(schedule.alpha_bar(t)));
+    s1mab[t] = static_cast<float>(std::sqrt(1.0 - schedule.alpha_bar(t)));
+  }
+  return {torch::tensor(sab).to(device), torch::tensor(s1mab).to(device)};
+}
+
 torch::Tensor ForwardDiffuse(const torch::Tensor& x0, const torch::Tensor& t, const torch::Tensor& noise,
                              const torch::Tensor& sqrt_alpha_bar, const torch::Tensor& sqrt_one_minus_alpha_bar) {
   return sqrt_alpha_bar.index_select(0, t).view({-1, 1, 1, 1}) * x0 +
@@ -332,13 +342,9 @@ Result<TrainSummary> TrainWith(const TrainConfig& config, DataParallel* dp, cons
 
   const int T = c.schedule.timesteps;
   NoiseSchedule schedule(c.schedule);
-  std::vector<float> sab(T + 1), s1mab(T + 1);
-  for (int t = 0; t <= T; ++t) {
-    sab[t] = static_cast<float>(std::sqrt(schedule.alpha_bar(t)));
-    s1mab[t] = static_cast<float>(std::sqrt(1.0 - schedule.alpha_bar(t)));
-  }
-  const torch::Tensor sqrt_ab = torch::tensor(sab).to(device);
-  const torch::Tensor sqrt_1mab = torch::tensor(s1mab).to(device);
+  const std::pair<torch::Tensor, torch::Tensor> tables = ForwardProcessTables(schedule, device);
+  const torch::Tensor& sqrt_ab = tables.first;  // named, not bound: lambdas below capture them
+  const torch::Tensor& sqrt_1mab = tables.second;
   const torch::Tensor images = data->images.to(device);
   const torch::Tensor contexts = data->contexts.to(device);
   torch::Tensor sample_weights;

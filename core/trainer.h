@@ -113,6 +113,10 @@ Result<TrainSummary> Train(const TrainConfig& config, const std::atomic<bool>* s
 // Copies parameters with decay and floating buffers likewise: ema = d * ema + (1 - d) * live.
 void UpdateEma(torch::nn::Module& ema, torch::nn::Module& live, double decay);
 
+// The forward process's coefficients for t = 0..T as float tensors on device:
+// {sqrt(alpha_bar_t), sqrt(1 - alpha_bar_t)}, what ForwardDiffuse indexes.
+std::pair<torch::Tensor, torch::Tensor> ForwardProcessTables(const NoiseSchedule& schedule, torch::Device device);
+
 // Adds noise for timesteps t (int64 [B]) per the forward process.
 torch::Tensor ForwardDiffuse(const torch::Tensor& x0, const torch::Tensor& t, const torch::Tensor& noise,
                              const torch::Tensor& sqrt_alpha_bar, const torch::Tensor& sqrt_one_minus_alpha_bar);
