@@ -152,8 +152,8 @@ void AddBenchCommand(CLI::App& app, const CommonOptions& common) {
       const torch::Tensor ctx =
           torch::one_hot(torch::randint(0, info.arch.n_cfeat, {n}), info.arch.n_cfeat).to(torch::kFloat32).to(device);
       const std::pair<torch::Tensor, torch::Tensor> tables = ForwardProcessTables(schedule, device);
-  const torch::Tensor& sqrt_ab = tables.first;  // named, not bound: lambdas below capture them
-  const torch::Tensor& sqrt_1mab = tables.second;
+      const torch::Tensor& sqrt_ab = tables.first;  // named, not bound: lambdas below capture them
+      const torch::Tensor& sqrt_1mab = tables.second;
       auto step = [&] {
         opt.zero_grad();
         torch::Tensor noise = torch::randn_like(x0);
