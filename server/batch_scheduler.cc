@@ -42,6 +42,8 @@ BatchScheduler::BatchScheduler(std::string model_name, LoadedModel model, torch:
       limits_(limits) {
   net_->to(device_);
   net_->eval();
+  // The scheduler owns this network (the registry hands it over), so folding cannot surprise a saver.
+  if (limits_.fold_batchnorm) net_->FuseBatchNormForInference();
   delivery_thread_ = std::thread([this] { DeliveryLoop(); });
   thread_ = std::thread([this] { Loop(); });
 }

@@ -77,6 +77,7 @@ struct SchedulerLimits {
   int max_queued_rows = 1024;
   int threads = 1;  // intra-op threads of the scheduler thread
   int max_overtakes = 4;  // times a request that does not fit may be overtaken by later ones
+  bool fold_batchnorm = false;  // fold the network's BatchNorms into its convolutions at start
 };
 
 struct SchedulerStats {

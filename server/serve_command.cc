@@ -82,7 +82,8 @@ void AddServeCommand(CLI::App& app, const CommonOptions& common) {
                    swept.temporaries, swept.orphan_weights, swept.bytes);
     }
     ModelRegistry registry(config.models_dir, config.default_model, torch::Device(*device),
-                           SchedulerLimits{config.max_batch_rows, config.max_queued_rows, threads});
+                           SchedulerLimits{config.max_batch_rows, config.max_queued_rows, threads,
+                                           SchedulerLimits{}.max_overtakes, config.fold_batchnorm});
     Status loaded = registry.LoadAll();
     if (!loaded.ok()) Fail(loaded.message());
 

@@ -13,6 +13,7 @@
 #include <filesystem>
 #include <unistd.h>
 
+#include "common/image.h"
 #include "server/batch_scheduler.h"
 #include "server/model_registry.h"
 
@@ -119,6 +120,52 @@ TEST(Scheduler, RunsARequestToTheEndAndAnswersOnce) {
   EXPECT_EQ(probe->outcome.images.size(), 3u);
   EXPECT_EQ(probe->frames, 5 / 2);  // frames after steps 2 and 4; the 5th step is the result
   EXPECT_EQ(probe->DoneCalls(), 1);
+}
+
+// BatchNorm statistics far from the fresh (0, 1), so that folding them changes real weights.
+LoadedModel TinyModelWithTrainedLookingNorms(int timesteps) {
+  LoadedModel m = TinyModel(timesteps);
+  torch::NoGradGuard no_grad;
+  torch::manual_seed(5);
+  for (const auto& module : m.net->modules(/*include_self=*/false)) {
+    if (auto* bn = module->as<torch::nn::BatchNorm2dImpl>()) {
+      bn->running_mean.copy_(torch::randn_like(bn->running_mean) * 0.5);
+      bn->running_var.copy_(torch::rand_like(bn->running_var) * 1.5 + 0.5);
+      bn->weight.copy_(torch::rand_like(bn->weight) + 0.5);
+      bn->bias.copy_(torch::randn_like(bn->bias) * 0.2);
+    }
+  }
+  return m;
+}
+
+std::vector<std::string> RunToTheEnd(const LoadedModel& m, bool fold) {
+  SchedulerLimits limits = Limits(8, 16);
+  limits.fold_batchnorm = fold;
+  BatchScheduler s("tiny", m, torch::kCPU, limits);
+  auto probe = std::make_shared<Probe>();
+  EXPECT_TRUE(s.Submit(MakeJob("fold", 3, 10, SamplerKind::kDdim, probe)).ok());
+  EXPECT_TRUE(probe->WaitDone());
+  s.Stop();
+  EXPECT_TRUE(probe->outcome.status.ok()) << probe->outcome.status.message();
+  return probe->outcome.images;
+}
+
+TEST(Scheduler, FoldedBatchNormsGiveTheSameSpritesToOneLevel) {
+  // Two copies of the same weights: the scheduler folds the network it is given.
+  const std::vector<std::string> plain = RunToTheEnd(TinyModelWithTrainedLookingNorms(50), false);
+  const std::vector<std::string> folded = RunToTheEnd(TinyModelWithTrainedLookingNorms(50), true);
+  ASSERT_EQ(plain.size(), 3u);
+  ASSERT_EQ(folded.size(), 3u);
+  int max_diff = 0;
+  for (size_t i = 0; i < plain.size(); ++i) {
+    Result<Image> a = DecodePng(plain[i]);
+    Result<Image> b = DecodePng(folded[i]);
+    ASSERT_TRUE(a.ok() && b.ok());
+    ASSERT_EQ(a->pixels.size(), b->pixels.size());
+    for (size_t k = 0; k < a->pixels.size(); ++k) max_diff = std::max(max_diff, std::abs(a->pixels[k] - b->pixels[k]));
+  }
+  // Float reassociation only: at most one 8-bit level where a value sits on a rounding edge.
+  EXPECT_LE(max_diff, 1);
 }
 
 TEST(Scheduler, QueueLimitCancelAndDeadlineWhileQueuedAndRunning) {
