@@ -15,6 +15,7 @@ PACKAGES=(
   libcli11-dev libcpp-httplib-dev
   libgtest-dev
   libssl-dev   # SHA-256 and the CSPRNG for bearer tokens (server/auth.cc)
+  openssl      # the auth tests make a throwaway CA and certificates with its CLI
   python3 python3-yaml
 )
 
