@@ -199,11 +199,7 @@ void AddEvalCommand(CLI::App& app, const CommonOptions& common) {
     // Tables and JSON go to stdout; log lines to stderr, so `--json | jq` works.
     spdlog::set_default_logger(spdlog::stderr_color_mt("eval"));
     AppConfig config = ResolveConfig(common);
-    Result<std::string> device_name = ResolveDevice(config.device);
-    if (!device_name.ok()) Fail(device_name.status().message());
-    const int threads = ConfigureThreads(config.threads);
-    spdlog::info("device {} with {} intra-op threads, CPU BLAS {}", *device_name, threads, CpuBlasName());
-    const torch::Device device(*device_name);
+    const torch::Device device(PrepareCompute(config));
 
     if (!a->images.empty() && (a->sweep || !a->sweep_grid.empty())) Fail("--images judges images; leave out --sweep");
     if (!a->grid_rows.empty() && a->images.empty()) Fail("--grid-rows needs --images");

@@ -1,5 +1,7 @@
 #include "core/quality_meter.h"
 
+#include "common/file_util.h"
+
 #include <fcntl.h>
 #include <unistd.h>
 
@@ -27,41 +29,6 @@ namespace {
 constexpr int kCacheFormat = 1;
 constexpr double kNaN = std::numeric_limits<double>::quiet_NaN();
 
-// tmp file, fsync, rename, fsync of the directory: the old or the new file after a crash.
-Status WriteFileDurable(const std::string& path, const std::string& bytes) {
-  const std::string tmp = path + ".tmp." + std::to_string(::getpid());
-  const int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
-  if (fd < 0) return Status::IoError(tmp + ": cannot create (" + std::strerror(errno) + ")");
-  size_t done = 0;
-  while (done < bytes.size()) {
-    const ssize_t n = ::write(fd, bytes.data() + done, bytes.size() - done);
-    if (n < 0 && errno == EINTR) continue;
-    if (n <= 0) {
-      const std::string why = std::strerror(errno);
-      ::close(fd);
-      ::unlink(tmp.c_str());
-      return Status::IoError(tmp + ": write failed (" + why + ")");
-    }
-    done += static_cast<size_t>(n);
-  }
-  if (::fsync(fd) != 0 || ::close(fd) != 0) {
-    ::unlink(tmp.c_str());
-    return Status::IoError(tmp + ": fsync/close failed (" + std::strerror(errno) + ")");
-  }
-  if (::rename(tmp.c_str(), path.c_str()) != 0) {
-    const std::string why = std::strerror(errno);
-    ::unlink(tmp.c_str());
-    return Status::IoError(path + ": rename failed (" + why + ")");
-  }
-  const std::string dir = fs::path(path).parent_path().empty() ? "." : fs::path(path).parent_path().string();
-  const int dfd = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-  if (dfd >= 0) {
-    const bool synced = ::fsync(dfd) == 0;
-    ::close(dfd);
-    if (!synced) return Status::IoError(dir + ": fsync failed");
-  }
-  return Status::Ok();
-}
 
 uint64_t Fnv1a64(const std::string& s) {
   uint64_t h = 1469598103934665603ULL;
@@ -264,7 +231,7 @@ Result<QualityMeter> QualityMeter::Open(const MeterOptions& options, const Meter
   } catch (const std::exception& e) {
     return Status::Internal(std::string("serialising the classifier: ") + e.what());
   }
-  Status s = WriteFileDurable(weights_path.string(), bytes.str());
+  Status s = WriteFileAtomic(weights_path.string(), bytes.str());
   if (!s.ok()) return s;
   const json meta = {{"identity", *identity},
                      {"data", options.data},
@@ -274,7 +241,7 @@ Result<QualityMeter> QualityMeter::Open(const MeterOptions& options, const Meter
                      {"held_out_accuracy", meter.held_out_accuracy_},
                      {"held_out_class_accuracy", meter.held_out_class_accuracy_},
                      {"train_seconds", seconds}};
-  s = WriteFileDurable(meta_path.string(), meta.dump(2) + "\n");
+  s = WriteFileAtomic(meta_path.string(), meta.dump(2) + "\n");
   if (!s.ok()) return s;
   log("classifier cached in " + meter.cache_path_);
   return meter;
