@@ -3,6 +3,9 @@
 // and the job then ends CANCELLED, and job.json follows the record. Waits are on the runner's
 // own change notifications, not on time.
 #include <gtest/gtest.h>
+
+#include <chrono>
+#include <thread>
 #include <google/protobuf/util/json_util.h>
 #include <unistd.h>
 
@@ -90,6 +93,18 @@ class JobRunnerTest : public ::testing::Test {
     return job;
   }
 
+  // job.json is written after the runner's lock is released, so it may trail what Get shows
+  // by a moment: wait for the record on disk to reach the state.
+  v1::JobState OnDiskState(const std::string& id, v1::JobState want) {
+    v1::JobState seen = v1::JOB_STATE_UNSPECIFIED;
+    for (auto until = std::chrono::steady_clock::now() + std::chrono::seconds(30);
+         std::chrono::steady_clock::now() < until; std::this_thread::sleep_for(std::chrono::milliseconds(5))) {
+      seen = OnDisk(id).state();
+      if (seen == want) break;
+    }
+    return seen;
+  }
+
   fs::path root_;
   TrainingLimits limits_;
   std::unique_ptr<ModelRegistry> registry_;
@@ -104,7 +119,7 @@ TEST_F(JobRunnerTest, AMissingDatasetIsQueuedThenFailsOnTheWorkerWithItsPath) {
   ASSERT_TRUE(runner_->Get(job.id(), &failed).ok());
   EXPECT_NE(failed.message().find((root_ / "data" / "nope").string()), std::string::npos) << failed.message();
   EXPECT_NE(failed.message().find("no such file"), std::string::npos) << failed.message();
-  EXPECT_EQ(OnDisk(job.id()).state(), v1::JOB_STATE_FAILED);
+  EXPECT_EQ(OnDiskState(job.id(), v1::JOB_STATE_FAILED), v1::JOB_STATE_FAILED);
   // The name is free again: the failed job does not hold it.
   EXPECT_TRUE(runner_->Plan([] {
     v1::JobSpec s;
@@ -128,8 +143,8 @@ TEST_F(JobRunnerTest, CancelAnswersAtOnceAndTheRunningJobThenEndsCancelled) {
   EXPECT_EQ(out.state(), v1::JOB_STATE_RUNNING);  // the trainer stops at its next step, not inside Cancel
   ASSERT_TRUE(WaitJob(running.id(), [](const v1::Job& j) { return j.state() == v1::JOB_STATE_CANCELLED; }));
   EXPECT_EQ(runner_->Cancel(running.id(), &out).code(), Status::Code::kFailedPrecondition);
-  EXPECT_EQ(OnDisk(running.id()).state(), v1::JOB_STATE_CANCELLED);
-  EXPECT_EQ(OnDisk(queued.id()).state(), v1::JOB_STATE_CANCELLED);
+  EXPECT_EQ(OnDiskState(running.id(), v1::JOB_STATE_CANCELLED), v1::JOB_STATE_CANCELLED);
+  EXPECT_EQ(OnDiskState(queued.id(), v1::JOB_STATE_CANCELLED), v1::JOB_STATE_CANCELLED);
   EXPECT_FALSE(fs::exists(root_ / "models" / "long"));
 }
 
