@@ -169,19 +169,6 @@ TEST(AuthTest, EveryRoleAgainstEveryRpc) {
 }
 
 // The pid of the spritediffd serving on port (from /proc; the fixture keeps its own private).
-pid_t DaemonPid(const std::string& port) {
-  for (const auto& e : fs::directory_iterator("/proc")) {
-    const std::string name = e.path().filename().string();
-    if (name.find_first_not_of("0123456789") != std::string::npos) continue;
-    std::ifstream in(e.path() / "cmdline", std::ios::binary);
-    std::string cmd(std::istreambuf_iterator<char>(in), {});
-    if (cmd.find("spritediffd") != std::string::npos && cmd.find(std::string("--port\0", 7) + port + '\0') != std::string::npos) {
-      return static_cast<pid_t>(std::stol(name));
-    }
-  }
-  return -1;
-}
-
 TEST(AuthTest, SighupReReadsTheTokenFile) {
   Scratch scratch;
   const fs::path tokens = scratch.Write("tokens", TokenFileText());
@@ -194,7 +181,7 @@ TEST(AuthTest, SighupReReadsTheTokenFile) {
     return v1::Sprites::NewStub(d.channel())->ListModels(&ctx, {}, &r).error_code();
   };
   ASSERT_EQ(list_with("sample"), grpc::StatusCode::OK);
-  const pid_t pid = DaemonPid(d.address().substr(d.address().rfind(':') + 1));
+  const pid_t pid = d.pid();
   ASSERT_GT(pid, 0);
   // Revoke the sample token: only admin's line stays.
   scratch.Write("tokens", "admin " + Sha256Hex(kTokens.at("admin")) + "\n");

@@ -120,6 +120,9 @@ class Daemon {
     FAIL() << "daemon did not become healthy; log:\n" << Log();
   }
 
+  // The daemon's process id (-1 when not running), for tests that signal it.
+  pid_t pid() const { return pid_; }
+
   // SIGKILL: no drain, no state saved beyond the last checkpoint.
   void Kill() {
     if (pid_ <= 0) return;
