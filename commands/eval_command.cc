@@ -164,7 +164,7 @@ void AddEvalCommand(CLI::App& app, const CommonOptions& common) {
     std::string grid_rows;
     int grid_cols = 10;
     int height = 0;
-    int classifier_epochs = 30;
+    int classifier_epochs = 100;
   };
   auto a = std::make_shared<Args>();
   auto* cmd = app.add_subcommand("eval", "the quality meter: classifier accuracy, Frechet ratio and precision/recall "
