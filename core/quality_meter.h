@@ -6,9 +6,10 @@
 //              images of c (core/sample_metrics.h), and frechet_real, the same distance from
 //              an equally large set of the training split's images of c to those held-out
 //              images (real vs real). Both use m_c = min(images given for c, training images
-//              of c) images, so sample-size bias cancels in the ratio. Overall figures are
-//              the means over classes (each class counts once), and
-//              frechet_ratio = mean frechet / mean frechet_real (1 = as close as real sprites);
+//              of c) images, so sample-size bias cancels in the ratio. Overall accuracy
+//              is over all images, and
+//              frechet_ratio = frechet / frechet_real (1 = as close as real sprites; overall: one
+//              distance over all classes pooled with matched class counts);
 //   precision/recall  the k-NN manifold estimate (k = 3) against the held-out images of c;
 //              overall, all images against all held-out images.
 // The classifier trains once per (dataset file list and sizes, image size, split, recipe) and
@@ -61,8 +62,8 @@ struct QualityReport {
   std::vector<ClassQuality> classes;  // classes that had images, in the meter's label order
   int64_t count = 0;
   double accuracy = 0;       // over all images
-  double frechet = 0;        // mean over classes
-  double frechet_real = 0;   // mean over classes
+  double frechet = 0;        // all classes pooled, class-matched by composition
+  double frechet_real = 0;   // the same for training-split sprites
   double frechet_ratio = 0;  // frechet / frechet_real
   double precision = 0;      // pooled
   double recall = 0;         // pooled
