@@ -120,14 +120,14 @@ TEST(SamplingDefaults, ModelJsonCarriesThemAndRefusesBadOnes) {
   EXPECT_NE(bad.status().message().find("sampling.steps"), std::string::npos) << bad.status().message();
 }
 
-TEST(SamplingDefaults, TheBundledModelRecordsTheIssuesBestSettings) {
+TEST(SamplingDefaults, TheBundledModelRecordsTheMetersBestSettings) {
   Result<ModelInfo> info = ReadModelInfo(std::string(SPRITEDIFF_SOURCE_DIR) + "/models/sprites16");
   ASSERT_TRUE(info.ok()) << info.status().message();
   ASSERT_TRUE(info->sampling.has_value());
   EXPECT_EQ(info->sampling->sampler, SamplerKind::kDdim);
   EXPECT_EQ(info->sampling->steps, 25);
   EXPECT_EQ(info->sampling->eta, 1.0);
-  EXPECT_EQ(info->sampling->guidance, 2.0);
+  EXPECT_EQ(info->sampling->guidance, 3.0);  // models/sprites16/README.md: the meter's table
 }
 
 }  // namespace
