@@ -363,8 +363,8 @@ void AddEvalCommand(CLI::App& app, const CommonOptions& common) {
     }
     std::printf("model %s, %d sprites per class (seeds %llu..), judged against held-out real sprites of %s\n",
                 model_dir.c_str(), a->per_class, static_cast<unsigned long long>(a->seed), options.data.c_str());
-    std::printf("classifier held-out accuracy %.3f; Frechet ratio = mean class FD / mean class FD of as many training-"
-                "split sprites\n\n",
+    std::printf("classifier held-out accuracy %.3f; Frechet ratio = FD of the sprites / FD of as many "
+                "training-split sprites, all classes pooled with matched class counts\n\n",
                 meter->held_out_accuracy());
     if (table.size() == 1) {
       std::printf("%s, %.2f sprites/s\n\n", table[0].first.c_str(), table[0].second.first);
