@@ -12,6 +12,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <array>
 #include <chrono>
 #include <cstdio>
@@ -20,6 +21,7 @@
 #include <fstream>
 #include <string>
 #include <thread>
+#include <vector>
 
 #include "core/checkpoint.h"
 #include "grpc/health/v1/health.grpc.pb.h"
@@ -29,6 +31,27 @@
 namespace spritediff::e2e {
 
 namespace fs = std::filesystem;
+
+// data_root/<name>/<class>/*.png: the first `per_class` real sprites of each class (sorted by
+// name), and labels.txt: a small copy of the real data set for training tests.
+inline void CopyMiniDataset(const fs::path& data_root, const std::string& name, int per_class) {
+  const fs::path src(SPRITEDIFF_DATA_DIR);
+  const fs::path dst = data_root / name;
+  fs::create_directories(dst);
+  fs::copy_file(src / "labels.txt", dst / "labels.txt", fs::copy_options::overwrite_existing);
+  for (const auto& cls : fs::directory_iterator(src)) {
+    if (!cls.is_directory()) continue;
+    std::vector<fs::path> files;
+    for (const auto& f : fs::directory_iterator(cls.path())) {
+      if (f.path().extension() == ".png") files.push_back(f.path());
+    }
+    std::sort(files.begin(), files.end());
+    fs::create_directories(dst / cls.path().filename());
+    for (int i = 0; i < per_class && i < static_cast<int>(files.size()); ++i) {
+      fs::copy_file(files[i], dst / cls.path().filename() / files[i].filename(), fs::copy_options::overwrite_existing);
+    }
+  }
+}
 
 inline int FreePort() {
   int fd = socket(AF_INET, SOCK_STREAM, 0);

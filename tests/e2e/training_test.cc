@@ -13,26 +13,6 @@ using v1::JobSpec;
 
 constexpr const char* kConfig = R"({"max_concurrent_jobs": 1, "training_threads": 1, "shutdown_grace_s": 5})";
 
-// data/<name>/<class>/*.png: the first `per_class` sprites of each class, and labels.txt.
-void CopyMiniDataset(const fs::path& data_root, const std::string& name, int per_class) {
-  const fs::path src(SPRITEDIFF_DATA_DIR);
-  const fs::path dst = data_root / name;
-  fs::create_directories(dst);
-  fs::copy_file(src / "labels.txt", dst / "labels.txt", fs::copy_options::overwrite_existing);
-  for (const auto& cls : fs::directory_iterator(src)) {
-    if (!cls.is_directory()) continue;
-    std::vector<fs::path> files;
-    for (const auto& f : fs::directory_iterator(cls.path())) {
-      if (f.path().extension() == ".png") files.push_back(f.path());
-    }
-    std::sort(files.begin(), files.end());
-    fs::create_directories(dst / cls.path().filename());
-    for (int i = 0; i < per_class && i < static_cast<int>(files.size()); ++i) {
-      fs::copy_file(files[i], dst / cls.path().filename() / files[i].filename(), fs::copy_options::overwrite_existing);
-    }
-  }
-}
-
 JobSpec TinySpec(const std::string& name, int epochs) {
   JobSpec spec;
   spec.set_model_name(name);
