@@ -108,7 +108,7 @@ std::optional<Role> TokenStore::RoleOf(const std::string& token) const {
   for (const Entry& e : entries_) {
     const int equal = CRYPTO_memcmp(digest.data(), e.hash.data(), digest.size()) == 0;
     const int role = static_cast<int>(e.role);
-    matched = equal & (role > matched) ? role : matched;
+    matched = (equal & (role > matched)) ? role : matched;
   }
   if (matched == 0) return std::nullopt;
   return static_cast<Role>(matched);
