@@ -35,11 +35,17 @@ std::string PrepareCompute(const AppConfig& config) {
   return *device;
 }
 
-std::string ModelDir(const std::string& model, const AppConfig& config) {
+std::string FindModelDir(const std::string& model, const AppConfig& config) {
   if (fs::exists(fs::path(model) / "model.json")) return model;
   const fs::path named = fs::path(config.models_dir) / model;
   if (fs::exists(named / "model.json")) return named.string();
-  Fail("--model '" + model + "': neither a model directory nor a model under " + config.models_dir);
+  return "";
+}
+
+std::string ModelDir(const std::string& model, const AppConfig& config) {
+  std::string dir = FindModelDir(model, config);
+  if (dir.empty()) Fail("--model '" + model + "': neither a model directory nor a model under " + config.models_dir);
+  return dir;
 }
 
 }  // namespace spritediff

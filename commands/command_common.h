@@ -26,7 +26,10 @@ AppConfig ResolveConfig(const CommonOptions& common);
 // The device and thread count for an offline command (libtorch configured), logged once.
 std::string PrepareCompute(const AppConfig& config);
 
-// A --model value is a directory holding model.json, or a name under the models dir.
+// A --model value is a directory holding model.json, or a name under the models dir; empty
+// when it is neither.
+std::string FindModelDir(const std::string& model, const AppConfig& config);
+// FindModelDir, failing with a message naming --model when there is no such model.
 std::string ModelDir(const std::string& model, const AppConfig& config);
 
 }  // namespace spritediff

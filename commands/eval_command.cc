@@ -207,14 +207,8 @@ void AddEvalCommand(CLI::App& app, const CommonOptions& common) {
     // The model: needed for sampling, and for its height and training data as defaults.
     LoadedModel model;
     bool have_model = false;
-    std::string model_dir;
-    if (fs::exists(fs::path(a->model) / "model.json")) model_dir = a->model;
-    else if (fs::exists(fs::path(config.models_dir) / a->model / "model.json")) {
-      model_dir = (fs::path(config.models_dir) / a->model).string();
-    }
-    if (model_dir.empty() && a->images.empty()) {
-      Fail("--model '" + a->model + "': neither a model directory nor a model under " + config.models_dir);
-    }
+    // --images needs no model; when one is found it still gives the height and data defaults.
+    const std::string model_dir = a->images.empty() ? ModelDir(a->model, config) : FindModelDir(a->model, config);
     if (!model_dir.empty()) {
       Result<LoadedModel> loaded = LoadModel(model_dir);
       if (!loaded.ok()) Fail(loaded.status().message());

@@ -24,6 +24,7 @@
 #include <vector>
 
 #include "core/checkpoint.h"
+#include "tests/e2e/free_port.h"
 #include "grpc/health/v1/health.grpc.pb.h"
 #include "spritediff/v1/sprites.grpc.pb.h"
 #include "spritediff/v1/training.grpc.pb.h"
@@ -51,19 +52,6 @@ inline void CopyMiniDataset(const fs::path& data_root, const std::string& name, 
       fs::copy_file(files[i], dst / cls.path().filename() / files[i].filename(), fs::copy_options::overwrite_existing);
     }
   }
-}
-
-inline int FreePort() {
-  int fd = socket(AF_INET, SOCK_STREAM, 0);
-  sockaddr_in addr{};
-  addr.sin_family = AF_INET;
-  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  addr.sin_port = 0;
-  bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr));
-  socklen_t len = sizeof(addr);
-  getsockname(fd, reinterpret_cast<sockaddr*>(&addr), &len);
-  close(fd);
-  return ntohs(addr.sin_port);
 }
 
 // A randomly initialised small model: the protocol does not care how good the sprites are.

@@ -30,30 +30,19 @@
 
 #include "core/checkpoint.h"
 #include "core/distributed.h"
+#include "tests/e2e/free_port.h"
 
 namespace fs = std::filesystem;
 
 namespace {
+
+using spritediff::e2e::FreePort;
 
 const std::string kBin = std::string(SPRITEDIFF_BIN_DIR) + "/spritediffd";
 const int kImagesPerClass = 8;
 const int kClasses = 2;
 const int kBatchPerRank = 2;
 const int kEpochs = 2;
-
-int FreePort() {
-  int fd = socket(AF_INET, SOCK_STREAM, 0);
-  sockaddr_in addr{};
-  addr.sin_family = AF_INET;
-  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  addr.sin_port = 0;
-  bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr));
-  socklen_t len = sizeof(addr);
-  getsockname(fd, reinterpret_cast<sockaddr*>(&addr), &len);
-  const int port = ntohs(addr.sin_port);
-  close(fd);
-  return port;
-}
 
 std::string ReadFile(const fs::path& p) {
   std::ifstream in(p);
