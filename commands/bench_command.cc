@@ -1,5 +1,6 @@
 #include "commands/commands.h"
 
+#include <algorithm>
 #include <chrono>
 #include <cmath>
 #include <cstdio>
@@ -10,6 +11,7 @@
 #include "core/runtime.h"
 #include "core/sampler.h"
 #include "core/sampling_defaults.h"
+#include "core/step_graphs.h"
 #include "core/trainer.h"
 
 namespace spritediff {
@@ -27,6 +29,7 @@ void AddBenchCommand(CLI::App& app, const CommonOptions& common) {
     std::string sampler = "ddim";
     bool fold_batchnorm = false;
     int train_batch = 0;
+    int check_cpu = 0;
   };
   auto a = std::make_shared<Args>();
   auto* cmd = app.add_subcommand("bench", "offline speed figures: forward ms per batch size, DDIM samples/s");
@@ -38,6 +41,10 @@ void AddBenchCommand(CLI::App& app, const CommonOptions& common) {
                 "with fold_batchnorm in the config)");
   cmd->add_option("--train-batch", a->train_batch, "also time training steps at this batch (Adam, MSE on the noise, "
                   "as the course's reference times them); 0 = skip")->check(CLI::Range(0, 4096))->capture_default_str();
+  cmd->add_option("--check-cpu", a->check_cpu, "on a GPU: also sample this many fixed seeds (the model's default "
+                  "sampling, labels in turn) on the GPU eagerly, with CUDA graphs and on the CPU, and print the "
+                  "largest pixel difference between them (needs --model); 0 = skip")
+      ->check(CLI::Range(0, 1024))->capture_default_str();
   cmd->add_option("--steps", a->steps, "sampling steps")->check(CLI::Range(1, 100000))->capture_default_str();
   cmd->add_option("--sampler", a->sampler, "sampler of the sampling run: " + SamplerNames())
       ->check(CLI::IsMember({"ddpm", "ddim", "dpmpp-2m", "dpmpp-2m-sde"}))
@@ -48,6 +55,8 @@ void AddBenchCommand(CLI::App& app, const CommonOptions& common) {
     AppConfig config = ResolveConfig(common);
     const std::string device_name = PrepareCompute(config);
     const torch::Device device(device_name);
+    if (a->check_cpu > 0 && a->model.empty()) Fail("--check-cpu needs --model");
+    if (a->check_cpu > 0 && !device.is_cuda()) Fail("--check-cpu compares a GPU with the CPU: run it with --device cuda");
     ContextUnet net{nullptr};
     ModelInfo info;
     if (!a->model.empty()) {
@@ -103,6 +112,14 @@ void AddBenchCommand(CLI::App& app, const CommonOptions& common) {
       }
       return specs;
     };
+    // On a GPU, every sampling figure is also taken with the step replayed as CUDA graphs.
+    std::unique_ptr<StepGraphs> graphs;
+    if (device.is_cuda() && StepGraphs::CompiledWithCuda()) {
+      int most = 1;
+      for (int b : a->ddim_batches) most = std::max(most, b);
+      graphs = std::make_unique<StepGraphs>(net, device, most);
+    }
+    report["cuda_graphs"] = graphs != nullptr;
     // One request's step on its own: a one-row, unguided run, per step.
     {
       const std::vector<RowSpec> one = make_specs(1, 1.0);
@@ -114,6 +131,18 @@ void AddBenchCommand(CLI::App& app, const CommonOptions& common) {
       const double ms = std::chrono::duration<double, std::milli>(Clock::now() - start).count() / (a->repeats * a->steps);
       report["step_ms_batch1"] = std::round(ms * 1000) / 1000;
       std::printf("one row, %s step: %.3f ms\n", SamplerName(sampler), ms);
+      if (graphs != nullptr) {
+        SampleAll(net, schedule, one, device, graphs.get());  // warm-up and capture
+        sync();
+        const auto gstart = Clock::now();
+        for (int i = 0; i < a->repeats; ++i) SampleAll(net, schedule, one, device, graphs.get());
+        sync();
+        const double gms =
+            std::chrono::duration<double, std::milli>(Clock::now() - gstart).count() / (a->repeats * a->steps);
+        report["step_ms_batch1_graphs"] = std::round(gms * 1000) / 1000;
+        report["graph_speedup_batch1"] = std::round(ms / gms * 100) / 100;
+        std::printf("one row, %s step, CUDA graph: %.3f ms (%.2fx eager)\n", SamplerName(sampler), gms, ms / gms);
+      }
     }
     for (size_t bi = 0; bi < a->ddim_batches.size(); ++bi) {
       const int batch = a->ddim_batches[bi];
@@ -135,7 +164,63 @@ void AddBenchCommand(CLI::App& app, const CommonOptions& common) {
         }
         std::printf("%s-%d batch %d guidance %.0f: %.3f s  (%.2f samples/s)\n", SamplerName(sampler), a->steps, batch,
                     guidance, s, batch / s);
+        if (graphs != nullptr) {
+          SampleAll(net, schedule, specs, device, graphs.get());  // warm-up and capture
+          sync();
+          const auto gstart = Clock::now();
+          SampleAll(net, schedule, specs, device, graphs.get());
+          sync();
+          const double gs = std::chrono::duration<double>(Clock::now() - gstart).count();
+          report[key + "_graphs_by_batch"][std::to_string(batch)] = std::round(batch / gs * 100) / 100;
+          std::printf("%s-%d batch %d guidance %.0f, CUDA graphs: %.3f s  (%.2f samples/s, %.2fx eager)\n",
+                      SamplerName(sampler), a->steps, batch, guidance, gs, batch / gs, s / gs);
+        }
       }
+    }
+    if (graphs != nullptr) {
+      report["graphs_captured"] = graphs->captured_graphs();
+      if (!graphs->capture_error().empty()) report["graph_error"] = graphs->capture_error();
+    }
+    if (a->check_cpu > 0) {
+      // The same rows on three paths; noise comes from each row's CPU generator on every path.
+      const SamplingDefaults d = EffectiveSamplingDefaults(info);
+      std::vector<RowSpec> specs(a->check_cpu);
+      for (int i = 0; i < a->check_cpu; ++i) {
+        specs[i].sampler = d.sampler;
+        specs[i].steps = d.steps;
+        specs[i].eta = d.eta;
+        specs[i].guidance = d.guidance;
+        specs[i].context.assign(info.arch.n_cfeat, 0.0f);
+        specs[i].context[i % info.arch.n_cfeat] = 1.0f;
+        specs[i].seed = 1000 + i;
+      }
+      StepGraphs check_graphs(net, device, a->check_cpu);
+      const torch::Tensor gpu = SampleAll(net, schedule, specs, device);
+      const torch::Tensor graphed = SampleAll(net, schedule, specs, device, &check_graphs);
+      Result<LoadedModel> cpu_model = LoadModel(ModelDir(a->model, config));
+      if (!cpu_model.ok()) Fail(cpu_model.status().message());
+      cpu_model->net->eval();
+      if (a->fold_batchnorm) cpu_model->net->FuseBatchNormForInference();
+      const torch::Tensor cpu = SampleAll(cpu_model->net, schedule, specs, torch::kCPU);
+      // Pixels as the PNGs store them: [-1, 1] -> 0..255.
+      auto pixels = [](const torch::Tensor& x) {
+        return ((x.clamp(-1, 1) + 1) * 127.5).round().to(torch::kInt32);
+      };
+      auto compare = [&](const char* name, const torch::Tensor& p, const torch::Tensor& q) {
+        const torch::Tensor diff = (pixels(p) - pixels(q)).abs();
+        const int64_t max_diff = diff.max().item<int64_t>();
+        const double over8 = (diff > 8).to(torch::kFloat64).mean().item<double>();
+        const double mean_abs = (p - q).abs().mean().item<double>();
+        report["check_cpu"][name] = {{"max_pixel_diff", max_diff}, {"pixels_off_by_more_than_8", over8},
+                                     {"mean_abs_diff", mean_abs}};
+        std::printf("%-22s max pixel difference %3lld / 255, %.4f%% of values off by > 8, mean |diff| %.2e\n",
+                    name, static_cast<long long>(max_diff), over8 * 100, mean_abs);
+      };
+      report["check_cpu"]["rows"] = a->check_cpu;
+      report["check_cpu"]["sampling"] = SamplingDefaultsToJson(d);
+      compare("gpu_eager_vs_cpu", gpu, cpu);
+      compare("gpu_graphs_vs_cpu", graphed, cpu);
+      compare("gpu_graphs_vs_eager", graphed, gpu);
     }
     if (a->train_batch > 0) {
       // The course reference's timing: a fresh network in train mode, Adam 1e-3, random images,

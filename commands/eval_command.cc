@@ -320,12 +320,12 @@ void AddEvalCommand(CLI::App& app, const CommonOptions& common) {
     model.net->to(device);
     model.net->eval();
     const NoiseSchedule schedule(model.info.schedule);
-    Result<QualityReport> real = meter->MeasureTrainingSplit(a->per_class);
+    Result<QualityReport> real = meter->MeasureHeldOutReal(a->per_class);
     if (!real.ok()) Fail(real.status().message());
     out["model"] = model_dir;
     out["per_class"] = a->per_class;
     out["seed"] = a->seed;
-    out["real_training_split"] = QualityReportToJson(*real);
+    out["real_held_out"] = QualityReportToJson(*real);
     out["rows"] = json::array();
     std::vector<std::pair<std::string, std::pair<double, QualityReport>>> table;
     for (const SweepRow& row : rows) {
@@ -358,7 +358,8 @@ void AddEvalCommand(CLI::App& app, const CommonOptions& common) {
     std::printf("model %s, %d sprites per class (seeds %llu..), judged against held-out real sprites of %s\n",
                 model_dir.c_str(), a->per_class, static_cast<unsigned long long>(a->seed), options.data.c_str());
     std::printf("classifier held-out accuracy %.3f; Frechet ratio = FD of the sprites / FD of as many "
-                "training-split sprites, all classes pooled with matched class counts\n\n",
+                "held-out real sprites, both to the other half of the held-out sprites, all classes pooled "
+                "with matched class counts\n\n",
                 meter->held_out_accuracy());
     if (table.size() == 1) {
       std::printf("%s, %.2f sprites/s\n\n", table[0].first.c_str(), table[0].second.first);
@@ -380,7 +381,7 @@ void AddEvalCommand(CLI::App& app, const CommonOptions& common) {
                   worst_label.c_str(), Fixed(worst, 2).c_str(), Fixed(r.frechet_ratio, 2).c_str(),
                   Fixed(r.precision, 3).c_str(), Fixed(r.recall, 3).c_str());
     };
-    print_row("real sprites (accuracy: held-out split; the rest: training split)", "-", *real);
+    print_row("real sprites (held-out query half)", "-", *real);
     for (const auto& [name, rest] : table) print_row(name, Fixed(rest.first, 2), rest.second);
   });
 }

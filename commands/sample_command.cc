@@ -14,6 +14,7 @@
 #include "core/checkpoint.h"
 #include "core/sampler.h"
 #include "core/sampling_defaults.h"
+#include "core/step_graphs.h"
 
 namespace spritediff {
 
@@ -120,8 +121,14 @@ void AddSampleCommand(CLI::App& app, const CommonOptions& common) {
     std::error_code ec;
     fs::create_directories(a->out, ec);
     if (ec) Fail(a->out + ": cannot create (" + ec.message() + ")");
+    // On a GPU, the step as a replayed CUDA graph (config cuda_graphs); on a CPU, eager.
+    std::unique_ptr<StepGraphs> graphs;
+    if (config.cuda_graphs && torch::Device(device).is_cuda() && StepGraphs::CompiledWithCuda()) {
+      graphs = std::make_unique<StepGraphs>(model->net, torch::Device(device), total);
+    }
     const auto start = Clock::now();
-    torch::Tensor x = SampleAll(model->net, NoiseSchedule(info.schedule), specs, torch::Device(device));
+    torch::Tensor x = SampleAll(model->net, NoiseSchedule(info.schedule), specs, torch::Device(device), graphs.get());
+    if (graphs != nullptr && !graphs->capture_error().empty()) spdlog::warn("{}; sampled eagerly", graphs->capture_error());
     const double seconds = std::chrono::duration<double>(Clock::now() - start).count();
     std::vector<Image> tiles;
     for (int i = 0; i < total; ++i) {

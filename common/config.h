@@ -23,6 +23,8 @@ struct AppConfig {
   int max_rows_per_request = 64; // upper bound of SampleRequest.count
   bool fold_batchnorm = false;   // serve with BatchNorms folded into their convolutions (same
                                  // sprites up to float rounding); off: measured 0.87-0.95x on CPU
+  bool cuda_graphs = true;       // on a CUDA device, replay each batch size's denoising step as a
+                                 // captured CUDA graph (core/step_graphs.h); no effect on CPU
   // Frames.
   int max_frames_per_request = 100;  // a finer frame_every is coarsened to stay within this
   int max_pending_frames = 4;        // frames buffered for a slow reader before older ones drop

@@ -1,5 +1,6 @@
 #include "core/distributed.h"
 
+#ifndef SPRITEDIFF_NO_DISTRIBUTED
 #include <torch/csrc/distributed/c10d/PrefixStore.hpp>
 #include <torch/csrc/distributed/c10d/TCPStore.hpp>
 #ifdef USE_C10D_GLOO
@@ -7,6 +8,7 @@
 #endif
 #ifdef USE_C10D_NCCL
 #include <torch/csrc/distributed/c10d/ProcessGroupNCCL.hpp>
+#endif
 #endif
 
 #include <chrono>
@@ -140,6 +142,11 @@ std::chrono::milliseconds DataParallel::timeout() const {
 
 Result<std::unique_ptr<DataParallel>> DataParallel::Connect(const DistributedConfig& config,
                                                             const torch::Device& device) {
+#ifdef SPRITEDIFF_NO_DISTRIBUTED
+  (void)device;
+  return Status::FailedPrecondition("this spritediffd was built with SPRITEDIFF_DISTRIBUTED=OFF: data-parallel "
+                                    "training (WORLD_SIZE " + std::to_string(config.world_size) + ") is not available");
+#else
   // A write to the socket of a peer that died must fail with EPIPE, which Gloo and the store turn
   // into an error we can explain, instead of killing this rank with SIGPIPE.
   std::signal(SIGPIPE, SIG_IGN);
@@ -222,6 +229,7 @@ Result<std::unique_ptr<DataParallel>> DataParallel::Connect(const DistributedCon
     return dp->Explain("joining the process group", ShortError(e));
   }
   return std::move(dp);
+#endif
 }
 
 void DataParallel::MarkStep(int64_t step) {

@@ -22,7 +22,12 @@
 #include <utility>
 #include <vector>
 
+#include <torch/version.h>
+#if TORCH_VERSION_MAJOR >= 2
+#include <torch/csrc/distributed/c10d/Backend.hpp>
+#else
 #include <torch/csrc/distributed/c10d/ProcessGroup.hpp>
+#endif
 #include <torch/csrc/distributed/c10d/Store.hpp>
 #include <torch/csrc/distributed/c10d/Work.hpp>
 
@@ -101,7 +106,13 @@ class DataParallel {
   DistributedConfig config_;
   c10::intrusive_ptr<c10d::Store> store_;
   torch::Device device_;  // where collective buffers live (NCCL needs them on the GPU)
+  // The collective backend (Gloo or NCCL). libtorch 1.x's ProcessGroupGloo/NCCL are ProcessGroups;
+  // from 2.0 they are c10d::Backends behind a dispatching ProcessGroup, and we hold the backend.
+#if TORCH_VERSION_MAJOR >= 2
+  c10::intrusive_ptr<c10d::Backend> group_;
+#else
   c10::intrusive_ptr<c10d::ProcessGroup> group_;
+#endif
   int64_t step_ = 0;
   std::mutex beat_mu_;
   std::condition_variable beat_cv_;

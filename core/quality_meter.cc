@@ -235,13 +235,15 @@ Result<QualityMeter> QualityMeter::Open(const MeterOptions& options, const Meter
   return meter;
 }
 
-torch::Tensor QualityMeter::TrainFeaturesOfClass(int c, int64_t count) const {
-  const torch::Tensor rows = RowsOf(train_classes_, c);
+std::pair<torch::Tensor, torch::Tensor> QualityMeter::HeldOutHalves(int c) const {
+  const torch::Tensor rows = RowsOf(held_out_classes_, c);
   std::vector<int64_t> idx(rows.data_ptr<int64_t>(), rows.data_ptr<int64_t>() + rows.numel());
-  std::mt19937_64 rng(options_.split_seed * 1000003ULL + static_cast<uint64_t>(c) + 7);
+  std::mt19937_64 rng(options_.split_seed * 1000003ULL + static_cast<uint64_t>(c) + 11);
   for (size_t i = idx.size(); i > 1; --i) std::swap(idx[i - 1], idx[rng() % i]);
-  idx.resize(std::min<int64_t>(count, static_cast<int64_t>(idx.size())));
-  return train_features_.index_select(0, torch::tensor(idx, torch::kInt64));
+  const size_t q = idx.size() / 2;
+  const std::vector<int64_t> query(idx.begin(), idx.begin() + q), ref(idx.begin() + q, idx.end());
+  return {held_out_features_.index_select(0, torch::tensor(query, torch::kInt64)),
+          held_out_features_.index_select(0, torch::tensor(ref, torch::kInt64))};
 }
 
 Result<QualityReport> QualityMeter::MeasureFeatures(const torch::Tensor& features, const torch::Tensor& predicted,
@@ -258,7 +260,7 @@ Result<QualityReport> QualityMeter::MeasureFeatures(const torch::Tensor& feature
   report.count = features.size(0);
   if (report.count == 0) return Status::InvalidArgument("no images to judge");
   report.accuracy = (predicted == cls).to(torch::kFloat64).mean().item<double>();
-  std::vector<torch::Tensor> pooled_real, pooled_gen, pooled_train;
+  std::vector<torch::Tensor> pooled_real, pooled_gen, pooled_query, pooled_ref;
   for (int64_t c = 0; c < k; ++c) {
     const torch::Tensor rows = RowsOf(cls, c);
     if (rows.numel() == 0) continue;
@@ -269,15 +271,19 @@ Result<QualityReport> QualityMeter::MeasureFeatures(const torch::Tensor& feature
     const torch::Tensor gen = features.index_select(0, rows);
     const torch::Tensor real = held_out_features_.index_select(0, RowsOf(held_out_classes_, c));
     pooled_real.push_back(real);
-    q.fd_count = std::min<int64_t>(q.count, train_count(static_cast<int>(c)));
+    const std::pair<torch::Tensor, torch::Tensor> halves = HeldOutHalves(static_cast<int>(c));
+    const torch::Tensor& query = halves.first;
+    const torch::Tensor& ref = halves.second;
+    pooled_ref.push_back(ref);
+    q.fd_count = std::min<int64_t>(q.count, query.size(0));
     q.frechet = q.frechet_real = q.frechet_ratio = q.precision = q.recall = kNaN;
     if (q.fd_count >= 1) {
       pooled_gen.push_back(gen.slice(0, 0, q.fd_count));
-      pooled_train.push_back(TrainFeaturesOfClass(static_cast<int>(c), q.fd_count));
+      pooled_query.push_back(query.slice(0, 0, q.fd_count));
     }
-    if (q.fd_count >= 2 && real.size(0) >= 2) {
-      Result<double> fd = FrechetDistance(gen.slice(0, 0, q.fd_count), real);
-      Result<double> fd_real = FrechetDistance(TrainFeaturesOfClass(static_cast<int>(c), q.fd_count), real);
+    if (q.fd_count >= 2 && ref.size(0) >= 2) {
+      Result<double> fd = FrechetDistance(gen.slice(0, 0, q.fd_count), ref);
+      Result<double> fd_real = FrechetDistance(query.slice(0, 0, q.fd_count), ref);
       if (!fd.ok()) return fd.status();
       if (!fd_real.ok()) return fd_real.status();
       q.frechet = *fd;
@@ -293,15 +299,15 @@ Result<QualityReport> QualityMeter::MeasureFeatures(const torch::Tensor& feature
     report.classes.push_back(q);
   }
   // Overall: one Frechet distance over all classes at once, class-matched by composition (each
-  // class contributes the same number of generated and of training-split sprites) against every
-  // held-out sprite of those classes. A mean of per-class distances would be ruled by the
+  // class contributes the same number of generated and of held-out query sprites) against the
+  // reference halves of those classes. A mean of per-class distances would be ruled by the
   // smallest class: with 6 held-out food sprites its covariance, and so its real-vs-real
   // distance, is mostly noise.
   report.frechet = report.frechet_real = report.frechet_ratio = kNaN;
   if (!pooled_gen.empty()) {
-    const torch::Tensor real = torch::cat(pooled_real);
-    Result<double> fd = FrechetDistance(torch::cat(pooled_gen), real);
-    Result<double> fd_real = FrechetDistance(torch::cat(pooled_train), real);
+    const torch::Tensor ref = torch::cat(pooled_ref);
+    Result<double> fd = FrechetDistance(torch::cat(pooled_gen), ref);
+    Result<double> fd_real = FrechetDistance(torch::cat(pooled_query), ref);
     if (!fd.ok()) return fd.status();
     if (!fd_real.ok()) return fd_real.status();
     report.frechet = *fd;
@@ -337,11 +343,12 @@ Result<QualityReport> QualityMeter::Measure(const torch::Tensor& images, const s
   }
 }
 
-Result<QualityReport> QualityMeter::MeasureTrainingSplit(int64_t per_class) const {
+Result<QualityReport> QualityMeter::MeasureHeldOutReal(int64_t per_class) const {
   std::vector<torch::Tensor> feats;
   std::vector<int64_t> classes;
   for (int c = 0; c < static_cast<int>(labels_.size()); ++c) {
-    torch::Tensor f = TrainFeaturesOfClass(c, per_class);
+    const torch::Tensor query = HeldOutHalves(c).first;
+    torch::Tensor f = query.slice(0, 0, std::min<int64_t>(per_class, query.size(0)));
     feats.push_back(f);
     classes.insert(classes.end(), f.size(0), c);
   }
@@ -349,14 +356,7 @@ Result<QualityReport> QualityMeter::MeasureTrainingSplit(int64_t per_class) cons
   SpriteClassifier net = net_;
   torch::NoGradGuard no_grad;
   const torch::Tensor predicted = net->logits_from_features(features).argmax(1);
-  Result<QualityReport> report = MeasureFeatures(features, predicted, classes);
-  if (!report.ok()) return report;
-  report->accuracy = held_out_accuracy_;
-  for (ClassQuality& q : report->classes) {
-    const auto it = std::find(labels_.begin(), labels_.end(), q.label);
-    q.accuracy = held_out_class_accuracy_[it - labels_.begin()];
-  }
-  return report;
+  return MeasureFeatures(features, predicted, classes);
 }
 
 Result<GeneratedSet> GenerateForMeter(const QualityMeter& meter, ContextUnet& net, const ModelConfig& arch,

@@ -2,12 +2,16 @@
 // dataset with a classifier trained on a fixed split of it (core/classifier.h). For images
 // that were meant to show class c it reports, per class and overall:
 //   accuracy   the fraction the classifier assigns to c;
-//   frechet    the Frechet distance of their classifier features to the held-out real
-//              images of c (core/sample_metrics.h), and frechet_real, the same distance from
-//              an equally large set of the training split's images of c to those held-out
-//              images (real vs real). Both use m_c = min(images given for c, training images
-//              of c) images, so sample-size bias cancels in the ratio. Overall accuracy
-//              is over all images, and
+//   frechet    the Frechet distance of their classifier features to the reference half of
+//              the held-out real images of c (core/sample_metrics.h), and frechet_real, the
+//              same distance from the other (query) half of the held-out images of c (real vs
+//              real). Both use m_c = min(images given for c, query images of c) images, so
+//              sample-size bias cancels in the ratio. The baseline is held-out against held-out
+//              on purpose: the classifier was fitted to its training split, whose features sit
+//              closer to the class centres than unseen real sprites do, so a training-split
+//              baseline flattered real sprites and let a generator score below 1. The halves
+//              come from a seeded shuffle of each class's held-out images (the query half is
+//              the smaller one when the count is odd). Overall accuracy is over all images, and
 //              frechet_ratio = frechet / frechet_real (1 = as close as real sprites; overall: one
 //              distance over all classes pooled with matched class counts);
 //   precision/recall  the k-NN manifold estimate (k = 3) against the held-out images of c;
@@ -63,7 +67,7 @@ struct QualityReport {
   int64_t count = 0;
   double accuracy = 0;       // over all images
   double frechet = 0;        // all classes pooled, class-matched by composition
-  double frechet_real = 0;   // the same for training-split sprites
+  double frechet_real = 0;   // the same for held-out real sprites (query half vs reference half)
   double frechet_ratio = 0;  // frechet / frechet_real
   double precision = 0;      // pooled
   double recall = 0;         // pooled
@@ -93,16 +97,16 @@ class QualityMeter {
   // PNG would hold them); classes: N indices into labels().
   Result<QualityReport> Measure(const torch::Tensor& images, const std::vector<int64_t>& classes) const;
 
-  // Real vs real: the first per_class images of a seeded shuffle of the training split's class
-  // c, judged like generated ones (frechet_ratio is 1 by construction), except that the
-  // accuracies are the classifier's on the held-out split (on its own training images it is
-  // optimistic).
-  Result<QualityReport> MeasureTrainingSplit(int64_t per_class) const;
+  // Real vs real: the query half of the held-out images (at most per_class of each class),
+  // judged like generated ones: frechet_ratio is 1 by construction, and the accuracies are the
+  // classifier's on those unseen images.
+  Result<QualityReport> MeasureHeldOutReal(int64_t per_class) const;
 
  private:
   Result<QualityReport> MeasureFeatures(const torch::Tensor& features, const torch::Tensor& predicted,
                                         const std::vector<int64_t>& classes) const;
-  torch::Tensor TrainFeaturesOfClass(int c, int64_t count) const;  // seeded subset
+  // The held-out features of class c in two halves of a seeded shuffle: {query, reference}.
+  std::pair<torch::Tensor, torch::Tensor> HeldOutHalves(int c) const;
 
   MeterOptions options_;
   std::vector<std::string> labels_;

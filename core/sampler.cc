@@ -1,5 +1,7 @@
 #include "core/sampler.h"
 
+#include "core/step_graphs.h"
+
 #include <algorithm>
 #include "common/client_text.h"
 #include <cmath>
@@ -139,7 +141,7 @@ StepRule ComputeStepRule(const NoiseSchedule& sched, SamplerKind sampler, double
 }
 
 void DenoiseStep(ContextUnet& net, const NoiseSchedule& schedule, const std::vector<SampleRow*>& rows,
-                 bool want_x0) {
+                 bool want_x0, StepGraphs* graphs) {
   std::vector<SampleRow*> active;
   for (SampleRow* r : rows)
     if (!r->done()) active.push_back(r);
@@ -149,52 +151,30 @@ void DenoiseStep(ContextUnet& net, const NoiseSchedule& schedule, const std::vec
   const torch::Device device = active.front()->x_.device();
   const double T = schedule.timesteps();
 
-  std::vector<torch::Tensor> xs, ctxs;
-  std::vector<float> times;
+  // Per-row coefficients, packed as the columns of one matrix (core/step_graphs.h): one copy to
+  // the device per step instead of one per coefficient.
+  std::vector<float> coef(static_cast<size_t>(n) * kStepCoefs, 0.0f);
+  std::vector<torch::Tensor> xs, ctxs, noise, prev_x0;
   std::vector<int64_t> guided;  // rows that need an unconditional half
-  for (int64_t i = 0; i < n; ++i) {
-    xs.push_back(active[i]->x_);
-    ctxs.push_back(active[i]->context_);
-    times.push_back(static_cast<float>(active[i]->current_t() / T));
-    if (active[i]->spec_.guidance != 1.0) guided.push_back(i);
-  }
-  torch::Tensor x = torch::stack(xs);
-  torch::Tensor ctx = torch::stack(ctxs);
-  torch::Tensor tt = torch::tensor(times, torch::kFloat32).to(device);
-
-  torch::Tensor eps;
-  if (guided.empty()) {
-    eps = net->forward(x, tt, ctx);
-  } else {
-    torch::Tensor gi = torch::tensor(guided, torch::kInt64).to(device);
-    torch::Tensor in_x = torch::cat({x, x.index_select(0, gi)});
-    torch::Tensor in_t = torch::cat({tt, tt.index_select(0, gi)});
-    torch::Tensor in_c = torch::cat({ctx, torch::zeros({static_cast<int64_t>(guided.size()), ctx.size(1)}, ctx.options())});
-    torch::Tensor out = net->forward(in_x, in_t, in_c);
-    eps = out.slice(0, 0, n).clone();
-    torch::Tensor eps_u = out.slice(0, n);
-    std::vector<float> w;
-    for (int64_t i : guided) w.push_back(static_cast<float>(active[i]->spec_.guidance));
-    torch::Tensor wt = torch::tensor(w, torch::kFloat32).to(device).view({-1, 1, 1, 1});
-    torch::Tensor eps_c = eps.index_select(0, gi);
-    eps.index_copy_(0, gi, eps_u + wt * (eps_c - eps_u));
-  }
-
-  std::vector<float> a(n), b(n), c(n), sigma(n), x0_scale(n), x0_shift(n);
-  std::vector<torch::Tensor> noise, prev_x0;
   bool any_noise = false, any_history = false, any_multistep = false;
   for (int64_t i = 0; i < n; ++i) {
     SampleRow* r = active[i];
+    xs.push_back(r->x_);
+    ctxs.push_back(r->context_);
+    if (r->spec_.guidance != 1.0) guided.push_back(i);
     const int t = r->current_t(), s = r->next_t();
     const bool multistep = r->spec_.sampler == SamplerKind::kDpmpp2m || r->spec_.sampler == SamplerKind::kDpmpp2mSde;
     any_multistep = any_multistep || multistep;
     const StepRule rule = ComputeStepRule(schedule, r->spec_.sampler, r->spec_.eta, t, s, multistep ? r->prev_t_ : -1);
-    a[i] = static_cast<float>(rule.a);
-    b[i] = static_cast<float>(rule.b);
-    c[i] = static_cast<float>(rule.c);
-    sigma[i] = static_cast<float>(rule.sigma);
-    x0_scale[i] = static_cast<float>(1.0 / std::sqrt(schedule.alpha_bar(t)));
-    x0_shift[i] = static_cast<float>(-std::sqrt(1.0 - schedule.alpha_bar(t)) / std::sqrt(schedule.alpha_bar(t)));
+    float* row = coef.data() + i * kStepCoefs;
+    row[kCoefTime] = static_cast<float>(t / T);
+    row[kCoefGuidance] = static_cast<float>(r->spec_.guidance);
+    row[kCoefA] = static_cast<float>(rule.a);
+    row[kCoefB] = static_cast<float>(rule.b);
+    row[kCoefC] = static_cast<float>(rule.c);
+    row[kCoefSigma] = static_cast<float>(rule.sigma);
+    row[kCoefX0Scale] = static_cast<float>(1.0 / std::sqrt(schedule.alpha_bar(t)));
+    row[kCoefX0Shift] = static_cast<float>(-std::sqrt(1.0 - schedule.alpha_bar(t)) / std::sqrt(schedule.alpha_bar(t)));
     if (rule.sigma > 0) {
       noise.push_back(torch::randn(r->x_.sizes(), r->generator_, torch::kFloat32));
       any_noise = true;
@@ -208,12 +188,37 @@ void DenoiseStep(ContextUnet& net, const NoiseSchedule& schedule, const std::vec
       prev_x0.push_back(torch::zeros_like(r->x_));
     }
   }
-  auto col = [&](const std::vector<float>& v) { return torch::tensor(v, torch::kFloat32).to(device).view({-1, 1, 1, 1}); };
-  torch::Tensor next = col(a) * x + col(b) * eps;
-  if (any_history) next = next + col(c) * torch::stack(prev_x0);
-  if (any_noise) next = next + col(sigma) * torch::stack(noise).to(device);
-  torch::Tensor x0;
-  if (want_x0 || any_multistep) x0 = col(x0_scale) * x + col(x0_shift) * eps;
+  const torch::Tensor coefs = torch::from_blob(coef.data(), {n, kStepCoefs}, torch::kFloat32)
+                                  .to(device, torch::kFloat32, /*non_blocking=*/false, /*copy=*/true);
+  const torch::Tensor x = torch::stack(xs);
+  const torch::Tensor ctx = torch::stack(ctxs);
+  const torch::Tensor z = any_noise ? torch::stack(noise).to(device) : torch::Tensor();
+  const torch::Tensor prev = any_history ? torch::stack(prev_x0) : torch::Tensor();
+  const bool need_x0 = want_x0 || any_multistep;
+
+  torch::Tensor next, x0;
+  if (graphs == nullptr ||
+      !graphs->Run(x, ctx, coefs, z, prev, !guided.empty(), &next, need_x0 ? &x0 : nullptr)) {
+    // Eager: one forward of the n rows plus the unconditional halves of the guided rows only.
+    const torch::Tensor tt = coefs.select(1, kCoefTime).contiguous();
+    torch::Tensor eps;
+    if (guided.empty()) {
+      eps = net->forward(x, tt, ctx);
+    } else {
+      const torch::Tensor gi = torch::tensor(guided, torch::kInt64).to(device);
+      const torch::Tensor in_x = torch::cat({x, x.index_select(0, gi)});
+      const torch::Tensor in_t = torch::cat({tt, tt.index_select(0, gi)});
+      const torch::Tensor in_c =
+          torch::cat({ctx, torch::zeros({static_cast<int64_t>(guided.size()), ctx.size(1)}, ctx.options())});
+      const torch::Tensor out = net->forward(in_x, in_t, in_c);
+      eps = out.slice(0, 0, n).clone();
+      const torch::Tensor w = coefs.select(1, kCoefGuidance).index_select(0, gi).view({-1, 1, 1, 1});
+      eps.index_copy_(0, gi, GuidedEps(eps.index_select(0, gi), out.slice(0, n), w));
+    }
+    std::pair<torch::Tensor, torch::Tensor> step = StepUpdate(x, eps, coefs, prev, z, need_x0);
+    next = step.first;
+    x0 = step.second;
+  }
   for (int64_t i = 0; i < n; ++i) {
     SampleRow* r = active[i];
     if (r->spec_.sampler == SamplerKind::kDpmpp2m || r->spec_.sampler == SamplerKind::kDpmpp2mSde) {
@@ -227,7 +232,7 @@ void DenoiseStep(ContextUnet& net, const NoiseSchedule& schedule, const std::vec
 }
 
 torch::Tensor SampleAll(ContextUnet& net, const NoiseSchedule& schedule, const std::vector<RowSpec>& specs,
-                        torch::Device device) {
+                        torch::Device device, StepGraphs* graphs) {
   std::vector<SampleRow> rows;
   rows.reserve(specs.size());
   for (const RowSpec& spec : specs) rows.emplace_back(spec, schedule, net->config(), device);
@@ -235,7 +240,7 @@ torch::Tensor SampleAll(ContextUnet& net, const NoiseSchedule& schedule, const s
   for (SampleRow& r : rows) ptrs.push_back(&r);
   bool pending = true;
   while (pending) {
-    DenoiseStep(net, schedule, ptrs);
+    DenoiseStep(net, schedule, ptrs, false, graphs);
     pending = false;
     for (SampleRow* r : ptrs) pending = pending || !r->done();
   }

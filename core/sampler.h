@@ -53,6 +53,8 @@
 
 namespace spritediff {
 
+class StepGraphs;  // core/step_graphs.h
+
 enum class SamplerKind { kDdpm, kDdim, kDpmpp2m, kDpmpp2mSde };
 
 // "ddpm", "ddim", "dpmpp-2m", "dpmpp-2m-sde": the names the CLIs and model.json use.
@@ -115,7 +117,7 @@ class SampleRow {
 
  private:
   friend void DenoiseStep(ContextUnet& net, const NoiseSchedule& schedule, const std::vector<SampleRow*>& rows,
-                          bool want_x0);
+                          bool want_x0, StepGraphs* graphs);
   RowSpec spec_;
   std::vector<int> timesteps_;
   int position_ = 0;
@@ -129,12 +131,14 @@ class SampleRow {
 };
 
 // Advances every row that is not done by one step. The network must be in eval mode.
+// graphs: the model's StepGraphs (core/step_graphs.h) to run the step as a replayed CUDA graph;
+// null, or a row count past its largest bucket, runs it eagerly.
 void DenoiseStep(ContextUnet& net, const NoiseSchedule& schedule, const std::vector<SampleRow*>& rows,
-                 bool want_x0 = false);
+                 bool want_x0 = false, StepGraphs* graphs = nullptr);
 
 // Runs rows built from specs to completion as one batch; returns [N, C, H, W] in [-1, 1].
 torch::Tensor SampleAll(ContextUnet& net, const NoiseSchedule& schedule, const std::vector<RowSpec>& specs,
-                        torch::Device device);
+                        torch::Device device, StepGraphs* graphs = nullptr);
 
 // A one-hot mix: sum of weight * onehot(label). Unknown labels are an error naming them.
 Result<std::vector<float>> ContextFromLabels(const std::vector<std::string>& model_labels,

@@ -128,7 +128,11 @@ Status LoadState(const std::string& path, const TrainConfig& c, const ModelInfo&
                  ContextUnet& ema, torch::optim::Adam& opt, torch::Generator& gen, TrainState& st) {
   try {
     torch::serialize::InputArchive archive, net_ar, ema_ar, opt_ar;
-    archive.load_from(path);
+    // Every tensor onto this run's device, wherever the state was written: Adam's moments must sit
+    // beside the weights (a CPU run resumed on a GPU, or the reverse). The bookkeeping tensors are
+    // read back to the CPU below.
+    const torch::Device device(c.device);
+    archive.load_from(path, device);
     c10::IValue identity;
     archive.read("identity", identity);
     torch::Tensor world;
@@ -157,11 +161,15 @@ Status LoadState(const std::string& path, const TrainConfig& c, const ModelInfo&
     opt.load(opt_ar);
     torch::Tensor g, order, counters, sums, losses;
     archive.read("generator", g);
-    gen.set_state(g);
+    gen.set_state(g.to(torch::kCPU));
     archive.read("order", order);
     archive.read("counters", counters);
     archive.read("sums", sums);
     archive.read("epoch_losses", losses);
+    order = order.to(torch::kCPU);
+    counters = counters.to(torch::kCPU);
+    sums = sums.to(torch::kCPU);
+    losses = losses.to(torch::kCPU).contiguous();
     st.epoch = static_cast<int>(counters[0].item<int64_t>());
     st.batch_in_epoch = counters[1].item<int64_t>();
     st.step = counters[2].item<int64_t>();

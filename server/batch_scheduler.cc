@@ -44,6 +44,9 @@ BatchScheduler::BatchScheduler(std::string model_name, LoadedModel model, torch:
   net_->eval();
   // The scheduler owns this network (the registry hands it over), so folding cannot surprise a saver.
   if (limits_.fold_batchnorm) net_->FuseBatchNormForInference();
+  if (limits_.cuda_graphs && device_.is_cuda() && StepGraphs::CompiledWithCuda()) {
+    graphs_ = std::make_unique<StepGraphs>(net_, device_, limits_.max_batch_rows);
+  }
   delivery_thread_ = std::thread([this] { DeliveryLoop(); });
   thread_ = std::thread([this] { Loop(); });
 }
@@ -241,7 +244,11 @@ void BatchScheduler::StepOnce() {
     for (SampleRow& row : r.rows) rows.push_back(&row);
   }
   try {
-    DenoiseStep(net_, schedule_, rows, want_x0);
+    DenoiseStep(net_, schedule_, rows, want_x0, graphs_.get());
+    if (graphs_ != nullptr && !graphs_warned_ && !graphs_->capture_error().empty()) {
+      spdlog::warn("model '{}': {}; denoising steps run eagerly from now on", model_name_, graphs_->capture_error());
+      graphs_warned_ = true;
+    }
   } catch (const std::exception& e) {
     spdlog::error("model {}: denoising step failed: {}", model_name_, e.what());
     for (Running& r : running_) FinishRunning(r, Status::Internal(std::string("denoising step failed: ") + e.what()));

@@ -27,6 +27,7 @@
 #include <thread>
 #include <vector>
 
+#include "core/step_graphs.h"
 #include "common/mutex.h"
 #include "common/status.h"
 #include "common/thread_annotations.h"
@@ -78,6 +79,7 @@ struct SchedulerLimits {
   int threads = 1;  // intra-op threads of the scheduler thread
   int max_overtakes = 4;  // times a request that does not fit may be overtaken by later ones
   bool fold_batchnorm = false;  // fold the network's BatchNorms into its convolutions at start
+  bool cuda_graphs = true;      // on a CUDA device, replay the step as CUDA graphs per batch bucket
 };
 
 struct SchedulerStats {
@@ -130,6 +132,8 @@ class BatchScheduler {
   const std::string model_name_;
   const ModelInfo info_;
   ContextUnet net_;
+  std::unique_ptr<StepGraphs> graphs_;  // CUDA devices with cuda_graphs only; the scheduler thread's
+  bool graphs_warned_ = false;          // a capture failure is logged once (steps then run eagerly)
   const NoiseSchedule schedule_;
   const torch::Device device_;
   const SchedulerLimits limits_;

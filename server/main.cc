@@ -5,7 +5,9 @@
 
 #include "commands/commands.h"
 #include "commands/eval_command.h"
+#ifndef SPRITEDIFF_OFFLINE_ONLY  // CMake option: the offline subcommands alone, no daemon
 #include "server/serve_command.h"
+#endif
 
 int main(int argc, char** argv) {
   CLI::App app{"spritediffd: trains and serves small diffusion models for pixel-art sprites"};
@@ -21,7 +23,9 @@ int main(int argc, char** argv) {
   spritediff::AddTrainCommand(app, common);
   spritediff::AddSampleCommand(app, common);
   spritediff::AddBenchCommand(app, common);
+#ifndef SPRITEDIFF_OFFLINE_ONLY
   spritediff::AddServeCommand(app, common);
+#endif
   spritediff::AddImportCommand(app, common);
   spritediff::AddPreviewCommand(app, common);
   spritediff::AddEvalCommand(app, common);

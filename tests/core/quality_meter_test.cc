@@ -179,21 +179,23 @@ TEST_F(QualityMeterTest, TrainsOnceThenLoadsTheCache) {
   EXPECT_NE(third->cache_path(), first->cache_path());
 }
 
-TEST_F(QualityMeterTest, TrainingSplitAgainstItselfHasRatioOneAndReportsEveryClass) {
+TEST_F(QualityMeterTest, HeldOutHalfAgainstTheOtherHasRatioOneAndReportsEveryClass) {
   Result<QualityMeter> meter = QualityMeter::Open(options_, nullptr);
   ASSERT_TRUE(meter.ok()) << meter.status().message();
-  Result<QualityReport> real = meter->MeasureTrainingSplit(100);
+  Result<QualityReport> real = meter->MeasureHeldOutReal(100);
   ASSERT_TRUE(real.ok()) << real.status().message();
   ASSERT_EQ(real->classes.size(), 3u);
   EXPECT_DOUBLE_EQ(real->frechet_ratio, 1.0);
+  EXPECT_GT(real->frechet_real, 0.0);  // two different halves: a real distance, not 0 / 0
   for (const ClassQuality& c : real->classes) {
-    EXPECT_EQ(c.count, 16);     // all the training images there are
-    EXPECT_EQ(c.fd_count, 16);
+    EXPECT_EQ(c.count, 2);     // the query half of the 4 held-out images; never training images
+    EXPECT_EQ(c.fd_count, 2);
     EXPECT_DOUBLE_EQ(c.frechet_ratio, 1.0);
-    EXPECT_GE(c.precision, 0.0);
-    EXPECT_LE(c.precision, 1.0);
   }
-  EXPECT_DOUBLE_EQ(real->accuracy, meter->held_out_accuracy());
+  // At most per_class images of each class.
+  Result<QualityReport> fewer = meter->MeasureHeldOutReal(1);
+  ASSERT_TRUE(fewer.ok());
+  EXPECT_EQ(fewer->count, 3);
 }
 
 TEST_F(QualityMeterTest, GeneratesEveryLabelAndRefusesUnknownOnes) {
@@ -218,7 +220,7 @@ TEST_F(QualityMeterTest, GeneratesEveryLabelAndRefusesUnknownOnes) {
   ASSERT_TRUE(report.ok()) << report.status().message();
   EXPECT_EQ(report->classes.size(), 2u);  // only the classes that had images
   EXPECT_EQ(report->classes[0].label, "hero");
-  EXPECT_EQ(report->classes[0].fd_count, 4);
+  EXPECT_EQ(report->classes[0].fd_count, 2);  // min(4 generated, 2 held-out query images)
 
   Result<GeneratedSet> unknown =
       GenerateForMeter(*meter, net, arch, {"item", "food"}, schedule, sampling, torch::Device(torch::kCPU));

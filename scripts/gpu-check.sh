@@ -1,0 +1,134 @@
+#!/usr/bin/env bash
+# One prepared run on a GPU machine lent through the `device` tool (issues 12 and 15):
+#   1. builds the offline spritediffd (SPRITEDIFF_OFFLINE_ONLY: core, common, commands) against
+#      the machine's CUDA libtorch (its PyTorch's), with Debian's spdlog/fmt/nlohmann-json/CLI11/
+#      libpng .debs unpacked beside it;
+#   2. bench on cuda: batch-1 step latency and DDIM rows/s eager vs CUDA graphs, training
+#      images/s, and the same fixed seeds on GPU (eager, graphs) and CPU, max pixel difference;
+#   3. resumes the committed long training run on the GPU and measures models with the quality
+#      meter (spritediffd eval).
+# Everything it prints goes to $OUT/gpu-check.log; weights and the training state come back
+# under $OUT (16 MiB a file: the state is split). Prepare the carried folder first, here:
+#   scripts/gpu-check.sh --prepare     (writes .gpu/: debs, the data set, the meter's cache)
+# then run on the device: bash scripts/gpu-check.sh   with carry [".gpu"].
+set -u
+cd "$(dirname "$0")/.."
+
+if [ "${1:-}" = "--prepare" ]; then
+  set -e
+  grep -qx '/.gpu/' .git/info/exclude || echo '/.gpu/' >> .git/info/exclude
+  mkdir -p .gpu/debs .gpu/data .gpu/evalcache
+  (cd .gpu/debs && apt-get download libspdlog-dev libspdlog1.10 libfmt-dev libfmt9 nlohmann-json3-dev \
+     libcli11-dev libpng-dev libpng16-16 zlib1g-dev zlib1g)
+  cp -r ../shared/data/dcss-sprites .gpu/data/
+  [ -d "${EVAL_CACHE:-state/eval-cache}" ] && cp -r "${EVAL_CACHE:-state/eval-cache}"/. .gpu/evalcache/
+  du -sh .gpu
+  exit 0
+fi
+
+OUT=${OUT:-/tmp/gpu-out}
+mkdir -p "$OUT"
+exec > >(tee -a "$OUT/gpu-check.log") 2>&1
+T0=$(date +%s)
+DEADLINE=${DEADLINE:-520}   # seconds: past it, optional steps are skipped
+el() { echo "=== [$(( $(date +%s) - T0 ))s] $*"; }
+left() { echo $(( DEADLINE - ($(date +%s) - T0) )); }
+JOBS=$(nproc)
+
+el "machine"
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
+python3 -c 'import torch; print("torch", torch.__version__, "cuda", torch.version.cuda, torch.cuda.get_device_name(0))'
+g++ --version | head -1; cmake --version | head -1; command -v ninja nvcc
+
+DEPS=/tmp/spritediff-deps
+mkdir -p $DEPS
+for f in .gpu/debs/*.deb; do dpkg -x "$f" $DEPS; done
+TORCH_DIR=$(python3 -c 'import torch, os; print(os.path.dirname(torch.__file__))')
+export LD_LIBRARY_PATH=$DEPS/usr/lib/x86_64-linux-gnu:$TORCH_DIR/lib:${LD_LIBRARY_PATH:-}
+CUDA_ROOT=$(dirname "$(dirname "$(command -v nvcc || echo /usr/local/cuda/bin/nvcc)")")
+BIN=build-gpu/bin/spritediffd
+
+LOGS=/tmp/spritediff-logs   # build logs stay there; their errors are printed (8 files come back)
+mkdir -p $LOGS
+GEN="Unix Makefiles"; command -v ninja > /dev/null && GEN=Ninja
+cmake_build() {  # $1: ON|OFF for SPRITEDIFF_DISTRIBUTED
+  cmake -S . -B build-gpu -G "$GEN" -DCMAKE_BUILD_TYPE=Release -DSPRITEDIFF_OFFLINE_ONLY=ON \
+    -DSPRITEDIFF_DISTRIBUTED="$1" -DCMAKE_PREFIX_PATH="$TORCH_DIR/share/cmake;$DEPS/usr" \
+    -DCUDAToolkit_ROOT="$CUDA_ROOT" -DCMAKE_CUDA_COMPILER="$CUDA_ROOT/bin/nvcc" > $LOGS/cmake.log 2>&1 \
+    || { tail -30 $LOGS/cmake.log; return 2; }
+  grep -i "spritediff:\|cuda\|warn" $LOGS/cmake.log | head -12
+  local keep="-k"; [ "$GEN" = Ninja ] && keep="-k 0"
+  cmake --build build-gpu -j "$JOBS" --target spritediffd -- $keep > $LOGS/build.log 2>&1 \
+    || { grep -B2 -A8 "error" $LOGS/build.log | head -60; return 1; }
+}
+
+manual_build() {  # no CMake: g++ straight against the wheel's headers and libraries
+  local inc="-I. -I$TORCH_DIR/include -I$TORCH_DIR/include/torch/csrc/api/include -I$DEPS/usr/include \
+    -I$DEPS/usr/include/libpng16 -I$CUDA_ROOT/include"
+  local defs="-DSPRITEDIFF_OFFLINE_ONLY=1 -DSPRITEDIFF_NO_DISTRIBUTED=1 -D_GLIBCXX_USE_CXX11_ABI=1"
+  mkdir -p build-gpu/obj build-gpu/bin
+  local srcs="common/image.cc common/file_util.cc common/labels.cc common/config.cc common/client_text.cc
+    $(ls core/*.cc) commands/command_common.cc commands/train_command.cc commands/sample_command.cc
+    commands/bench_command.cc commands/import_command.cc commands/preview_command.cc commands/eval_command.cc
+    server/main.cc"
+  echo $srcs | tr ' ' '\n' | grep . | xargs -P "$JOBS" -I{} sh -c \
+    'extra=""; [ "{}" = core/step_graphs.cc ] && extra=-DSPRITEDIFF_WITH_CUDA=1; \
+     g++ -std=c++17 -O2 -pthread '"$defs"' $extra '"$inc"' -c {} -o build-gpu/obj/$(echo {} | tr / _).o' \
+     > $LOGS/manual.log 2>&1 || { grep -A8 error $LOGS/manual.log | head -60; return 1; }
+  g++ -o $BIN build-gpu/obj/*.o -L"$TORCH_DIR/lib" -Wl,-rpath,"$TORCH_DIR/lib" -Wl,--no-as-needed -ltorch \
+    -ltorch_cuda -ltorch_cpu -lc10_cuda -lc10 -Wl,--as-needed -L$DEPS/usr/lib/x86_64-linux-gnu -lspdlog -lfmt \
+    -lpng16 -lz -pthread -ldl >> $LOGS/manual.log 2>&1 || { tail -30 $LOGS/manual.log; return 1; }
+}
+
+el "build (CMake, SPRITEDIFF_DISTRIBUTED=ON)"
+if ! cmake_build ON; then
+  rc=$?
+  if [ $rc = 1 ]; then
+    el "build failed with c10d: again with SPRITEDIFF_DISTRIBUTED=OFF"
+    cmake_build OFF || { el "CMake build failed: manual build"; manual_build; }
+  else
+    el "CMake configure failed: manual build"
+    manual_build
+  fi
+fi
+[ -x $BIN ] || { el "no binary; giving up"; exit 1; }
+ldd $BIN | grep -E "torch|c10|cuda" | head
+el "built"
+
+BENCH_ARGS="--model models/sprites16 --batches 1,64 --ddim-batch 1,64 --repeats 20 --train-batch 100 --check-cpu 40"
+timeout 150 $BIN --threads 8 --device cuda bench $BENCH_ARGS
+el "bench done"
+
+STATE=runs/sprites16-long/train-state.pt
+TRAIN="--data .gpu/data/dcss-sprites --out runs/sprites16-long/model --state $STATE --init-from models/sprites16
+  --n-feat 64 --height 16 --epochs 150 --batch-size 64 --lr 5e-4 --seed 2 --ema-decay 0.999 --class-balance sqrt
+  --checkpoint-every 5 --log-every 100"
+timeout 200 $BIN --threads 8 --device cuda train $TRAIN --resume > "$OUT/train-3.log" 2>&1
+echo "train exit $?"; tail -5 "$OUT/train-3.log"
+el "training resumed to $(grep -o 'epoch [0-9]*' "$OUT/train-3.log" | tail -1)"
+
+EVAL="--data .gpu/data/dcss-sprites --cache-dir .gpu/evalcache --per-class 100"
+for m in models/sprites16 runs/sprites16-long/model; do
+  [ "$(left)" -gt 60 ] || break
+  el "eval $m"
+  timeout 120 $BIN --threads 8 --device cuda eval --model $m $EVAL
+done
+
+# A continuation of the finished run: lower learning rate, more epochs, while time is left.
+if [ "$(left)" -gt 150 ] && [ -f runs/sprites16-long/model/model.json ]; then
+  el "continuation run (sprites16-long2), $(left) s left"
+  timeout $(( $(left) - 60 )) $BIN --threads 8 --device cuda train --data .gpu/data/dcss-sprites \
+    --out runs/sprites16-long2/model --state runs/sprites16-long2/train-state.pt --init-from runs/sprites16-long/model \
+    --n-feat 64 --height 16 --epochs 300 --batch-size 64 --lr 2e-4 --seed 3 --ema-decay 0.999 --class-balance sqrt \
+    --checkpoint-every 10 --log-every 500 > "$OUT/train-long2.log" 2>&1
+  echo "train exit $?"; tail -3 "$OUT/train-long2.log"
+  [ -f runs/sprites16-long2/model/model.json ] && timeout 50 $BIN --threads 8 --device cuda eval \
+    --model runs/sprites16-long2/model $EVAL
+fi
+
+el "packing"
+tar -czf "$OUT/long-model.tgz" -C runs/sprites16-long model
+[ -f "$STATE" ] && split -b 15M -d "$STATE" "$OUT/long-state.pt.part-"
+[ -d runs/sprites16-long2/model ] && tar -czf "$OUT/long2-model.tgz" -C runs/sprites16-long2 model
+ls -la "$OUT"
+el "done"
