@@ -12,6 +12,7 @@
 #include <iostream>
 #include <map>
 #include <mutex>
+#include <random>
 #include <sstream>
 #include <thread>
 
@@ -334,6 +335,105 @@ double Percentile(std::vector<double> v, double p) {
   return v[lo] + (v[hi] - v[lo]) * (rank - lo);
 }
 
+// Open-loop load (issue 15): arrivals of a Poisson process at args.rate requests/s for
+// args.duration seconds, each sent at its time on its own thread whatever happened to the
+// earlier ones, so that an overloaded server shows as refusals and latency rather than as a
+// slower client. Prints goodput (requests answered OK per second of arrivals), latency
+// percentiles of the answered requests, and how fast refusals came.
+template <typename Args>
+void OpenLoop(const Args& a, const v1::SampleRequest& base) {
+  struct Outcome {
+    grpc::StatusCode code = grpc::StatusCode::OK;
+    double ms = 0;
+    int64_t sprites = 0;
+  };
+  std::mt19937_64 rng(a.mix_seed);
+  std::exponential_distribution<double> gap(a.rate);
+  std::vector<double> at;  // arrival times, seconds from the start
+  for (double t = gap(rng); t < a.duration; t += gap(rng)) at.push_back(t);
+  std::vector<v1::SampleRequest> reqs(at.size(), base);
+  for (size_t i = 0; i < reqs.size(); ++i) {
+    if (!a.mix_steps.empty()) reqs[i].set_steps(static_cast<uint32_t>(a.mix_steps[rng() % a.mix_steps.size()]));
+    if (!a.mix_guidance.empty()) {
+      reqs[i].set_guidance_scale(static_cast<float>(a.mix_guidance[rng() % a.mix_guidance.size()]));
+    }
+    if (base.seed() != 0) reqs[i].set_seed(base.seed() + i * 4096);
+  }
+  std::vector<std::unique_ptr<v1::Sprites::Stub>> stubs;
+  for (int c = 0; c < a.channels; ++c) {
+    grpc::ChannelArguments args;
+    args.SetInt("grpc.use_local_subchannel_pool", 1);  // one connection each
+    args.SetMaxReceiveMessageSize(64 << 20);
+    stubs.push_back(v1::Sprites::NewStub(MakeChannel(a.c, args)));
+  }
+  std::vector<Outcome> outcomes(at.size());
+  std::vector<std::thread> threads;
+  threads.reserve(at.size());
+  const auto start = Clock::now();
+  for (size_t i = 0; i < at.size(); ++i) {
+    std::this_thread::sleep_until(start + std::chrono::duration_cast<Clock::duration>(std::chrono::duration<double>(at[i])));
+    threads.emplace_back([&, i] {
+      grpc::ClientContext ctx;
+      SetDeadline(ctx, a.c.timeout_s);
+      const auto t0 = Clock::now();
+      auto reader = stubs[i % stubs.size()]->Sample(&ctx, reqs[i]);
+      v1::SampleEvent ev;
+      int64_t sprites = 0;
+      while (reader->Read(&ev)) {
+        if (ev.has_result()) sprites = ev.result().images_size();
+      }
+      const grpc::Status s = reader->Finish();
+      outcomes[i].code = s.error_code();
+      outcomes[i].ms = std::chrono::duration<double, std::milli>(Clock::now() - t0).count();
+      outcomes[i].sprites = sprites;
+    });
+  }
+  for (auto& t : threads) t.join();
+  const double wall = std::chrono::duration<double>(Clock::now() - start).count();
+  std::vector<double> ok_ms, refused_ms;
+  std::map<std::string, int> errors;
+  int64_t sprites = 0;
+  for (const Outcome& o : outcomes) {
+    if (o.code == grpc::StatusCode::OK) {
+      ok_ms.push_back(o.ms);
+      sprites += o.sprites;
+    } else {
+      errors[CodeName(o.code)]++;
+      if (o.code == grpc::StatusCode::RESOURCE_EXHAUSTED) refused_ms.push_back(o.ms);
+    }
+  }
+  const double offered = static_cast<double>(at.size()) / a.duration;
+  const double goodput = static_cast<double>(ok_ms.size()) / a.duration;
+  nlohmann::json report = {
+      {"server", a.c.server},
+      {"mode", "open-loop"},
+      {"rate", a.rate},
+      {"duration_s", a.duration},
+      {"arrivals", at.size()},
+      {"offered_rps", offered},
+      {"ok", ok_ms.size()},
+      {"goodput_rps", goodput},
+      {"goodput_ratio", at.empty() ? 0.0 : static_cast<double>(ok_ms.size()) / at.size()},
+      {"errors", errors},
+      {"wall_s", wall},
+      {"sprites", sprites},
+      {"latency_ms", {{"p50", Percentile(ok_ms, 50)}, {"p95", Percentile(ok_ms, 95)}, {"p99", Percentile(ok_ms, 99)}}},
+      {"refused_ms", {{"p50", Percentile(refused_ms, 50)}, {"p99", Percentile(refused_ms, 99)}}},
+  };
+  if (a.json) {
+    std::cout << report.dump() << "\n";
+  } else {
+    std::printf("open loop: %zu arrivals in %.0f s (offered %.2f requests/s)\n", at.size(), a.duration, offered);
+    std::printf("goodput      %.2f requests/s (%.1f%% of arrivals answered OK)\n", goodput,
+                at.empty() ? 0.0 : 100.0 * ok_ms.size() / at.size());
+    std::printf("latency ms   p50 %.1f  p95 %.1f  p99 %.1f\n", Percentile(ok_ms, 50), Percentile(ok_ms, 95),
+                Percentile(ok_ms, 99));
+    std::printf("refused      %zu (RESOURCE_EXHAUSTED), answered in p99 %.1f ms\n", refused_ms.size(),
+                Percentile(refused_ms, 99));
+    std::printf("errors       %s\n", errors.empty() ? "none" : nlohmann::json(errors).dump().c_str());
+  }
+}
+
 void BenchCommand(CLI::App& app) {
   struct Args {
     Connection c;
@@ -342,6 +442,12 @@ void BenchCommand(CLI::App& app) {
     int requests = 4;
     int frame_every = 0;
     bool json = false;
+    double rate = 0;  // > 0: open loop, Poisson arrivals at this many requests/s
+    double duration = 30;
+    std::vector<int> mix_steps;
+    std::vector<double> mix_guidance;
+    uint64_t mix_seed = 1;
+    int channels = 8;
   };
   auto a = std::make_shared<Args>();
   auto* cmd = app.add_subcommand("bench", "load generator: concurrent clients, throughput and latency percentiles");
@@ -354,8 +460,24 @@ void BenchCommand(CLI::App& app) {
   cmd->add_option("--frame-every", a->frame_every, "ask for a frame every k steps (0 = none)")->check(CLI::Range(0, 100000))
       ->capture_default_str();
   cmd->add_flag("--json", a->json, "print one JSON object instead of text");
+  cmd->add_option("--rate", a->rate, "open loop: requests arrive as a Poisson process at this many per second, "
+                  "whatever the answers (0 = closed loop: --clients x --requests)")->check(CLI::Range(0.0, 10000.0))
+      ->capture_default_str();
+  cmd->add_option("--duration", a->duration, "open loop: seconds of arrivals")->check(CLI::Range(0.1, 86400.0))
+      ->capture_default_str();
+  cmd->add_option("--mix-steps", a->mix_steps, "each request's steps drawn from these, e.g. 10,25,50")
+      ->delimiter(',')->check(CLI::Range(1, 100000));
+  cmd->add_option("--mix-guidance", a->mix_guidance, "each request's guidance drawn from these, e.g. 1,2,3")
+      ->delimiter(',')->check(CLI::Range(0.0, 20.0));
+  cmd->add_option("--mix-seed", a->mix_seed, "seed of the draws (and of the open loop's arrival times)")->capture_default_str();
+  cmd->add_option("--channels", a->channels, "open loop: connections the requests are spread over")
+      ->check(CLI::Range(1, 1024))->capture_default_str();
   cmd->callback([a] {
     v1::SampleRequest base = BuildRequest(a->r);
+    if (a->rate > 0) {
+      OpenLoop(*a, base);
+      return;
+    }
     // Fail fast, with a clear message, when the server is not there.
     auto probe = v1::Sprites::NewStub(Connect(a->c));
     base.set_frame_every(static_cast<uint32_t>(std::min(a->frame_every, ResolveSteps(*probe, a->r, a->c))));
@@ -374,9 +496,14 @@ void BenchCommand(CLI::App& app) {
         args.SetInt("grpc.use_local_subchannel_pool", 1);  // one connection per client
         args.SetMaxReceiveMessageSize(64 << 20);
         auto stub = v1::Sprites::NewStub(MakeChannel(a->c, args));
+        std::mt19937_64 mix_rng(a->mix_seed * 1000003ULL + static_cast<uint64_t>(ci));
         for (int k = 0; k < a->requests; ++k) {
           v1::SampleRequest req = base;
           if (req.seed() != 0) req.set_seed(base.seed() + static_cast<uint64_t>(ci * a->requests + k) * 4096);
+          if (!a->mix_steps.empty()) req.set_steps(static_cast<uint32_t>(a->mix_steps[mix_rng() % a->mix_steps.size()]));
+          if (!a->mix_guidance.empty()) {
+            req.set_guidance_scale(static_cast<float>(a->mix_guidance[mix_rng() % a->mix_guidance.size()]));
+          }
           grpc::ClientContext ctx;
           SetDeadline(ctx, a->c.timeout_s);
           const auto t0 = Clock::now();

@@ -44,6 +44,10 @@ Status AppConfig::Validate() const {
                                    ") must not exceed max_batch_rows (" + std::to_string(max_batch_rows) +
                                    "): a request's rows are stepped in one batch");
   }
+  if (!(max_queue_wait_s >= 0 && max_queue_wait_s <= 86400)) {
+    return Status::InvalidArgument("max_queue_wait_s must be in [0, 86400] seconds, got " +
+                                   std::to_string(max_queue_wait_s));
+  }
   if (bind.empty()) return Status::InvalidArgument("bind must not be empty");
   if (models_dir.empty()) return Status::InvalidArgument("models_dir must not be empty");
   if (data_root.empty()) return Status::InvalidArgument("data_root must not be empty");
@@ -86,7 +90,7 @@ Result<AppConfig> LoadConfig(const std::string& path) {
     const json j = json::parse(in);
     if (!j.is_object()) return Status::InvalidArgument(path + ": config must be a JSON object");
     static const char* known[] = {"bind", "port", "metrics_port", "models_dir", "default_model", "device", "threads",
-                                  "max_batch_rows", "max_queued_rows", "max_rows_per_request", "fold_batchnorm", "cuda_graphs",
+                                  "max_batch_rows", "max_queued_rows", "max_rows_per_request", "fold_batchnorm", "cuda_graphs", "max_queue_wait_s",
                                   "max_frames_per_request", "max_pending_frames", "shutdown_grace_s", "data_root",
                                   "state_dir", "max_concurrent_jobs", "training_threads",
                                   "resume_interrupted_jobs", "max_queued_jobs", "max_n_feat_x_image_size", "max_epochs_x_images", "finished_job_retention_h", "auth_token_file", "tls_cert_file",
@@ -118,6 +122,7 @@ Result<AppConfig> LoadConfig(const std::string& path) {
     c.resume_interrupted_jobs = j.value("resume_interrupted_jobs", c.resume_interrupted_jobs);
     c.fold_batchnorm = j.value("fold_batchnorm", c.fold_batchnorm);
     c.cuda_graphs = j.value("cuda_graphs", c.cuda_graphs);
+    c.max_queue_wait_s = j.value("max_queue_wait_s", c.max_queue_wait_s);
     c.max_queued_jobs = j.value("max_queued_jobs", c.max_queued_jobs);
     c.max_n_feat_x_image_size = j.value("max_n_feat_x_image_size", c.max_n_feat_x_image_size);
     c.max_epochs_x_images = j.value("max_epochs_x_images", c.max_epochs_x_images);

@@ -23,6 +23,9 @@ struct AppConfig {
   int max_rows_per_request = 64; // upper bound of SampleRequest.count
   bool fold_batchnorm = false;   // serve with BatchNorms folded into their convolutions (same
                                  // sprites up to float rounding); off: measured 0.87-0.95x on CPU
+  double max_queue_wait_s = 0;   // refuse a request whose estimated wait for a place in the batch
+                                 // (queued work / measured rate) is longer; 0 = off (the shipped
+                                 // configs/default.json sets it)
   bool cuda_graphs = true;       // on a CUDA device, replay each batch size's denoising step as a
                                  // captured CUDA graph (core/step_graphs.h); no effect on CPU
   // Frames.

@@ -1,5 +1,6 @@
 #include "core/sample_metrics.h"
 
+
 #include <algorithm>
 #include <string>
 
@@ -23,7 +24,7 @@ torch::Tensor Covariance(const torch::Tensor& x, const torch::Tensor& mean) {
 
 // The symmetric positive semi-definite square root's eigenvalues, clamped at 0.
 torch::Tensor PsdEigenvalues(const torch::Tensor& m) {
-  return torch::linalg::eigvalsh(0.5 * (m + m.t()), "L").clamp_min(0.0);
+  return at::linalg_eigvalsh(0.5 * (m + m.t()), "L").clamp_min(0.0);
 }
 
 }  // namespace
@@ -38,7 +39,7 @@ Result<double> FrechetDistance(const torch::Tensor& a_in, const torch::Tensor& b
   const torch::Tensor a = a_in.to(torch::kFloat64), b = b_in.to(torch::kFloat64);
   const torch::Tensor mu_a = a.mean(0), mu_b = b.mean(0);
   const torch::Tensor cov_a = Covariance(a, mu_a), cov_b = Covariance(b, mu_b);
-  auto [evals, evecs] = torch::linalg::eigh(0.5 * (cov_a + cov_a.t()), "L");
+  auto [evals, evecs] = at::linalg_eigh(0.5 * (cov_a + cov_a.t()), "L");
   const torch::Tensor sqrt_a = evecs.matmul(torch::diag(evals.clamp_min(0.0).sqrt())).matmul(evecs.t());
   const torch::Tensor cross = sqrt_a.matmul(cov_b).matmul(sqrt_a);
   const double trace_sqrt = PsdEigenvalues(cross).sqrt().sum().item<double>();

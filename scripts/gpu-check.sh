@@ -63,8 +63,9 @@ cmake_build() {  # $1: ON|OFF for SPRITEDIFF_DISTRIBUTED
 }
 
 manual_build() {  # no CMake: g++ straight against the wheel's headers and libraries
-  local inc="-I. -I$TORCH_DIR/include -I$TORCH_DIR/include/torch/csrc/api/include -I$DEPS/usr/include \
-    -I$DEPS/usr/include/libpng16 -I$CUDA_ROOT/include"
+  # Debian's headers first: the wheel ships its own (newer) fmt, which Debian's spdlog cannot use.
+  local inc="-I. -I$DEPS/usr/include -I$DEPS/usr/include/libpng16 -I$TORCH_DIR/include \
+    -I$TORCH_DIR/include/torch/csrc/api/include -I$CUDA_ROOT/include"
   local defs="-DSPRITEDIFF_OFFLINE_ONLY=1 -DSPRITEDIFF_NO_DISTRIBUTED=1 -D_GLIBCXX_USE_CXX11_ABI=1"
   mkdir -p build-gpu/obj build-gpu/bin
   local srcs="common/image.cc common/file_util.cc common/labels.cc common/config.cc common/client_text.cc
@@ -81,8 +82,9 @@ manual_build() {  # no CMake: g++ straight against the wheel's headers and libra
 }
 
 el "build (CMake, SPRITEDIFF_DISTRIBUTED=ON)"
-if ! cmake_build ON; then
-  rc=$?
+cmake_build ON
+rc=$?
+if [ $rc != 0 ]; then
   if [ $rc = 1 ]; then
     el "build failed with c10d: again with SPRITEDIFF_DISTRIBUTED=OFF"
     cmake_build OFF || { el "CMake build failed: manual build"; manual_build; }
@@ -103,7 +105,7 @@ STATE=runs/sprites16-long/train-state.pt
 TRAIN="--data .gpu/data/dcss-sprites --out runs/sprites16-long/model --state $STATE --init-from models/sprites16
   --n-feat 64 --height 16 --epochs 150 --batch-size 64 --lr 5e-4 --seed 2 --ema-decay 0.999 --class-balance sqrt
   --checkpoint-every 5 --log-every 100"
-timeout 200 $BIN --threads 8 --device cuda train $TRAIN --resume > "$OUT/train-3.log" 2>&1
+timeout 150 $BIN --threads 8 --device cuda train $TRAIN --resume > "$OUT/train-3.log" 2>&1
 echo "train exit $?"; tail -5 "$OUT/train-3.log"
 el "training resumed to $(grep -o 'epoch [0-9]*' "$OUT/train-3.log" | tail -1)"
 

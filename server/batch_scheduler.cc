@@ -4,6 +4,7 @@
 #include "server/admission.h"
 
 #include <algorithm>
+#include <cstdio>
 
 #include <spdlog/spdlog.h>
 
@@ -28,6 +29,13 @@ Result<std::vector<std::string>> EncodeRows(const torch::Tensor& cpu) {
     out.push_back(std::move(*png));
   }
   return out;
+}
+
+// A job's work in forward rows x steps: what the admission estimate counts.
+double JobWork(const SampleJob& job) {
+  double work = 0;
+  for (const RowSpec& r : job.rows) work += static_cast<double>(r.steps) * (r.guidance != 1.0 ? 2 : 1);
+  return work;
 }
 
 }  // namespace
@@ -55,6 +63,7 @@ BatchScheduler::~BatchScheduler() { Stop(); }
 
 Status BatchScheduler::Submit(std::shared_ptr<SampleJob> job) {
   const int rows = static_cast<int>(job->rows.size());
+  const double work = JobWork(*job);
   {
     MutexLock lock(mu_);
     if (stopping_) return stop_reason_;
@@ -63,8 +72,26 @@ Status BatchScheduler::Submit(std::shared_ptr<SampleJob> job) {
                                        model_name_ + "', limit max_queued_rows=" +
                                        std::to_string(limits_.max_queued_rows) + "; retry later");
     }
+    // With room in the batch the request starts at the next step; else it waits for the work
+    // queued ahead of it to drain at the measured rate (rows finishing free their places).
+    // Two signs of a wait past the limit: the oldest queued request has already waited that
+    // long (measured), or the work queued ahead would take that long at the measured rate
+    // (estimated; catches a burst before anything has aged).
+    if (limits_.max_queue_wait_s > 0 && queued_rows_ > 0 && !queue_.empty() &&
+        running_rows_ + queued_rows_ + rows > limits_.max_batch_rows) {
+      const double waited_s = std::chrono::duration<double>(SteadyClock::now() - queue_.front()->arrived).count();
+      const double ahead_s = work_per_s_ > 0 ? queued_work_ / work_per_s_ : 0;
+      if (waited_s > limits_.max_queue_wait_s || ahead_s > limits_.max_queue_wait_s) {
+        char msg[320];
+        std::snprintf(msg, sizeof(msg), "server busy: model '%s' has queued work ahead (the oldest queued request "
+                      "has waited %.1f s, an estimated %.1f s of work is queued), limit max_queue_wait_s=%g; "
+                      "retry later", model_name_.c_str(), waited_s, ahead_s, limits_.max_queue_wait_s);
+        return Status::ResourceExhausted(msg);
+      }
+    }
     queue_.push_back(std::move(job));
     queued_rows_ += rows;
+    queued_work_ += work;
   }
   cv_.NotifyOne();
   return Status::Ok();
@@ -163,6 +190,7 @@ void BatchScheduler::TakeAdmissibleLocked(std::vector<std::shared_ptr<SampleJob>
     const int rows = static_cast<int>(queue_[*it]->rows.size());
     running_rows_ += rows;
     queued_rows_ -= rows;
+    queued_work_ = std::max(0.0, queued_work_ - JobWork(*queue_[*it]));
     admitted.push_back(std::move(queue_[*it]));
     queue_.erase(queue_.begin() + static_cast<std::ptrdiff_t>(*it));
   }
@@ -243,6 +271,9 @@ void BatchScheduler::StepOnce() {
     if (job.include_x0 && job.frame_every > 0 && next % job.frame_every == 0) want_x0 = true;
     for (SampleRow& row : r.rows) rows.push_back(&row);
   }
+  double forward_rows = 0;  // the rows of this step's forward, the guided rows' unconditional halves included
+  for (const SampleRow* row : rows) forward_rows += row->spec().guidance != 1.0 ? 2 : 1;
+  const auto step_start = SteadyClock::now();
   try {
     DenoiseStep(net_, schedule_, rows, want_x0, graphs_.get());
     if (graphs_ != nullptr && !graphs_warned_ && !graphs_->capture_error().empty()) {
@@ -256,9 +287,14 @@ void BatchScheduler::StepOnce() {
     return;
   }
   {
+    const double seconds = std::chrono::duration<double>(SteadyClock::now() - step_start).count();
     MutexLock lock(mu_);
     stats_.steps++;
     stats_.rows_stepped += static_cast<int64_t>(rows.size());
+    if (seconds > 0) {
+      const double rate = forward_rows / seconds;
+      work_per_s_ = work_per_s_ > 0 ? 0.8 * work_per_s_ + 0.2 * rate : rate;
+    }
   }
   for (size_t i = 0; i < running_.size();) {
     Running& r = running_[i];
@@ -330,6 +366,7 @@ void BatchScheduler::Iterate() {
     for (auto it = queue_.begin(); it != queue_.end();) {
       if ((*it)->cancelled.load() || ((*it)->deadline && now > *(*it)->deadline)) {
         queued_rows_ -= static_cast<int>((*it)->rows.size());
+        queued_work_ = std::max(0.0, queued_work_ - JobWork(**it));
         dropped.push_back(*it);
         it = queue_.erase(it);
       } else {
@@ -384,6 +421,7 @@ void BatchScheduler::Loop() {
     MutexLock lock(mu_);
     queued.swap(queue_);
     queued_rows_ = 0;
+    queued_work_ = 0;
     stats_.queued_rows = 0;
   }
   for (auto& job : queued) {

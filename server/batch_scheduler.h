@@ -80,6 +80,11 @@ struct SchedulerLimits {
   int max_overtakes = 4;  // times a request that does not fit may be overtaken by later ones
   bool fold_batchnorm = false;  // fold the network's BatchNorms into its convolutions at start
   bool cuda_graphs = true;      // on a CUDA device, replay the step as CUDA graphs per batch bucket
+  // Refuse (RESOURCE_EXHAUSTED) a request that would wait longer than this for a place in the
+  // batch: the work queued ahead of it (forward rows x steps) over the rate the batch has been
+  // processing it at. Overload is then answered at once instead of by a queue whose latency
+  // grows without bound. 0 = off (only max_queued_rows bounds the queue).
+  double max_queue_wait_s = 0;
 };
 
 struct SchedulerStats {
@@ -142,6 +147,8 @@ class BatchScheduler {
   CondVar cv_;
   std::deque<std::shared_ptr<SampleJob>> queue_ GUARDED_BY(mu_);
   int queued_rows_ GUARDED_BY(mu_) = 0;
+  double queued_work_ GUARDED_BY(mu_) = 0;       // forward rows x steps of the queued jobs
+  double work_per_s_ GUARDED_BY(mu_) = 0;        // forward rows x steps per second, smoothed over steps
   bool stopping_ GUARDED_BY(mu_) = false;
   Status stop_reason_ GUARDED_BY(mu_);
   bool wake_ GUARDED_BY(mu_) = false;

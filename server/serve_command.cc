@@ -84,7 +84,7 @@ void AddServeCommand(CLI::App& app, const CommonOptions& common) {
     ModelRegistry registry(config.models_dir, config.default_model, torch::Device(*device),
                            SchedulerLimits{config.max_batch_rows, config.max_queued_rows, threads,
                                            SchedulerLimits{}.max_overtakes, config.fold_batchnorm,
-                                           config.cuda_graphs});
+                                           config.cuda_graphs, config.max_queue_wait_s});
     Status loaded = registry.LoadAll();
     if (!loaded.ok()) Fail(loaded.message());
 

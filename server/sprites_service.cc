@@ -260,6 +260,12 @@ grpc::ServerUnaryReactor* SpritesService::GetModel(grpc::CallbackServerContext* 
     reactor->Finish(denied);
     return reactor;
   }
+  if (request->name().size() > kMaxNameBytes) {
+    reactor->Finish(grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, "name must be at most " +
+                                                                         std::to_string(kMaxNameBytes) + " bytes, got " +
+                                                                         std::to_string(request->name().size())));
+    return reactor;
+  }
   std::shared_ptr<ServedModel> model = registry_.Find(request->name());
   if (!model) {
     reactor->Finish(grpc::Status(grpc::StatusCode::NOT_FOUND, "model '" + Echo(request->name()) + "' is not served"));

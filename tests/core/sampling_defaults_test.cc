@@ -127,7 +127,7 @@ TEST(SamplingDefaults, TheBundledModelRecordsTheMetersBestSettings) {
   EXPECT_EQ(info->sampling->sampler, SamplerKind::kDdim);
   EXPECT_EQ(info->sampling->steps, 25);
   EXPECT_EQ(info->sampling->eta, 1.0);
-  EXPECT_EQ(info->sampling->guidance, 3.0);  // models/sprites16/README.md: the meter's table
+  EXPECT_EQ(info->sampling->guidance, 2.5);  // models/sprites16/README.md: the meter's table
 }
 
 }  // namespace

@@ -92,6 +92,13 @@ TEST_F(DaemonTest, HealthAndModelListing) {
   get.set_name("nope");
   v1::ModelInfo info;
   EXPECT_EQ(stub->GetModel(&gctx, get, &info).error_code(), grpc::StatusCode::NOT_FOUND);
+
+  // A name past the 128-byte bound is refused as such, naming the field, not looked up.
+  grpc::ClientContext hctx;
+  get.set_name(std::string(100000, 'x'));
+  const grpc::Status huge = stub->GetModel(&hctx, get, &info);
+  EXPECT_EQ(huge.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  EXPECT_NE(huge.error_message().find("name must be at most 128 bytes"), std::string::npos) << huge.error_message();
 }
 
 TEST_F(DaemonTest, StreamsFramesThenAResultWithValidPngs) {

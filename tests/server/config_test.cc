@@ -2,6 +2,8 @@
 // refused with a message that names them.
 #include <gtest/gtest.h>
 
+#include <cmath>
+
 #include "common/config.h"
 
 namespace spritediff {
@@ -32,6 +34,26 @@ TEST(Config, RefusesOutOfRangeFieldsByName) {
   Status s = config.Validate();
   ASSERT_FALSE(s.ok());
   EXPECT_NE(s.message().find("max_batch_rows"), std::string::npos) << s.message();
+}
+
+TEST(Config, MaxQueueWaitMustBeAFiniteNonNegativeNumberOfSeconds) {
+  for (double bad : {-1.0, std::nan(""), 1e9}) {
+    AppConfig config;
+    config.max_queue_wait_s = bad;
+    Status s = config.Validate();
+    ASSERT_FALSE(s.ok()) << bad;
+    EXPECT_NE(s.message().find("max_queue_wait_s"), std::string::npos) << s.message();
+  }
+  AppConfig off;
+  off.max_queue_wait_s = 0;  // off
+  EXPECT_TRUE(off.Validate().ok());
+}
+
+TEST(Config, TheShippedConfigLoadsAndBoundsQueueWait) {
+  Result<AppConfig> shipped = LoadConfig(std::string(SPRITEDIFF_SOURCE_DIR) + "/configs/default.json");
+  ASSERT_TRUE(shipped.ok()) << shipped.status().message();
+  EXPECT_GT(shipped->max_queue_wait_s, 0.0);
+  EXPECT_TRUE(shipped->cuda_graphs);
 }
 
 }  // namespace

@@ -168,6 +168,41 @@ TEST(Scheduler, FoldedBatchNormsGiveTheSameSpritesToOneLevel) {
   EXPECT_LE(max_diff, 1);
 }
 
+TEST(Scheduler, RefusesARequestWhoseEstimatedWaitPassesMaxQueueWait) {
+  const LoadedModel m = TinyModel(kLongT);
+  SchedulerLimits limits = Limits(2, 100);
+  limits.max_queue_wait_s = 0.001;  // far below the queued work's drain time on any machine
+  BatchScheduler s("tiny", m, torch::kCPU, limits);
+  auto running = std::make_shared<Probe>();
+  ASSERT_TRUE(s.Submit(LongJob("running", 2, running)).ok());
+  ASSERT_TRUE(WaitStats(s, [](const SchedulerStats& st) { return st.running_rows == 2 && st.steps > 2; }));
+
+  // The batch is full. The first request to queue has nothing ahead of it and is accepted; the
+  // next would wait for 2 rows x 20000 steps to drain, far longer than 1 ms.
+  auto first = std::make_shared<Probe>();
+  ASSERT_TRUE(s.Submit(LongJob("first", 2, first)).ok());
+  auto second = std::make_shared<Probe>();
+  Status busy = s.Submit(MakeJob("second", 1, 5, SamplerKind::kDdim, second));
+  EXPECT_EQ(busy.code(), Status::Code::kResourceExhausted) << busy.message();
+  EXPECT_NE(busy.message().find("max_queue_wait_s"), std::string::npos) << busy.message();
+  EXPECT_EQ(second->DoneCalls(), 0);
+  s.Stop();
+  EXPECT_EQ(first->DoneCalls(), 1);
+}
+
+TEST(Scheduler, WithoutMaxQueueWaitOnlyTheRowLimitRefuses) {
+  const LoadedModel m = TinyModel(kLongT);
+  BatchScheduler s("tiny", m, torch::kCPU, Limits(2, 100));  // max_queue_wait_s 0: off
+  auto running = std::make_shared<Probe>();
+  ASSERT_TRUE(s.Submit(LongJob("running", 2, running)).ok());
+  ASSERT_TRUE(WaitStats(s, [](const SchedulerStats& st) { return st.running_rows == 2 && st.steps > 2; }));
+  auto first = std::make_shared<Probe>();
+  ASSERT_TRUE(s.Submit(LongJob("first", 2, first)).ok());
+  auto second = std::make_shared<Probe>();
+  EXPECT_TRUE(s.Submit(MakeJob("second", 1, 5, SamplerKind::kDdim, second)).ok());
+  s.Stop();
+}
+
 TEST(Scheduler, QueueLimitCancelAndDeadlineWhileQueuedAndRunning) {
   const LoadedModel m = TinyModel(kLongT);
   BatchScheduler s("tiny", m, torch::kCPU, Limits(4, 4));

@@ -1,0 +1,48 @@
+#!/usr/bin/env bash
+# Open-loop serving sweep (issue 15), as the diffusion-serving papers report it. Measures the
+# daemon's capacity for a request mix (closed loop: 16 clients, one-sprite requests, steps
+# drawn from 10/25/50 and guidance from 1/2/3), then offers Poisson arrivals at 25, 50, 80 and
+# 120% of it for DURATION seconds each and prints goodput, latency p50/p99 and refusals per
+# level. The daemon runs with the shipped configs/default.json (max_queue_wait_s: overload is
+# refused at once with RESOURCE_EXHAUSTED). Client and daemon share this machine's cores.
+# Needs `make build` first.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+BIN=build/bin
+THREADS=${THREADS:-2}
+PORT=${PORT:-50093}
+DURATION=${DURATION:-60}
+LEVELS=${LEVELS:-"25 50 80 120"}
+CAP_CLIENTS=${CAP_CLIENTS:-16}  # enough to keep the batch busy, few enough to queue nothing
+SERVER=127.0.0.1:$PORT
+LOG=$(mktemp -d)/load
+MIX="--count 1 --label hero --mix-steps 10,25,50 --mix-guidance 1,2,3 --seed 1"
+
+$BIN/spritediffd --threads "$THREADS" ${CONFIG:+--config "$CONFIG"} serve --port "$PORT" --metrics-port 0 >"$LOG.daemon" 2>&1 &
+daemon=$!
+trap 'kill $daemon 2>/dev/null; wait $daemon 2>/dev/null || true' EXIT
+for _ in $(seq 100); do $BIN/spritectl health --server "$SERVER" --connect-timeout 0.2 >/dev/null 2>&1 && break; sleep 0.2; done
+
+field() { sed -n "s/.*\"$2\": *\([-0-9.e+]*\).*/\1/p" <<<"$1"; }
+sub() { sed -n "s/.*\"$2\": *{[^}]*\"$3\": *\([-0-9.e+]*\).*/\1/p" <<<"$1"; }
+
+$BIN/spritectl bench --server "$SERVER" $MIX --clients 4 --requests 2 --json >/dev/null || true  # warm-up
+closed=$($BIN/spritectl bench --server "$SERVER" $MIX --clients "$CAP_CLIENTS" --requests 6 --json || true)
+capacity=$(awk -v ok="$(field "$closed" ok)" -v w="$(field "$closed" wall_s)" 'BEGIN { printf "%.3f", ok / w }')
+echo "capacity (closed loop, $CAP_CLIENTS clients x 6 requests): $capacity requests/s  $closed"
+echo
+printf "| load | offered req/s | goodput req/s | goodput/offered | p50 ms | p99 ms | refused | refusal p99 ms | other errors |\n"
+printf "|---|---|---|---|---|---|---|---|---|\n"
+for pct in $LEVELS; do
+  rate=$(awk -v c="$capacity" -v p="$pct" 'BEGIN { printf "%.3f", c * p / 100 }')
+  out=$($BIN/spritectl bench --server "$SERVER" $MIX --rate "$rate" --duration "$DURATION" --mix-seed "$pct" --json || true)
+  echo "$out" >>"$LOG.runs"
+  refused=$(sed -n 's/.*"RESOURCE_EXHAUSTED": *\([0-9]*\).*/\1/p' <<<"$out"); refused=${refused:-0}
+  errors=$(sed -n 's/.*"errors": *\({[^}]*}\).*/\1/p' <<<"$out")
+  printf "| %s%% | %.2f | %.2f | %.3f | %.0f | %.0f | %s | %.1f | %s |\n" "$pct" "$(field "$out" offered_rps)" \
+    "$(field "$out" goodput_rps)" "$(awk -v g="$(field "$out" goodput_rps)" -v o="$(field "$out" offered_rps)" \
+    'BEGIN { printf "%.3f", (o > 0 ? g / o : 0) }')" "$(sub "$out" latency_ms p50)" "$(sub "$out" latency_ms p99)" \
+    "$refused" "$(sub "$out" refused_ms p99)" "$errors"
+done
+echo
+echo "raw runs: $LOG.runs"
