@@ -144,20 +144,18 @@ bool StepGraphs::Run(const torch::Tensor& x, const torch::Tensor& ctx, const tor
   buf.x.narrow(0, 0, n).copy_(x);
   buf.ctx.narrow(0, 0, n).copy_(ctx);
   buf.coef.narrow(0, 0, n).copy_(coef);
-  if (noise.defined()) {
-    buf.noise.narrow(0, 0, n).copy_(noise);
-    buf.noise_zero = false;
-  } else if (!buf.noise_zero) {
-    buf.noise.zero_();
-    buf.noise_zero = true;
-  }
-  if (prev_x0.defined()) {
-    buf.prev_x0.narrow(0, 0, n).copy_(prev_x0);
-    buf.prev_x0_zero = false;
-  } else if (!buf.prev_x0_zero) {
-    buf.prev_x0.zero_();
-    buf.prev_x0_zero = true;
-  }
+  // Optional inputs: undefined means zeros, which are written once, not every step.
+  auto load_optional = [n](torch::Tensor& dst, bool& is_zero, const torch::Tensor& src) {
+    if (src.defined()) {
+      dst.narrow(0, 0, n).copy_(src);
+      is_zero = false;
+    } else if (!is_zero) {
+      dst.zero_();
+      is_zero = true;
+    }
+  };
+  load_optional(buf.noise, buf.noise_zero, noise);
+  load_optional(buf.prev_x0, buf.prev_x0_zero, prev_x0);
   torch::Tensor out_next, out_x0;
 #ifdef SPRITEDIFF_WITH_CUDA
   if (captures_) {

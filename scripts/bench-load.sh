@@ -14,14 +14,11 @@ PORT=${PORT:-50093}
 DURATION=${DURATION:-60}
 LEVELS=${LEVELS:-"25 50 80 120"}
 CAP_CLIENTS=${CAP_CLIENTS:-16}  # enough to keep the batch busy, few enough to queue nothing
-SERVER=127.0.0.1:$PORT
 LOG=$(mktemp -d)/load
 MIX="--count 1 --label hero --mix-steps 10,25,50 --mix-guidance 1,2,3 --seed 1"
 
-$BIN/spritediffd --threads "$THREADS" ${CONFIG:+--config "$CONFIG"} serve --port "$PORT" --metrics-port 0 >"$LOG.daemon" 2>&1 &
-daemon=$!
-trap 'kill $daemon 2>/dev/null; wait $daemon 2>/dev/null || true' EXIT
-for _ in $(seq 100); do $BIN/spritectl health --server "$SERVER" --connect-timeout 0.2 >/dev/null 2>&1 && break; sleep 0.2; done
+. scripts/daemon-lib.sh
+start_daemon "$PORT"
 
 field() { sed -n "s/.*\"$2\": *\([-0-9.e+]*\).*/\1/p" <<<"$1"; }
 sub() { sed -n "s/.*\"$2\": *{[^}]*\"$3\": *\([-0-9.e+]*\).*/\1/p" <<<"$1"; }

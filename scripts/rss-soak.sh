@@ -11,14 +11,11 @@ THREADS=${THREADS:-2}
 PORT=${PORT:-50094}
 RATE=${RATE:-5}
 MINUTES=${MINUTES:-10}
-SERVER=127.0.0.1:$PORT
 LOG=$(mktemp -d)/soak
 MIX="--count 1 --label hero --mix-steps 10,25,50 --mix-guidance 1,2,3 --seed 1"
 
-$BIN/spritediffd --threads "$THREADS" ${CONFIG:+--config "$CONFIG"} serve --port "$PORT" --metrics-port 0 >"$LOG.daemon" 2>&1 &
-daemon=$!
-trap 'kill $daemon 2>/dev/null; wait $daemon 2>/dev/null || true' EXIT
-for _ in $(seq 100); do $BIN/spritectl health --server "$SERVER" --connect-timeout 0.2 >/dev/null 2>&1 && break; sleep 0.2; done
+. scripts/daemon-lib.sh
+start_daemon "$PORT"
 rss() { awk '/^VmRSS/ { print int($2 / 1024) }' /proc/$daemon/status; }
 sleep 5
 idle=$(rss)

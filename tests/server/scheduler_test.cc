@@ -168,39 +168,38 @@ TEST(Scheduler, FoldedBatchNormsGiveTheSameSpritesToOneLevel) {
   EXPECT_LE(max_diff, 1);
 }
 
-TEST(Scheduler, RefusesARequestWhoseEstimatedWaitPassesMaxQueueWait) {
+// A 2-row batch filled by a long request that has run a few steps (so the rate is measured),
+// and a long 2-row request queued behind it; then a short 1-row request arrives. Returns how
+// Submit answered that last one; the probes see what became of the others.
+Status QueueBehindAFullBatch(double max_queue_wait_s, const std::shared_ptr<Probe>& queued,
+                             const std::shared_ptr<Probe>& last) {
   const LoadedModel m = TinyModel(kLongT);
   SchedulerLimits limits = Limits(2, 100);
-  limits.max_queue_wait_s = 0.001;  // far below the queued work's drain time on any machine
+  limits.max_queue_wait_s = max_queue_wait_s;
   BatchScheduler s("tiny", m, torch::kCPU, limits);
   auto running = std::make_shared<Probe>();
-  ASSERT_TRUE(s.Submit(LongJob("running", 2, running)).ok());
-  ASSERT_TRUE(WaitStats(s, [](const SchedulerStats& st) { return st.running_rows == 2 && st.steps > 2; }));
+  EXPECT_TRUE(s.Submit(LongJob("running", 2, running)).ok());
+  EXPECT_TRUE(WaitStats(s, [](const SchedulerStats& st) { return st.running_rows == 2 && st.steps > 2; }));
+  EXPECT_TRUE(s.Submit(LongJob("queued", 2, queued)).ok());  // nothing ahead of it: accepted
+  Status answer = s.Submit(MakeJob("last", 1, 5, SamplerKind::kDdim, last));
+  s.Stop();
+  return answer;
+}
 
-  // The batch is full. The first request to queue has nothing ahead of it and is accepted; the
-  // next would wait for 2 rows x 20000 steps to drain, far longer than 1 ms.
-  auto first = std::make_shared<Probe>();
-  ASSERT_TRUE(s.Submit(LongJob("first", 2, first)).ok());
-  auto second = std::make_shared<Probe>();
-  Status busy = s.Submit(MakeJob("second", 1, 5, SamplerKind::kDdim, second));
+TEST(Scheduler, RefusesARequestWhoseEstimatedWaitPassesMaxQueueWait) {
+  // 2 rows x 20000 steps queued ahead drain far slower than 1 ms on any machine.
+  auto queued = std::make_shared<Probe>(), last = std::make_shared<Probe>();
+  const Status busy = QueueBehindAFullBatch(0.001, queued, last);
   EXPECT_EQ(busy.code(), Status::Code::kResourceExhausted) << busy.message();
   EXPECT_NE(busy.message().find("max_queue_wait_s"), std::string::npos) << busy.message();
-  EXPECT_EQ(second->DoneCalls(), 0);
-  s.Stop();
-  EXPECT_EQ(first->DoneCalls(), 1);
+  EXPECT_EQ(last->DoneCalls(), 0);    // refused at Submit: the caller answers, not on_done
+  EXPECT_EQ(queued->DoneCalls(), 1);  // answered by Stop
 }
 
 TEST(Scheduler, WithoutMaxQueueWaitOnlyTheRowLimitRefuses) {
-  const LoadedModel m = TinyModel(kLongT);
-  BatchScheduler s("tiny", m, torch::kCPU, Limits(2, 100));  // max_queue_wait_s 0: off
-  auto running = std::make_shared<Probe>();
-  ASSERT_TRUE(s.Submit(LongJob("running", 2, running)).ok());
-  ASSERT_TRUE(WaitStats(s, [](const SchedulerStats& st) { return st.running_rows == 2 && st.steps > 2; }));
-  auto first = std::make_shared<Probe>();
-  ASSERT_TRUE(s.Submit(LongJob("first", 2, first)).ok());
-  auto second = std::make_shared<Probe>();
-  EXPECT_TRUE(s.Submit(MakeJob("second", 1, 5, SamplerKind::kDdim, second)).ok());
-  s.Stop();
+  auto queued = std::make_shared<Probe>(), last = std::make_shared<Probe>();
+  EXPECT_TRUE(QueueBehindAFullBatch(0, queued, last).ok());  // max_queue_wait_s 0: off
+  EXPECT_EQ(last->DoneCalls(), 1);  // queued, then answered by Stop
 }
 
 TEST(Scheduler, QueueLimitCancelAndDeadlineWhileQueuedAndRunning) {
