@@ -7,6 +7,7 @@
 #include <algorithm>
 #include <chrono>
 #include <cmath>
+#include <condition_variable>
 #include <cstdio>
 #include <filesystem>
 #include <iostream>
@@ -335,60 +336,120 @@ double Percentile(std::vector<double> v, double p) {
   return v[lo] + (v[hi] - v[lo]) * (rank - lo);
 }
 
-// Open-loop load (issue 15): arrivals of a Poisson process at args.rate requests/s for
-// args.duration seconds, each sent at its time on its own thread whatever happened to the
-// earlier ones, so that an overloaded server shows as refusals and latency rather than as a
-// slower client. Prints goodput (requests answered OK per second of arrivals), latency
-// percentiles of the answered requests, and how fast refusals came.
+// Open loop: the most arrivals one run may expect (rate x duration); their outcomes are kept.
+constexpr double kMaxOpenLoopArrivals = 1000000;
+
+// One bench connection: its own subchannel, so that N stubs are N connections.
+std::unique_ptr<v1::Sprites::Stub> BenchStub(const Connection& c) {
+  grpc::ChannelArguments args;
+  args.SetInt("grpc.use_local_subchannel_pool", 1);
+  args.SetMaxReceiveMessageSize(64 << 20);
+  return v1::Sprites::NewStub(MakeChannel(c, args));
+}
+
+// One Sample call of the bench, read to its end: status, time to the first event and to the
+// end, and the Result (empty unless the status is OK).
+struct SampleCall {
+  grpc::Status status;
+  double first_ms = -1;
+  double total_ms = 0;
+  v1::Result result;
+};
+
+SampleCall RunSample(v1::Sprites::Stub& stub, const v1::SampleRequest& req, double timeout_s) {
+  SampleCall call;
+  grpc::ClientContext ctx;
+  SetDeadline(ctx, timeout_s);
+  const auto t0 = Clock::now();
+  auto reader = stub.Sample(&ctx, req);
+  v1::SampleEvent ev;
+  while (reader->Read(&ev)) {
+    if (call.first_ms < 0) call.first_ms = std::chrono::duration<double, std::milli>(Clock::now() - t0).count();
+    if (ev.has_result()) call.result = ev.result();
+  }
+  call.status = reader->Finish();
+  call.total_ms = std::chrono::duration<double, std::milli>(Clock::now() - t0).count();
+  return call;
+}
+
+// The --mix-steps / --mix-guidance draws for one request (a frame_every past the drawn steps is
+// lowered to them).
+template <typename Args>
+void ApplyMix(const Args& a, std::mt19937_64& rng, v1::SampleRequest& req) {
+  if (!a.mix_steps.empty()) {
+    req.set_steps(static_cast<uint32_t>(a.mix_steps[rng() % a.mix_steps.size()]));
+    if (req.frame_every() > req.steps()) req.set_frame_every(req.steps());
+  }
+  if (!a.mix_guidance.empty()) {
+    req.set_guidance_scale(static_cast<float>(a.mix_guidance[rng() % a.mix_guidance.size()]));
+  }
+}
+
+nlohmann::json Percentiles(const std::vector<double>& v, std::initializer_list<int> ps) {
+  nlohmann::json out = nlohmann::json::object();
+  for (int p : ps) out["p" + std::to_string(p)] = Percentile(v, p);
+  return out;
+}
+
+// Open-loop load (issue 15): arrivals of a Poisson process at a.rate requests/s for
+// a.duration seconds, each sent at its time on its own thread whatever happened to the earlier
+// ones, so that an overloaded server shows as refusals and latency rather than as a slower
+// client. At most a.max_inflight calls are open at once: an arrival past that is not sent and
+// is counted as client_dropped (the client, not the server, was the limit). Prints goodput
+// (requests answered OK per second of arrivals), latency percentiles of the answered requests,
+// and how fast refusals came.
 template <typename Args>
 void OpenLoop(const Args& a, const v1::SampleRequest& base) {
+  if (a.rate * a.duration > kMaxOpenLoopArrivals) {
+    Fail("--rate x --duration must be at most " + std::to_string(static_cast<int64_t>(kMaxOpenLoopArrivals)) +
+         " expected arrivals, got " +
+         std::to_string(static_cast<int64_t>(a.rate * a.duration)));
+  }
   struct Outcome {
     grpc::StatusCode code = grpc::StatusCode::OK;
     double ms = 0;
     int64_t sprites = 0;
   };
+  std::vector<std::unique_ptr<v1::Sprites::Stub>> stubs;
+  for (int c = 0; c < a.channels; ++c) stubs.push_back(BenchStub(a.c));
+  std::mutex mu;
+  std::condition_variable idle;
+  std::vector<Outcome> outcomes;  // one per sent arrival, filled by its thread
+  outcomes.reserve(static_cast<size_t>(a.rate * a.duration * 1.1) + 16);
+  int inflight = 0;
+  int64_t arrivals = 0, dropped = 0;
   std::mt19937_64 rng(a.mix_seed);
   std::exponential_distribution<double> gap(a.rate);
-  std::vector<double> at;  // arrival times, seconds from the start
-  for (double t = gap(rng); t < a.duration; t += gap(rng)) at.push_back(t);
-  std::vector<v1::SampleRequest> reqs(at.size(), base);
-  for (size_t i = 0; i < reqs.size(); ++i) {
-    if (!a.mix_steps.empty()) reqs[i].set_steps(static_cast<uint32_t>(a.mix_steps[rng() % a.mix_steps.size()]));
-    if (!a.mix_guidance.empty()) {
-      reqs[i].set_guidance_scale(static_cast<float>(a.mix_guidance[rng() % a.mix_guidance.size()]));
-    }
-    if (base.seed() != 0) reqs[i].set_seed(base.seed() + i * 4096);
-  }
-  std::vector<std::unique_ptr<v1::Sprites::Stub>> stubs;
-  for (int c = 0; c < a.channels; ++c) {
-    grpc::ChannelArguments args;
-    args.SetInt("grpc.use_local_subchannel_pool", 1);  // one connection each
-    args.SetMaxReceiveMessageSize(64 << 20);
-    stubs.push_back(v1::Sprites::NewStub(MakeChannel(a.c, args)));
-  }
-  std::vector<Outcome> outcomes(at.size());
-  std::vector<std::thread> threads;
-  threads.reserve(at.size());
   const auto start = Clock::now();
-  for (size_t i = 0; i < at.size(); ++i) {
-    std::this_thread::sleep_until(start + std::chrono::duration_cast<Clock::duration>(std::chrono::duration<double>(at[i])));
-    threads.emplace_back([&, i] {
-      grpc::ClientContext ctx;
-      SetDeadline(ctx, a.c.timeout_s);
-      const auto t0 = Clock::now();
-      auto reader = stubs[i % stubs.size()]->Sample(&ctx, reqs[i]);
-      v1::SampleEvent ev;
-      int64_t sprites = 0;
-      while (reader->Read(&ev)) {
-        if (ev.has_result()) sprites = ev.result().images_size();
+  for (double t = gap(rng); t < a.duration; t += gap(rng)) {
+    std::this_thread::sleep_until(start + std::chrono::duration_cast<Clock::duration>(std::chrono::duration<double>(t)));
+    v1::SampleRequest req = base;
+    ApplyMix(a, rng, req);
+    if (base.seed() != 0) req.set_seed(base.seed() + static_cast<uint64_t>(arrivals) * 4096);
+    ++arrivals;
+    size_t slot = 0;
+    {
+      std::lock_guard<std::mutex> lock(mu);
+      if (inflight >= a.max_inflight) {
+        ++dropped;
+        continue;
       }
-      const grpc::Status s = reader->Finish();
-      outcomes[i].code = s.error_code();
-      outcomes[i].ms = std::chrono::duration<double, std::milli>(Clock::now() - t0).count();
-      outcomes[i].sprites = sprites;
-    });
+      ++inflight;
+      slot = outcomes.size();
+      outcomes.emplace_back();
+    }
+    v1::Sprites::Stub& stub = *stubs[slot % stubs.size()];
+    std::thread([&, slot, req = std::move(req)] {
+      const SampleCall call = RunSample(stub, req, a.c.timeout_s);
+      std::lock_guard<std::mutex> lock(mu);
+      outcomes[slot] = {call.status.error_code(), call.total_ms, call.result.images_size()};
+      if (--inflight == 0) idle.notify_all();
+    }).detach();
   }
-  for (auto& t : threads) t.join();
+  {
+    std::unique_lock<std::mutex> lock(mu);
+    idle.wait(lock, [&] { return inflight == 0; });
+  }
   const double wall = std::chrono::duration<double>(Clock::now() - start).count();
   std::vector<double> ok_ms, refused_ms;
   std::map<std::string, int> errors;
@@ -402,34 +463,41 @@ void OpenLoop(const Args& a, const v1::SampleRequest& base) {
       if (o.code == grpc::StatusCode::RESOURCE_EXHAUSTED) refused_ms.push_back(o.ms);
     }
   }
-  const double offered = static_cast<double>(at.size()) / a.duration;
+  const double offered = static_cast<double>(arrivals) / a.duration;
   const double goodput = static_cast<double>(ok_ms.size()) / a.duration;
+  const double answered_ok = arrivals > 0 ? static_cast<double>(ok_ms.size()) / arrivals : 0.0;
+  const nlohmann::json latency = Percentiles(ok_ms, {50, 95, 99}), refusal = Percentiles(refused_ms, {50, 99});
   nlohmann::json report = {
       {"server", a.c.server},
       {"mode", "open-loop"},
       {"rate", a.rate},
       {"duration_s", a.duration},
-      {"arrivals", at.size()},
+      {"arrivals", arrivals},
+      {"client_dropped", dropped},
       {"offered_rps", offered},
       {"ok", ok_ms.size()},
       {"goodput_rps", goodput},
-      {"goodput_ratio", at.empty() ? 0.0 : static_cast<double>(ok_ms.size()) / at.size()},
+      {"goodput_ratio", answered_ok},
       {"errors", errors},
       {"wall_s", wall},
       {"sprites", sprites},
-      {"latency_ms", {{"p50", Percentile(ok_ms, 50)}, {"p95", Percentile(ok_ms, 95)}, {"p99", Percentile(ok_ms, 99)}}},
-      {"refused_ms", {{"p50", Percentile(refused_ms, 50)}, {"p99", Percentile(refused_ms, 99)}}},
+      {"latency_ms", latency},
+      {"refused_ms", refusal},
   };
   if (a.json) {
     std::cout << report.dump() << "\n";
   } else {
-    std::printf("open loop: %zu arrivals in %.0f s (offered %.2f requests/s)\n", at.size(), a.duration, offered);
-    std::printf("goodput      %.2f requests/s (%.1f%% of arrivals answered OK)\n", goodput,
-                at.empty() ? 0.0 : 100.0 * ok_ms.size() / at.size());
-    std::printf("latency ms   p50 %.1f  p95 %.1f  p99 %.1f\n", Percentile(ok_ms, 50), Percentile(ok_ms, 95),
-                Percentile(ok_ms, 99));
+    std::printf("open loop: %lld arrivals in %.0f s (offered %.2f requests/s)\n", static_cast<long long>(arrivals),
+                a.duration, offered);
+    std::printf("goodput      %.2f requests/s (%.1f%% of arrivals answered OK)\n", goodput, 100.0 * answered_ok);
+    std::printf("latency ms   p50 %.1f  p95 %.1f  p99 %.1f\n", latency["p50"].get<double>(), latency["p95"].get<double>(),
+                latency["p99"].get<double>());
     std::printf("refused      %zu (RESOURCE_EXHAUSTED), answered in p99 %.1f ms\n", refused_ms.size(),
-                Percentile(refused_ms, 99));
+                refusal["p99"].get<double>());
+    if (dropped > 0) {
+      std::printf("not sent     %lld (over --max-inflight %d: the client was the limit)\n",
+                  static_cast<long long>(dropped), a.max_inflight);
+    }
     std::printf("errors       %s\n", errors.empty() ? "none" : nlohmann::json(errors).dump().c_str());
   }
 }
@@ -448,14 +516,15 @@ void BenchCommand(CLI::App& app) {
     std::vector<double> mix_guidance;
     uint64_t mix_seed = 1;
     int channels = 8;
+    int max_inflight = 512;
   };
   auto a = std::make_shared<Args>();
   auto* cmd = app.add_subcommand("bench", "load generator: concurrent clients, throughput and latency percentiles");
   AddConnectionOptions(cmd, a->c);
   AddRequestOptions(cmd, a->r, 1);
-  cmd->add_option("--clients", a->clients, "concurrent clients (one channel each)")->check(CLI::Range(1, 1024))
+  cmd->add_option("--clients", a->clients, "closed loop: concurrent clients (one channel each)")->check(CLI::Range(1, 1024))
       ->capture_default_str();
-  cmd->add_option("--requests", a->requests, "requests per client, sent one after another")->check(CLI::Range(1, 100000))
+  cmd->add_option("--requests", a->requests, "closed loop: requests per client, sent one after another")->check(CLI::Range(1, 100000))
       ->capture_default_str();
   cmd->add_option("--frame-every", a->frame_every, "ask for a frame every k steps (0 = none)")->check(CLI::Range(0, 100000))
       ->capture_default_str();
@@ -472,15 +541,17 @@ void BenchCommand(CLI::App& app) {
   cmd->add_option("--mix-seed", a->mix_seed, "seed of the draws (and of the open loop's arrival times)")->capture_default_str();
   cmd->add_option("--channels", a->channels, "open loop: connections the requests are spread over")
       ->check(CLI::Range(1, 1024))->capture_default_str();
+  cmd->add_option("--max-inflight", a->max_inflight, "open loop: calls open at once; an arrival past it is not sent "
+                  "and is reported as client_dropped")->check(CLI::Range(1, 4096))->capture_default_str();
   cmd->callback([a] {
     v1::SampleRequest base = BuildRequest(a->r);
+    // Fail fast, with a clear message, when the server is not there.
+    auto probe = v1::Sprites::NewStub(Connect(a->c));
+    base.set_frame_every(static_cast<uint32_t>(std::min(a->frame_every, ResolveSteps(*probe, a->r, a->c))));
     if (a->rate > 0) {
       OpenLoop(*a, base);
       return;
     }
-    // Fail fast, with a clear message, when the server is not there.
-    auto probe = v1::Sprites::NewStub(Connect(a->c));
-    base.set_frame_every(static_cast<uint32_t>(std::min(a->frame_every, ResolveSteps(*probe, a->r, a->c))));
     std::mutex mu;
     std::vector<double> latency_ms, ttff_ms, run_ms, queued_ms;
     std::map<std::string, int> errors;
@@ -492,34 +563,18 @@ void BenchCommand(CLI::App& app) {
     std::vector<std::thread> threads;
     for (int ci = 0; ci < a->clients; ++ci) {
       threads.emplace_back([&, ci] {
-        grpc::ChannelArguments args;
-        args.SetInt("grpc.use_local_subchannel_pool", 1);  // one connection per client
-        args.SetMaxReceiveMessageSize(64 << 20);
-        auto stub = v1::Sprites::NewStub(MakeChannel(a->c, args));
+        auto stub = BenchStub(a->c);
         std::mt19937_64 mix_rng(a->mix_seed * 1000003ULL + static_cast<uint64_t>(ci));
         for (int k = 0; k < a->requests; ++k) {
           v1::SampleRequest req = base;
           if (req.seed() != 0) req.set_seed(base.seed() + static_cast<uint64_t>(ci * a->requests + k) * 4096);
-          if (!a->mix_steps.empty()) req.set_steps(static_cast<uint32_t>(a->mix_steps[mix_rng() % a->mix_steps.size()]));
-          if (!a->mix_guidance.empty()) {
-            req.set_guidance_scale(static_cast<float>(a->mix_guidance[mix_rng() % a->mix_guidance.size()]));
-          }
-          grpc::ClientContext ctx;
-          SetDeadline(ctx, a->c.timeout_s);
-          const auto t0 = Clock::now();
-          auto reader = stub->Sample(&ctx, req);
-          v1::SampleEvent ev;
-          double first = -1;
-          v1::Result result;
-          while (reader->Read(&ev)) {
-            if (first < 0) first = std::chrono::duration<double, std::milli>(Clock::now() - t0).count();
-            if (ev.has_result()) result = ev.result();
-          }
-          grpc::Status s = reader->Finish();
-          const double total = std::chrono::duration<double, std::milli>(Clock::now() - t0).count();
+          ApplyMix(*a, mix_rng, req);
+          const SampleCall call = RunSample(*stub, req, a->c.timeout_s);
+          const v1::Result& result = call.result;
+          const double total = call.total_ms, first = call.first_ms;
           std::lock_guard<std::mutex> lock(mu);
-          if (!s.ok()) {
-            errors[CodeName(s.error_code())]++;
+          if (!call.status.ok()) {
+            errors[CodeName(call.status.error_code())]++;
             continue;
           }
           used_sampler = SamplerLabel(result.sampler());
@@ -550,10 +605,10 @@ void BenchCommand(CLI::App& app) {
         {"wall_s", wall},
         {"sprites", sprites},
         {"sprites_per_s", sprites / wall},
-        {"latency_ms", {{"p50", Percentile(latency_ms, 50)}, {"p95", Percentile(latency_ms, 95)}, {"p99", Percentile(latency_ms, 99)}}},
-        {"first_event_ms", {{"p50", Percentile(ttff_ms, 50)}, {"p95", Percentile(ttff_ms, 95)}, {"p99", Percentile(ttff_ms, 99)}}},
-        {"server_queued_ms", {{"p50", Percentile(queued_ms, 50)}, {"p95", Percentile(queued_ms, 95)}}},
-        {"server_run_ms", {{"p50", Percentile(run_ms, 50)}, {"p95", Percentile(run_ms, 95)}}},
+        {"latency_ms", Percentiles(latency_ms, {50, 95, 99})},
+        {"first_event_ms", Percentiles(ttff_ms, {50, 95, 99})},
+        {"server_queued_ms", Percentiles(queued_ms, {50, 95})},
+        {"server_run_ms", Percentiles(run_ms, {50, 95})},
     };
     if (a->json) {
       std::cout << report.dump() << "\n";
@@ -561,10 +616,12 @@ void BenchCommand(CLI::App& app) {
       std::printf("%d clients x %d requests x %d sprites (%s, steps %u, eta %g, guidance %g) in %.2f s\n", a->clients,
                   a->requests, a->r.count, used_sampler.c_str(), used_steps, used_eta, used_guidance, wall);
       std::printf("throughput   %.2f sprites/s, %.2f requests/s\n", sprites / wall, latency_ms.size() / wall);
-      std::printf("latency ms   p50 %.1f  p95 %.1f  p99 %.1f\n", Percentile(latency_ms, 50), Percentile(latency_ms, 95),
-                  Percentile(latency_ms, 99));
-      std::printf("first event  p50 %.1f  p95 %.1f  p99 %.1f ms\n", Percentile(ttff_ms, 50), Percentile(ttff_ms, 95),
-                  Percentile(ttff_ms, 99));
+      const nlohmann::json& lat = report["latency_ms"];
+      const nlohmann::json& fe = report["first_event_ms"];
+      std::printf("latency ms   p50 %.1f  p95 %.1f  p99 %.1f\n", lat["p50"].get<double>(), lat["p95"].get<double>(),
+                  lat["p99"].get<double>());
+      std::printf("first event  p50 %.1f  p95 %.1f  p99 %.1f ms\n", fe["p50"].get<double>(), fe["p95"].get<double>(),
+                  fe["p99"].get<double>());
       std::printf("errors       %s\n", errors.empty() ? "none" : nlohmann::json(errors).dump().c_str());
     }
     if (!errors.empty()) throw CLI::RuntimeError(1);

@@ -304,8 +304,10 @@ Result<QualityReport> QualityMeter::MeasureFeatures(const torch::Tensor& feature
   // smallest class: with 6 held-out food sprites its covariance, and so its real-vs-real
   // distance, is mostly noise.
   report.frechet = report.frechet_real = report.frechet_ratio = kNaN;
-  if (!pooled_gen.empty()) {
-    const torch::Tensor ref = torch::cat(pooled_ref);
+  const torch::Tensor pooled_ref_all = pooled_ref.empty() ? torch::Tensor() : torch::cat(pooled_ref);
+  // Like the per-class figures: NaN, not an error, when fewer than 2 sprites stand on a side.
+  if (!pooled_gen.empty() && torch::cat(pooled_gen).size(0) >= 2 && pooled_ref_all.size(0) >= 2) {
+    const torch::Tensor& ref = pooled_ref_all;
     Result<double> fd = FrechetDistance(torch::cat(pooled_gen), ref);
     Result<double> fd_real = FrechetDistance(torch::cat(pooled_query), ref);
     if (!fd.ok()) return fd.status();

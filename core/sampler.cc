@@ -175,25 +175,25 @@ void DenoiseStep(ContextUnet& net, const NoiseSchedule& schedule, const std::vec
     row[kCoefSigma] = static_cast<float>(rule.sigma);
     row[kCoefX0Scale] = static_cast<float>(1.0 / std::sqrt(schedule.alpha_bar(t)));
     row[kCoefX0Shift] = static_cast<float>(-std::sqrt(1.0 - schedule.alpha_bar(t)) / std::sqrt(schedule.alpha_bar(t)));
-    if (rule.sigma > 0) {
-      noise.push_back(torch::randn(r->x_.sizes(), r->generator_, torch::kFloat32));
-      any_noise = true;
-    } else {
-      noise.push_back(torch::zeros(r->x_.sizes(), torch::kFloat32));
-    }
-    if (rule.c != 0.0) {
-      prev_x0.push_back(r->prev_x0_);
-      any_history = true;
-    } else {
-      prev_x0.push_back(torch::zeros_like(r->x_));
-    }
+    // Undefined entries become zeros below, and only when some row has noise / history.
+    noise.push_back(rule.sigma > 0 ? torch::randn(r->x_.sizes(), r->generator_, torch::kFloat32) : torch::Tensor());
+    prev_x0.push_back(rule.c != 0.0 ? r->prev_x0_ : torch::Tensor());
+    any_noise = any_noise || rule.sigma > 0;
+    any_history = any_history || rule.c != 0.0;
   }
+  auto stack_or_zeros = [](std::vector<torch::Tensor>& parts, const torch::Tensor& like) {
+    for (torch::Tensor& t : parts)
+      if (!t.defined()) t = torch::zeros_like(like);
+    return torch::stack(parts);
+  };
   const torch::Tensor coefs = torch::from_blob(coef.data(), {n, kStepCoefs}, torch::kFloat32)
                                   .to(device, torch::kFloat32, /*non_blocking=*/false, /*copy=*/true);
   const torch::Tensor x = torch::stack(xs);
   const torch::Tensor ctx = torch::stack(ctxs);
-  const torch::Tensor z = any_noise ? torch::stack(noise).to(device) : torch::Tensor();
-  const torch::Tensor prev = any_history ? torch::stack(prev_x0) : torch::Tensor();
+  const torch::Tensor z =
+      any_noise ? stack_or_zeros(noise, torch::zeros(active.front()->x_.sizes(), torch::kFloat32)).to(device)
+                : torch::Tensor();
+  const torch::Tensor prev = any_history ? stack_or_zeros(prev_x0, active.front()->x_) : torch::Tensor();
   const bool need_x0 = want_x0 || any_multistep;
 
   torch::Tensor next, x0;

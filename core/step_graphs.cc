@@ -102,7 +102,7 @@ StepGraphs::Graph* StepGraphs::Capture(int bucket, bool guided, Buffers& buf) {
       c10::cuda::CUDAStreamGuard stream_guard(side);
       for (int i = 0; i < 2; ++i) StepMath(net_, buf.x, buf.ctx, buf.coef, buf.noise, buf.prev_x0, guided);
       side.synchronize();
-#if TORCH_VERSION_MAJOR >= 2
+#if TORCH_VERSION_MAJOR > 2 || (TORCH_VERSION_MAJOR == 2 && TORCH_VERSION_MINOR >= 1)  // capture modes: 2.1+
       // Thread-local capture: other threads (other models, a training job) may use CUDA meanwhile.
       g->graph.capture_begin({0, 0}, cudaStreamCaptureModeThreadLocal);
 #else

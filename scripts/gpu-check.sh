@@ -83,6 +83,7 @@ manual_build() {  # no CMake: g++ straight against the wheel's headers and libra
 
 # PyTorch's wheels (2.11 at least) ship no Gloo headers, which c10d's ProcessGroupGloo.hpp needs.
 DIST=OFF; [ -f "$TORCH_DIR/include/gloo/algorithm.h" ] && DIST=ON
+rm -f "$BIN"  # a warm machine keeps build-gpu/: never report a binary this run did not build
 el "build (CMake, SPRITEDIFF_DISTRIBUTED=$DIST)"
 cmake_build $DIST
 rc=$?

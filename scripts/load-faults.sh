@@ -46,8 +46,9 @@ load_period() {
   (while [ $SECONDS -lt $end ]; do r=$(rss_kb "$daemon"); echo "$r"; sleep 1; done) > "$WORK/rss" &
   local sampler=$!
   while [ $SECONDS -lt $end ]; do
-    out=$($BIN/spritectl bench --server "$SERVER" --clients "$CLIENTS" --requests 1 --count 1 --steps 10 \
-          --frame-every 2 --label food --json 2>&1 | tail -1)
+    # bench exits 1 when any request failed; its JSON line (with the error count) is what we want
+    out=$({ $BIN/spritectl bench --server "$SERVER" --clients "$CLIENTS" --requests 1 --count 1 --steps 10 \
+          --frame-every 2 --label food --json 2>&1 || true; } | tail -1)
     local n ok
     n=$(field "$out" requests | cut -d. -f1); ok=$(field "$out" ok | cut -d. -f1)
     requests=$((requests + ${n:-0}))

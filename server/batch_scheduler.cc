@@ -77,7 +77,7 @@ Status BatchScheduler::Submit(std::shared_ptr<SampleJob> job) {
     // Two signs of a wait past the limit: the oldest queued request has already waited that
     // long (measured), or the work queued ahead would take that long at the measured rate
     // (estimated; catches a burst before anything has aged).
-    if (limits_.max_queue_wait_s > 0 && queued_rows_ > 0 && !queue_.empty() &&
+    if (limits_.max_queue_wait_s > 0 && !queue_.empty() &&
         running_rows_ + queued_rows_ + rows > limits_.max_batch_rows) {
       const double waited_s = std::chrono::duration<double>(SteadyClock::now() - queue_.front()->arrived).count();
       const double ahead_s = work_per_s_ > 0 ? queued_work_ / work_per_s_ : 0;

@@ -92,10 +92,14 @@ void AddServeCommand(CLI::App& app, const CommonOptions& common) {
       spdlog::warn("start-up sweep: removed {} temporaries and {} orphan weights files ({} bytes) left by a crash",
                    swept.temporaries, swept.orphan_weights, swept.bytes);
     }
-    ModelRegistry registry(config.models_dir, config.default_model, torch::Device(*device),
-                           SchedulerLimits{config.max_batch_rows, config.max_queued_rows, threads,
-                                           SchedulerLimits{}.max_overtakes, config.fold_batchnorm,
-                                           config.cuda_graphs, config.max_queue_wait_s});
+    SchedulerLimits limits;  // by name: max_overtakes keeps its default
+    limits.max_batch_rows = config.max_batch_rows;
+    limits.max_queued_rows = config.max_queued_rows;
+    limits.threads = threads;
+    limits.fold_batchnorm = config.fold_batchnorm;
+    limits.cuda_graphs = config.cuda_graphs;
+    limits.max_queue_wait_s = config.max_queue_wait_s;
+    ModelRegistry registry(config.models_dir, config.default_model, torch::Device(*device), limits);
     Status loaded = registry.LoadAll();
     if (!loaded.ok()) Fail(loaded.message());
 

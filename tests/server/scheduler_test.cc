@@ -89,7 +89,7 @@ bool WaitStats(const BatchScheduler& s, Pred pred, std::chrono::seconds timeout 
   const auto end = std::chrono::steady_clock::now() + timeout;
   while (std::chrono::steady_clock::now() < end) {
     if (pred(s.stats())) return true;
-    std::this_thread::yield();
+    std::this_thread::sleep_for(1ms);  // not yield: the scheduler thread needs the core
   }
   return false;
 }
