@@ -32,7 +32,7 @@ std::string ModelCard(const v1::Job& job) {
      << "| final epoch loss | " << (job.epoch_losses_size() ? job.epoch_losses(job.epoch_losses_size() - 1) : 0.0)
      << " |\n"
      << "| training wall time | " << static_cast<int64_t>(std::round(p.elapsed_s())) << " s |\n"
-     << "| resumed after restarts | " << job.resumes() << " |\n"
+     << "| resumed after daemon restarts (GetJob `resumes`) | " << job.resumes() << " |\n"
      << "| weights | " << (spec.ema_decay() > 0 ? "EMA" : "live") << " |\n";
   if (p.has_eval_accuracy()) {
     md << "| quality meter (" << spec.eval_per_class() << " per label, DDIM-25 eta 1 guidance 2) | class accuracy "
@@ -57,6 +57,10 @@ Status PublishModel(const v1::Job& job, const std::string& job_dir, const std::s
     Result<ModelInfo> published = ReadModelInfo(target.string());
     if (published.ok() &&
         published->provenance.value("command", "").find("Training.SubmitJob " + job.id() + " ") != std::string::npos) {
+      // The card was written before the crash; this record has counted the restart since, so
+      // the card is written again and says what GetJob says.
+      Status card = WriteFileAtomic((target / "README.md").string(), ModelCard(job));
+      if (!card.ok()) spdlog::warn("publishing {}: rewriting the model card: {}", name, card.message());
       return registry.Find(name) ? Status::Ok() : registry.Add(name, target.string());
     }
     return Status::FailedPrecondition("the trained model is missing from " + staging.string());
