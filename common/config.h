@@ -49,7 +49,7 @@ struct AppConfig {
   std::string tls_cert_file;             // PEM certificate chain; with tls_key_file enables TLS
   std::string tls_key_file;              // PEM private key
   std::string tls_client_ca_file;        // PEM CA bundle: when set, clients must present a cert it signed (mTLS)
-  int tls_reload_s = 60;                 // certificate files are re-read when they change, checked this often
+  int tls_reload_s = 60;                 // certificate files are reloaded when they change (checked this often) and on SIGHUP
   bool allow_insecure_public = false;    // listen on a non-loopback address without TLS + tokens
   bool reflection = true;                // gRPC server reflection (service schemas, no data)
   std::string metrics_bind = "127.0.0.1";  // address of the /metrics HTTP listener

@@ -6,6 +6,7 @@
 #include <spdlog/spdlog.h>
 
 #include <csignal>
+#include <cerrno>
 #include <cstdlib>
 #ifdef __GLIBC__
 #include <malloc.h>
@@ -71,8 +72,9 @@ void AddServeCommand(CLI::App& app, const CommonOptions& common) {
       auth = *loaded;
       spdlog::info("authentication: tokens from {} (SIGHUP re-reads it)", config.auth_token_file);
     }
-    Result<std::shared_ptr<grpc::ServerCredentials>> credentials = MakeServerCredentials(config);
+    Result<ServerCredentials> credentials = MakeServerCredentials(config);
     if (!credentials.ok()) Fail(credentials.status().message());
+    TlsFiles* tls = credentials->files.get();
 
     // Signals are taken by sigwait below; every thread started from here on inherits the mask.
     sigset_t signals;
@@ -133,7 +135,7 @@ void AddServeCommand(CLI::App& app, const CommonOptions& common) {
     grpc::ServerBuilder builder;
     const std::string address = config.bind + ":" + std::to_string(config.port);
     int bound_port = 0;
-    builder.AddListeningPort(address, *credentials, &bound_port);
+    builder.AddListeningPort(address, credentials->credentials, &bound_port);
     ApplyConnectionPolicy(config, builder);
     builder.RegisterService(&sprites);
     builder.RegisterService(&trainer);
@@ -152,16 +154,41 @@ void AddServeCommand(CLI::App& app, const CommonOptions& common) {
                  config.tls_cert_file.empty() ? "off" : (config.tls_client_ca_file.empty() ? "on" : "mutual"),
                  auth.enabled() ? "required" : "off");
 
+    // SIGHUP re-reads the token file and the TLS files; the TLS files are also polled every
+    // tls_reload_s, so a renewal that sends no signal is picked up too.
+    std::string last_tls_error;
+    auto reload_tls = [&](const char* why) {
+      Result<bool> changed = tls->Reload();
+      if (changed.ok() && *changed) {
+        spdlog::info("{}: TLS certificate reloaded from {}", why, config.tls_cert_file);
+        last_tls_error.clear();
+      } else if (changed.ok()) {
+        if (std::string(why) == "SIGHUP") spdlog::info("SIGHUP: TLS files unchanged");
+        last_tls_error.clear();
+      } else if (changed.status().message() != last_tls_error || std::string(why) == "SIGHUP") {
+        last_tls_error = changed.status().message();
+        spdlog::error("{}: keeping the TLS certificate in use: {}", why, last_tls_error);
+      }
+    };
     int received = 0;
-    while (sigwait(&signals, &received) == 0 && received == SIGHUP) {
+    for (;;) {
+      if (tls) {
+        const timespec poll{config.tls_reload_s, 0};
+        received = sigtimedwait(&signals, nullptr, &poll);
+        if (received < 0) {
+          if (errno == EAGAIN) reload_tls("TLS file check");
+          continue;  // EINTR too
+        }
+      } else if (sigwait(&signals, &received) != 0) {
+        continue;
+      }
+      if (received != SIGHUP) break;
       if (auth.enabled()) {
         Result<size_t> reloaded = auth.Reload();
         if (reloaded.ok()) spdlog::info("SIGHUP: {} tokens in use from {}", *reloaded, config.auth_token_file);
         else spdlog::error("SIGHUP: keeping the previous tokens: {}", reloaded.status().message());
       }
-      if (!config.tls_cert_file.empty()) {
-        spdlog::info("SIGHUP: TLS certificate files are re-read when they change (every {}s)", config.tls_reload_s);
-      }
+      if (tls) reload_tls("SIGHUP");
     }
     spdlog::info("signal {}: draining (grace {}s)", received == SIGINT ? "SIGINT" : "SIGTERM", config.shutdown_grace_s);
     health->SetServingStatus(false);

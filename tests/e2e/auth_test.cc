@@ -310,5 +310,53 @@ TEST(AuthTest, TlsAndMutualTls) {
   }
 }
 
+// Issue 13: certificates reload on SIGHUP (and when the files change, polled every
+// tls_reload_s, here an hour so that only the signal can have done it). A renewal whose key
+// does not match its certificate is refused and the certificate in use stays.
+TEST(AuthTest, SighupReloadsTheTlsCertificate) {
+  Scratch scratch;
+  fs::create_directories(scratch.dir() / "a");
+  fs::create_directories(scratch.dir() / "b");
+  fs::create_directories(scratch.dir() / "live");
+  Pki a(scratch.dir() / "a"), b(scratch.dir() / "b");
+  ASSERT_TRUE(a.ok() && b.ok()) << "openssl could not make the test certificates";
+  const fs::path live = scratch.dir() / "live";
+  auto install = [&](const Pki& cert_from, const Pki& key_from) {
+    std::ofstream(live / "server.pem") << cert_from.Read("server.pem");
+    std::ofstream(live / "server.key") << key_from.Read("server.key");
+  };
+  install(a, a);
+  Daemon d;
+  d.Start(R"({"tls_reload_s": 3600, "tls_cert_file": ")" + (live / "server.pem").string() + R"(", "tls_key_file": ")" +
+              (live / "server.key").string() + R"("})",
+          Tls(a, "ca.pem", false));
+  EXPECT_EQ(ListModelsWith(d.address(), Tls(a, "ca.pem", false)), grpc::StatusCode::OK);
+  EXPECT_EQ(ListModelsWith(d.address(), Tls(b, "ca.pem", false)), grpc::StatusCode::UNAVAILABLE);
+  const pid_t pid = d.pid();
+  ASSERT_GT(pid, 0);
+  auto served_by = [&](const Pki& ca) {  // new handshakes see the staged files within about a second
+    for (int i = 0; i < 100; ++i) {
+      if (ListModelsWith(d.address(), Tls(ca, "ca.pem", false)) == grpc::StatusCode::OK) return true;
+      std::this_thread::sleep_for(std::chrono::milliseconds(100));
+    }
+    return false;
+  };
+
+  // Half a renewal (b's certificate, a's key) is refused, and a's certificate stays in use.
+  install(b, a);
+  ASSERT_EQ(kill(pid, SIGHUP), 0);
+  std::this_thread::sleep_for(std::chrono::milliseconds(2500));
+  EXPECT_EQ(ListModelsWith(d.address(), Tls(a, "ca.pem", false)), grpc::StatusCode::OK);
+  EXPECT_NE(d.Log().find("SIGHUP: keeping the TLS certificate in use: tls_key_file"), std::string::npos) << d.Log();
+
+  // The whole renewal, then SIGHUP: b's certificate is served, a's is not.
+  install(b, b);
+  ASSERT_EQ(kill(pid, SIGHUP), 0);
+  EXPECT_TRUE(served_by(b)) << d.Log();
+  EXPECT_EQ(ListModelsWith(d.address(), Tls(a, "ca.pem", false)), grpc::StatusCode::UNAVAILABLE);
+  EXPECT_EQ(d.Stop(), 0) << d.Log();
+  EXPECT_NE(d.Log().find("SIGHUP: TLS certificate reloaded"), std::string::npos) << d.Log();
+}
+
 }  // namespace
 }  // namespace spritediff::e2e
