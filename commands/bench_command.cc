@@ -19,6 +19,38 @@ namespace spritediff {
 namespace fs = std::filesystem;
 using Clock = std::chrono::steady_clock;
 
+namespace {
+
+// n rows at the model's default sampling, one-hot labels in turn, seeds 1000, 1001, ...
+std::vector<RowSpec> FixedSeedRows(const SamplingDefaults& d, int n_cfeat, int n) {
+  std::vector<RowSpec> specs(n);
+  for (int i = 0; i < n; ++i) {
+    specs[i].sampler = d.sampler;
+    specs[i].steps = d.steps;
+    specs[i].eta = d.eta;
+    specs[i].guidance = d.guidance;
+    specs[i].context.assign(n_cfeat, 0.0f);
+    specs[i].context[i % n_cfeat] = 1.0f;
+    specs[i].seed = 1000 + i;
+  }
+  return specs;
+}
+
+// Two image sets compared as the PNGs store them ([-1, 1] -> 0..255): printed, and returned as
+// {max_pixel_diff, pixels_off_by_more_than_8, mean_abs_diff}.
+nlohmann::json ComparePixels(const char* name, const torch::Tensor& p, const torch::Tensor& q) {
+  auto pixels = [](const torch::Tensor& x) { return ((x.clamp(-1, 1) + 1) * 127.5).round().to(torch::kInt32); };
+  const torch::Tensor diff = (pixels(p.cpu()) - pixels(q.cpu())).abs();
+  const int64_t max_diff = diff.max().item<int64_t>();
+  const double over8 = (diff > 8).to(torch::kFloat64).mean().item<double>();
+  const double mean_abs = (p.cpu() - q.cpu()).abs().mean().item<double>();
+  std::printf("%-22s max pixel difference %3lld / 255, %.4f%% of values off by > 8, mean |diff| %.2e\n", name,
+              static_cast<long long>(max_diff), over8 * 100, mean_abs);
+  return {{"max_pixel_diff", max_diff}, {"pixels_off_by_more_than_8", over8}, {"mean_abs_diff", mean_abs}};
+}
+
+}  // namespace
+
 void AddBenchCommand(CLI::App& app, const CommonOptions& common) {
   struct Args {
     std::string model;
@@ -30,6 +62,7 @@ void AddBenchCommand(CLI::App& app, const CommonOptions& common) {
     bool fold_batchnorm = false;
     int train_batch = 0;
     int check_cpu = 0;
+    int check_precision = 0;
   };
   auto a = std::make_shared<Args>();
   auto* cmd = app.add_subcommand("bench", "offline speed figures: forward ms per batch size, DDIM samples/s");
@@ -45,6 +78,10 @@ void AddBenchCommand(CLI::App& app, const CommonOptions& common) {
                   "sampling, labels in turn) on the GPU eagerly, with CUDA graphs and on the CPU, and print the "
                   "largest pixel difference between them (needs --model); 0 = skip")
       ->check(CLI::Range(0, 1024))->capture_default_str();
+  cmd->add_option("--check-precision", a->check_precision, "also sample this many fixed seeds (the model's default "
+                  "sampling, labels in turn) in fp32 and in bf16 on this device and print the largest pixel "
+                  "difference (needs --model); 0 = skip")
+      ->check(CLI::Range(0, 1024))->capture_default_str();
   cmd->add_option("--steps", a->steps, "sampling steps")->check(CLI::Range(1, 100000))->capture_default_str();
   cmd->add_option("--sampler", a->sampler, "sampler of the sampling run: " + SamplerNames())
       ->check(CLI::IsMember({"ddpm", "ddim", "dpmpp-2m", "dpmpp-2m-sde"}))
@@ -57,6 +94,7 @@ void AddBenchCommand(CLI::App& app, const CommonOptions& common) {
     const torch::Device device(device_name);
     if (a->check_cpu > 0 && a->model.empty()) Fail("--check-cpu needs --model");
     if (a->check_cpu > 0 && !device.is_cuda()) Fail("--check-cpu compares a GPU with the CPU: run it with --device cuda");
+    if (a->check_precision > 0 && a->model.empty()) Fail("--check-precision needs --model");
     ContextUnet net{nullptr};
     ModelInfo info;
     if (!a->model.empty()) {
@@ -73,13 +111,15 @@ void AddBenchCommand(CLI::App& app, const CommonOptions& common) {
     net->to(device);
     net->eval();
     if (a->fold_batchnorm) net->FuseBatchNormForInference();
+    const bool bf16 = ApplyPrecision(net, config, device_name);
     torch::NoGradGuard no_grad;
     auto sync = [&] {
       if (device.is_cuda()) torch::cuda::synchronize();
     };
     nlohmann::json report = {{"device", device_name}, {"threads", at::get_num_threads()}, {"blas", CpuBlasName()},
                              {"n_feat", info.arch.n_feat}, {"height", info.arch.height},
-                             {"parameters", ParameterCount(*net)}, {"fold_batchnorm", a->fold_batchnorm}};
+                             {"parameters", ParameterCount(*net)}, {"fold_batchnorm", a->fold_batchnorm},
+                             {"precision", bf16 ? "bf16" : "fp32"}};
     for (int b : a->batches) {
       if (b < 1 || b > 4096) Fail("--batches values must be in [1, 4096]");
       torch::Tensor x = torch::randn({b, info.arch.in_channels, info.arch.height, info.arch.height}).to(device);
@@ -184,16 +224,7 @@ void AddBenchCommand(CLI::App& app, const CommonOptions& common) {
     if (a->check_cpu > 0) {
       // The same rows on three paths; noise comes from each row's CPU generator on every path.
       const SamplingDefaults d = EffectiveSamplingDefaults(info);
-      std::vector<RowSpec> specs(a->check_cpu);
-      for (int i = 0; i < a->check_cpu; ++i) {
-        specs[i].sampler = d.sampler;
-        specs[i].steps = d.steps;
-        specs[i].eta = d.eta;
-        specs[i].guidance = d.guidance;
-        specs[i].context.assign(info.arch.n_cfeat, 0.0f);
-        specs[i].context[i % info.arch.n_cfeat] = 1.0f;
-        specs[i].seed = 1000 + i;
-      }
+      const std::vector<RowSpec> specs = FixedSeedRows(d, info.arch.n_cfeat, a->check_cpu);
       StepGraphs check_graphs(net, device, a->check_cpu);
       const torch::Tensor gpu = SampleAll(net, schedule, specs, device);
       const torch::Tensor graphed = SampleAll(net, schedule, specs, device, &check_graphs);
@@ -202,25 +233,29 @@ void AddBenchCommand(CLI::App& app, const CommonOptions& common) {
       cpu_model->net->eval();
       if (a->fold_batchnorm) cpu_model->net->FuseBatchNormForInference();
       const torch::Tensor cpu = SampleAll(cpu_model->net, schedule, specs, torch::kCPU);
-      // Pixels as the PNGs store them: [-1, 1] -> 0..255.
-      auto pixels = [](const torch::Tensor& x) {
-        return ((x.clamp(-1, 1) + 1) * 127.5).round().to(torch::kInt32);
-      };
-      auto compare = [&](const char* name, const torch::Tensor& p, const torch::Tensor& q) {
-        const torch::Tensor diff = (pixels(p) - pixels(q)).abs();
-        const int64_t max_diff = diff.max().item<int64_t>();
-        const double over8 = (diff > 8).to(torch::kFloat64).mean().item<double>();
-        const double mean_abs = (p - q).abs().mean().item<double>();
-        report["check_cpu"][name] = {{"max_pixel_diff", max_diff}, {"pixels_off_by_more_than_8", over8},
-                                     {"mean_abs_diff", mean_abs}};
-        std::printf("%-22s max pixel difference %3lld / 255, %.4f%% of values off by > 8, mean |diff| %.2e\n",
-                    name, static_cast<long long>(max_diff), over8 * 100, mean_abs);
-      };
       report["check_cpu"]["rows"] = a->check_cpu;
       report["check_cpu"]["sampling"] = SamplingDefaultsToJson(d);
-      compare("gpu_eager_vs_cpu", gpu, cpu);
-      compare("gpu_graphs_vs_cpu", graphed, cpu);
-      compare("gpu_graphs_vs_eager", graphed, gpu);
+      report["check_cpu"]["gpu_eager_vs_cpu"] = ComparePixels("gpu_eager_vs_cpu", gpu, cpu);
+      report["check_cpu"]["gpu_graphs_vs_cpu"] = ComparePixels("gpu_graphs_vs_cpu", graphed, cpu);
+      report["check_cpu"]["gpu_graphs_vs_eager"] = ComparePixels("gpu_graphs_vs_eager", graphed, gpu);
+    }
+    if (a->check_precision > 0) {
+      // Two fresh copies of the model, one per precision (folded alike), the same rows.
+      const SamplingDefaults d = EffectiveSamplingDefaults(info);
+      const std::vector<RowSpec> specs = FixedSeedRows(d, info.arch.n_cfeat, a->check_precision);
+      torch::Tensor images[2];
+      for (int half = 0; half < 2; ++half) {
+        Result<LoadedModel> copy = LoadModel(ModelDir(a->model, config));
+        if (!copy.ok()) Fail(copy.status().message());
+        copy->net->to(device);
+        copy->net->eval();
+        if (a->fold_batchnorm) copy->net->FuseBatchNormForInference();
+        if (half == 1) copy->net->UseBFloat16ForInference();
+        images[half] = SampleAll(copy->net, schedule, specs, device);
+      }
+      report["check_precision"] = ComparePixels("bf16_vs_fp32", images[1], images[0]);
+      report["check_precision"]["rows"] = a->check_precision;
+      report["check_precision"]["sampling"] = SamplingDefaultsToJson(d);
     }
     if (a->train_batch > 0) {
       // The course reference's timing: a fresh network in train mode, Adam 1e-3, random images,

@@ -22,6 +22,7 @@ AppConfig ResolveConfig(const CommonOptions& common) {
   }
   if (common.threads >= 0) config.threads = common.threads;
   if (!common.device.empty()) config.device = common.device;
+  if (!common.precision.empty()) config.precision = common.precision;
   return config;
 }
 
@@ -33,6 +34,13 @@ std::string PrepareCompute(const AppConfig& config) {
   const std::string blas_warning = SlowBlasWarning(*device);
   if (!blas_warning.empty()) spdlog::warn(blas_warning);
   return *device;
+}
+
+bool ApplyPrecision(ContextUnet& net, const AppConfig& config, const std::string& device) {
+  Result<bool> bf16 = ResolveBFloat16(config.precision, device);
+  if (!bf16.ok()) Fail(bf16.status().message());
+  if (*bf16) net->UseBFloat16ForInference();
+  return *bf16;
 }
 
 std::string FindModelDir(const std::string& model, const AppConfig& config) {

@@ -5,6 +5,7 @@
 #include <string>
 
 #include "common/config.h"
+#include "core/model.h"
 
 namespace spritediff {
 
@@ -14,7 +15,12 @@ struct CommonOptions {
   bool config_given = false;
   int threads = -1;     // -1: from the config
   std::string device;   // empty: from the config
+  std::string precision;  // empty: from the config
 };
+
+// Converts a loaded network for inference at config.precision on device (fold BatchNorm, if
+// wanted, before); returns whether it now runs in bf16. Fails on an unknown precision.
+bool ApplyPrecision(ContextUnet& net, const AppConfig& config, const std::string& device);
 
 // Prints "spritediffd: error: <message>" and makes the command exit 1.
 [[noreturn]] void Fail(const std::string& message);

@@ -31,7 +31,8 @@ Status AppConfig::Validate() const {
                           range("max_concurrent_streams", max_concurrent_streams, 1, 100000),
                           range("keepalive_time_s", keepalive_time_s, 1, 86400),
                           range("keepalive_timeout_s", keepalive_timeout_s, 1, 3600),
-                          range("max_connection_idle_s", max_connection_idle_s, 0, 86400 * 7)}) {
+                          range("max_connection_idle_s", max_connection_idle_s, 0, 86400 * 7),
+                          range("release_memory_s", release_memory_s, 0, 86400)}) {
     if (!s.ok()) return s;
   }
   if (max_rows_per_request > max_queued_rows) {
@@ -47,6 +48,9 @@ Status AppConfig::Validate() const {
   if (!(max_queue_wait_s >= 0 && max_queue_wait_s <= 86400)) {
     return Status::InvalidArgument("max_queue_wait_s must be in [0, 86400] seconds, got " +
                                    std::to_string(max_queue_wait_s));
+  }
+  if (precision != "fp32" && precision != "bf16" && precision != "auto") {
+    return Status::InvalidArgument("precision must be fp32, bf16 or auto, got '" + precision.substr(0, 32) + "'");
   }
   if (bind.empty()) return Status::InvalidArgument("bind must not be empty");
   if (models_dir.empty()) return Status::InvalidArgument("models_dir must not be empty");
@@ -90,13 +94,13 @@ Result<AppConfig> LoadConfig(const std::string& path) {
     const json j = json::parse(in);
     if (!j.is_object()) return Status::InvalidArgument(path + ": config must be a JSON object");
     static const char* known[] = {"bind", "port", "metrics_port", "models_dir", "default_model", "device", "threads",
-                                  "max_batch_rows", "max_queued_rows", "max_rows_per_request", "fold_batchnorm", "cuda_graphs", "max_queue_wait_s",
+                                  "max_batch_rows", "max_queued_rows", "max_rows_per_request", "fold_batchnorm", "cuda_graphs", "max_queue_wait_s", "precision",
                                   "max_frames_per_request", "max_pending_frames", "shutdown_grace_s", "data_root",
                                   "state_dir", "max_concurrent_jobs", "training_threads",
                                   "resume_interrupted_jobs", "max_queued_jobs", "max_n_feat_x_image_size", "max_epochs_x_images", "finished_job_retention_h", "auth_token_file", "tls_cert_file",
                                   "tls_key_file", "tls_client_ca_file", "tls_reload_s", "allow_insecure_public",
                                   "reflection", "metrics_bind", "max_concurrent_streams", "keepalive_time_s",
-                                  "keepalive_timeout_s", "max_connection_idle_s", "comment"};
+                                  "keepalive_timeout_s", "max_connection_idle_s", "release_memory_s", "comment"};
     for (const auto& item : j.items()) {
       if (std::find(std::begin(known), std::end(known), item.key()) == std::end(known)) {
         return Status::InvalidArgument(path + ": unknown key '" + item.key() + "'");
@@ -123,6 +127,7 @@ Result<AppConfig> LoadConfig(const std::string& path) {
     c.fold_batchnorm = j.value("fold_batchnorm", c.fold_batchnorm);
     c.cuda_graphs = j.value("cuda_graphs", c.cuda_graphs);
     c.max_queue_wait_s = j.value("max_queue_wait_s", c.max_queue_wait_s);
+    c.precision = j.value("precision", c.precision);
     c.max_queued_jobs = j.value("max_queued_jobs", c.max_queued_jobs);
     c.max_n_feat_x_image_size = j.value("max_n_feat_x_image_size", c.max_n_feat_x_image_size);
     c.max_epochs_x_images = j.value("max_epochs_x_images", c.max_epochs_x_images);
@@ -139,6 +144,7 @@ Result<AppConfig> LoadConfig(const std::string& path) {
     c.keepalive_time_s = j.value("keepalive_time_s", c.keepalive_time_s);
     c.keepalive_timeout_s = j.value("keepalive_timeout_s", c.keepalive_timeout_s);
     c.max_connection_idle_s = j.value("max_connection_idle_s", c.max_connection_idle_s);
+    c.release_memory_s = j.value("release_memory_s", c.release_memory_s);
   } catch (const json::exception& e) {
     return Status::InvalidArgument(path + ": " + e.what());
   }

@@ -26,6 +26,8 @@ struct AppConfig {
   double max_queue_wait_s = 0;   // refuse a request whose estimated wait for a place in the batch
                                  // (queued work / measured rate) is longer; 0 = off (the shipped
                                  // configs/default.json sets it)
+  std::string precision = "fp32";  // inference: fp32 | bf16 | auto (bf16 on a CPU with native
+                                   // bf16, core/runtime.h); training always runs in fp32
   bool cuda_graphs = true;       // on a CUDA device, replay each batch size's denoising step as a
                                  // captured CUDA graph (core/step_graphs.h); no effect on CPU
   // Frames.
@@ -58,6 +60,10 @@ struct AppConfig {
   int keepalive_time_s = 60;             // server pings an idle connection this often
   int keepalive_timeout_s = 20;          // and closes it when the ping is not answered
   int max_connection_idle_s = 600;       // a connection with no calls this long is closed (0 = never)
+  // Memory: every this many seconds the daemon hands the heap pages that are free back to the
+  // system (glibc malloc_trim). Without it, batches of changing sizes leave free pages inside
+  // the heap and peak RSS crept up under sustained load (scripts/load-faults.sh). 0 = never.
+  int release_memory_s = 1;
 
   Status Validate() const;
   // A one-line refusal when the listen address is public and TLS or the token file is missing

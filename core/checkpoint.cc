@@ -142,6 +142,9 @@ Status SaveModel(const std::string& dir, const ModelInfo& info, ContextUnet& net
   if (net->batchnorm_fused()) {
     return Status::FailedPrecondition(dir + ": a network with folded BatchNorms is for serving only; save the loaded one");
   }
+  if (net->bfloat16()) {
+    return Status::FailedPrecondition(dir + ": a bfloat16 network is for serving only; save the loaded one");
+  }
   Status v = ValidateModelInfo(info);
   if (!v.ok()) return v;
   std::error_code ec;

@@ -84,8 +84,24 @@ UnetUpImpl::UnetUpImpl(int in_channels, int out_channels) {
                               ResidualConvBlock(out_channels, out_channels)));
 }
 
+namespace {
+// A Sequential's forward, except that a transposed convolution whose weights are in another
+// dtype than the activations (float32 inside a bf16 network) runs in its weights' dtype.
+torch::Tensor ForwardWithFloatTransposedConvs(nn::Sequential seq, torch::Tensor x) {
+  for (auto& any : *seq) {
+    auto* convt = any.ptr()->as<nn::ConvTranspose2dImpl>();
+    if (convt && convt->weight.scalar_type() != x.scalar_type()) {
+      x = convt->forward(x.to(convt->weight.scalar_type())).to(x.scalar_type());
+    } else {
+      x = any.forward(x);
+    }
+  }
+  return x;
+}
+}  // namespace
+
 torch::Tensor UnetUpImpl::forward(const torch::Tensor& x, const torch::Tensor& skip) {
-  return model_->forward(torch::cat({x, skip}, 1));
+  return ForwardWithFloatTransposedConvs(model_, torch::cat({x, skip}, 1));
 }
 
 EmbedFCImpl::EmbedFCImpl(int input_dim, int emb_dim) {
@@ -117,22 +133,36 @@ torch::Tensor ContextUnetImpl::forward(const torch::Tensor& x, const torch::Tens
                                        const torch::Tensor& context) {
   const int64_t f = config_.n_feat;
   const int side = config_.height / 4;
-  torch::Tensor h = init_conv_->forward(x);
+  torch::Tensor h = init_conv_->forward(bf16_ ? x.to(torch::kBFloat16) : x);
   torch::Tensor d1 = down1_->forward(h);
   torch::Tensor d2 = down2_->forward(d1);
   // AvgPool over the whole (height/4)^2 map, then GELU: the course's to_vec.
   torch::Tensor hidden = torch::gelu(torch::avg_pool2d(d2, side));
 
+  // The embeddings run in x's dtype (float32 also in a bf16 network), then join h's.
   torch::Tensor tt = t.reshape({-1, 1}).to(x.dtype());
-  torch::Tensor cemb1 = contextembed1_->forward(context).view({-1, 2 * f, 1, 1});
-  torch::Tensor temb1 = timeembed1_->forward(tt).view({-1, 2 * f, 1, 1});
-  torch::Tensor cemb2 = contextembed2_->forward(context).view({-1, f, 1, 1});
-  torch::Tensor temb2 = timeembed2_->forward(tt).view({-1, f, 1, 1});
+  const auto act = h.scalar_type();
+  torch::Tensor cemb1 = contextembed1_->forward(context).view({-1, 2 * f, 1, 1}).to(act);
+  torch::Tensor temb1 = timeembed1_->forward(tt).view({-1, 2 * f, 1, 1}).to(act);
+  torch::Tensor cemb2 = contextembed2_->forward(context).view({-1, f, 1, 1}).to(act);
+  torch::Tensor temb2 = timeembed2_->forward(tt).view({-1, f, 1, 1}).to(act);
 
-  torch::Tensor u1 = up0_->forward(hidden);
+  torch::Tensor u1 = ForwardWithFloatTransposedConvs(up0_, hidden);
   torch::Tensor u2 = up1_->forward(cemb1 * u1 + temb1, d2);
   torch::Tensor u3 = up2_->forward(cemb2 * u2 + temb2, d1);
-  return out_->forward(torch::cat({u3, h}, 1));
+  return out_->forward(torch::cat({u3, h}, 1)).to(x.dtype());
+}
+
+void ContextUnetImpl::UseBFloat16ForInference() {
+  if (bf16_) return;
+  eval();
+  torch::NoGradGuard no_grad;
+  to(torch::kBFloat16);
+  for (const auto& module : modules(/*include_self=*/false)) {
+    if (auto* convt = module->as<nn::ConvTranspose2dImpl>()) convt->to(torch::kFloat32);
+  }
+  for (EmbedFC* embed : {&timeembed1_, &timeembed2_, &contextembed1_, &contextembed2_}) (*embed)->to(torch::kFloat32);
+  bf16_ = true;
 }
 
 void ContextUnetImpl::FuseBatchNormForInference() {

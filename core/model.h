@@ -86,9 +86,19 @@ class ContextUnetImpl : public torch::nn::Module {
   void FuseBatchNormForInference();
   bool batchnorm_fused() const { return fused_; }
 
+  // For serving only: runs the network in bfloat16, where oneDNN's bf16 convolutions (AVX-512
+  // BF16, AMX) or a GPU's are faster; input and output stay float32. Transposed convolutions
+  // and the time/context embeddings keep float32 weights: libtorch 1.13's CPU bf16 transposed
+  // convolution computes the wrong shape, and the embeddings are a few small matrices. Fold
+  // BatchNorm first (in float32) when both are wanted. Irreversible like the fold: SaveModel
+  // refuses such a network.
+  void UseBFloat16ForInference();
+  bool bfloat16() const { return bf16_; }
+
  private:
   ModelConfig config_;
   bool fused_ = false;
+  bool bf16_ = false;
   ResidualConvBlock init_conv_{nullptr};
   UnetDown down1_{nullptr}, down2_{nullptr};
   EmbedFC timeembed1_{nullptr}, timeembed2_{nullptr};

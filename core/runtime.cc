@@ -4,7 +4,9 @@
 #include <torch/torch.h>
 
 #include <filesystem>
+#include <fstream>
 #include <regex>
+#include <sstream>
 #include <thread>
 
 namespace spritediff {
@@ -79,6 +81,28 @@ void SetThreadIntraOpThreads(int threads) {
   if (omp_set == nullptr || at::get_num_threads() != threads || mkl_unset) {
     at::set_num_threads(threads);  // not OpenMP, or not reachable: fall back to the process-wide setting
   }
+}
+
+bool CpuHasNativeBFloat16() {
+  std::ifstream cpuinfo("/proc/cpuinfo");
+  std::string line;
+  while (std::getline(cpuinfo, line)) {
+    if (line.rfind("flags", 0) != 0) continue;
+    std::istringstream flags(line.substr(line.find(':') + 1));
+    std::string flag;
+    while (flags >> flag) {
+      if (flag == "avx512_bf16" || flag == "amx_bf16") return true;
+    }
+    return false;  // every core lists the same flags
+  }
+  return false;
+}
+
+Result<bool> ResolveBFloat16(const std::string& precision, const std::string& device) {
+  if (precision == "fp32") return false;
+  if (precision == "bf16") return true;
+  if (precision == "auto") return device == "cpu" && CpuHasNativeBFloat16();
+  return Status::InvalidArgument("precision must be fp32, bf16 or auto, got '" + precision.substr(0, 32) + "'");
 }
 
 }  // namespace spritediff

@@ -29,4 +29,11 @@ std::string SlowBlasWarning(const std::string& device);
 // ConfigureThreads left them. Each torch-using thread calls it once when it starts.
 void SetThreadIntraOpThreads(int threads);
 
+// Inference precision (config `precision`, flag --precision): "fp32"; "bf16" (the network in
+// bfloat16, ContextUnet::UseBFloat16ForInference); "auto" = bf16 on a CPU with native bf16
+// dot products (AVX-512 BF16 or AMX, which oneDNN uses), fp32 elsewhere, CUDA included.
+// Returns whether to use bf16; an unknown name is an error that names the field.
+Result<bool> ResolveBFloat16(const std::string& precision, const std::string& device);
+bool CpuHasNativeBFloat16();
+
 }  // namespace spritediff

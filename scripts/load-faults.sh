@@ -1,20 +1,23 @@
 #!/usr/bin/env bash
 # Load and faults against a real daemon on loopback, printing the figures README quotes:
-#   1. 200 concurrent streams for DURATION seconds, twice: errors, and the daemon's peak RSS
-#      in each period (the second may add < 5% over the first: memory plateaus).
+#   1. 200 concurrent streams for DURATION seconds, PERIODS times (2): errors, and the daemon's
+#      peak RSS in each period (each may add < 5% over the one before: memory plateaus).
 #   2. 100 clients killed mid-stream (disconnects): the daemon keeps serving, RSS after.
 #   3. SIGTERM under load: exit status and seconds to exit.
 #   4. kill -9 during checkpoints and publishes of a small training job, KILLS times: after
 #      each restart no *.tmp file is left in models/ or state/, and the job ends SUCCEEDED
 #      with its model served.
 # Needs `make build` (spritediffd, spritectl) and the real sprites. Takes ~3 minutes plus
-# 2 x DURATION. Usage: scripts/load-faults.sh   (env: DURATION=60 CLIENTS=200 KILLS=5 PORT=50093)
+# 2 x DURATION. Usage: scripts/load-faults.sh   (env: DURATION=60 CLIENTS=200 PERIODS=2 KILLS=5 PORT=50093;
+# LOAD_CONFIG=', "field": value' adds config fields;
+# STOP_AFTER_LOAD=1 stops after part 1)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 BIN=build/bin
 DURATION=${DURATION:-60}
 CLIENTS=${CLIENTS:-200}
 KILLS=${KILLS:-5}
+PERIODS=${PERIODS:-2}
 PORT=${PORT:-50093}
 SERVER=127.0.0.1:$PORT
 DATA=${DATA:-../shared/data/dcss-sprites}
@@ -24,8 +27,8 @@ cp -r models/sprites16 "$WORK/models/"
 daemon=""
 
 start_daemon() {  # start_daemon EXTRA_CONFIG_JSON_FIELDS
-  printf '{"max_concurrent_jobs": 1, "shutdown_grace_s": 10, "max_queued_rows": 4096, "max_concurrent_streams": 100 %s}\n' \
-    "${1:-}" > "$WORK/config.json"
+  printf '{"max_concurrent_jobs": 1, "shutdown_grace_s": 10, "max_queued_rows": 4096, "max_concurrent_streams": 100 %s %s}\n' \
+    "${1:-}" "${LOAD_CONFIG:-}" > "$WORK/config.json"
   $BIN/spritediffd --config "$WORK/config.json" --threads 2 serve --port "$PORT" --models-dir "$WORK/models" \
     --data-root "$WORK/data" --state-dir "$WORK/state" >>"$WORK/daemon.log" 2>&1 &
   daemon=$!
@@ -34,7 +37,7 @@ start_daemon() {  # start_daemon EXTRA_CONFIG_JSON_FIELDS
   exit 1
 }
 stop_daemon() { [ -n "$daemon" ] && kill "$daemon" 2>/dev/null && wait "$daemon" 2>/dev/null || true; daemon=""; }
-cleanup() { stop_daemon; jobs -p | xargs -r kill 2>/dev/null || true; }
+cleanup() { stop_daemon; jobs -p | xargs -r kill 2>/dev/null || true; [ "${KEEP_WORK:-0}" = 1 ] || rm -rf "$WORK"; }
 trap cleanup EXIT
 rss_kb() { awk '/^VmRSS/ {print $2}' "/proc/$1/status" 2>/dev/null || echo 0; }
 field() { sed -n "s/.*\"$2\": *\([-0-9.e+]*\).*/\1/p" <<<"$1"; }
@@ -53,19 +56,30 @@ load_period() {
     n=$(field "$out" requests | cut -d. -f1); ok=$(field "$out" ok | cut -d. -f1)
     requests=$((requests + ${n:-0}))
     errors=$((errors + ${n:-$CLIENTS} - ${ok:-0}))
+    # what failed, by status code, for the summary (the JSON's "errors" map, or bench's own words)
+    [ "${n:-$CLIENTS}" = "${ok:-0}" ] || { grep -o '"errors":{[^}]*}' <<<"$out" || echo "$out"; } >> "$WORK/errors"
   done
   wait $sampler || true
   peak=$(sort -n "$WORK/rss" | tail -1)
   echo "$requests $errors $peak"
 }
 
-echo "== 1. $CLIENTS concurrent streams, two periods of ${DURATION}s (work dir $WORK)"
+echo "== 1. $CLIENTS concurrent streams, $PERIODS periods of ${DURATION}s (work dir $WORK)"
 start_daemon
-read -r r1 e1 p1 < <(load_period "$DURATION")
-read -r r2 e2 p2 < <(load_period "$DURATION")
-growth=$(awk -v a="$p1" -v b="$p2" 'BEGIN { printf "%.1f", (b - a) * 100.0 / a }')
-echo "period 1: $r1 requests, $e1 errors, peak RSS $((p1 / 1024)) MiB"
-echo "period 2: $r2 requests, $e2 errors, peak RSS $((p2 / 1024)) MiB (growth ${growth}%, must be < 5%)"
+errors=0 prev=0 growth=0
+for k in $(seq "$PERIODS"); do
+  read -r r e p < <(load_period "$DURATION")
+  errors=$((errors + e))
+  if [ "$prev" -gt 0 ]; then
+    growth=$(awk -v a="$prev" -v b="$p" 'BEGIN { printf "%.1f", (b - a) * 100.0 / a }')
+    echo "period $k: $r requests, $e errors, peak RSS $((p / 1024)) MiB (growth over period $((k - 1)): ${growth}%, must be < 5%)"
+  else
+    echo "period $k: $r requests, $e errors, peak RSS $((p / 1024)) MiB"
+  fi
+  prev=$p
+done
+if [ -s "$WORK/errors" ]; then echo "failed requests, per bench round:"; sort "$WORK/errors" | uniq -c; fi
+[ "${STOP_AFTER_LOAD:-0}" = 1 ] && exit 0
 
 echo "== 2. 100 clients killed mid-stream"
 before=$(rss_kb "$daemon")
@@ -100,7 +114,8 @@ mkdir -p "$WORK/data/mini"
 cp "$DATA/labels.txt" "$WORK/data/mini/"
 for cls in $(cat "$DATA/labels.txt"); do
   mkdir -p "$WORK/data/mini/$cls"
-  ls "$DATA/$cls" | head -8 | while read -r f; do cp "$DATA/$cls/$f" "$WORK/data/mini/$cls/"; done
+  # sed, not head: head's early exit would kill ls with SIGPIPE, and pipefail the script
+  ls "$DATA/$cls" | sed -n 1,8p | while read -r f; do cp "$DATA/$cls/$f" "$WORK/data/mini/$cls/"; done
 done
 start_daemon
 id=$($BIN/spritectl train submit --server "$SERVER" --name crashy --dataset mini --n-feat 16 --epochs 40 \
@@ -118,6 +133,9 @@ done
 $BIN/spritectl train watch --server "$SERVER" "$id" >/dev/null 2>&1 && final=SUCCEEDED || final=not-succeeded
 served=$($BIN/spritectl models --server "$SERVER" | grep -c crashy || true)
 orphans=$(ls "$WORK/models/crashy" 2>/dev/null | grep -c '^weights-' || true)
+resumes=$($BIN/spritectl train get --server "$SERVER" "$id" | sed -n 's/.*"resumes": *\([0-9]*\).*/\1/p' | head -1)
+card=$(sed -n 's/^| resumed after daemon restarts[^|]*| \([0-9]*\) |$/\1/p' "$WORK/models/crashy/README.md" 2>/dev/null)
 echo "after $KILLS kill -9: job $final, model served: $served, weights files in its dir: $orphans, temporaries seen: $leftovers"
+echo "resumes: GetJob ${resumes:-0}, model card ${card:-missing}"
 stop_daemon
-echo "== figures: streams $CLIENTS, errors $((e1 + e2)), RSS growth ${growth}%, SIGTERM exit $status, kill -9 temporaries $leftovers"
+echo "== figures: streams $CLIENTS, errors $errors, RSS growth ${growth}% (last period over the one before), SIGTERM exit $status, kill -9 temporaries $leftovers"

@@ -79,6 +79,7 @@ struct SchedulerLimits {
   int threads = 1;  // intra-op threads of the scheduler thread
   int max_overtakes = 4;  // times a request that does not fit may be overtaken by later ones
   bool fold_batchnorm = false;  // fold the network's BatchNorms into its convolutions at start
+  bool bf16 = false;            // run the network in bfloat16 (config precision, core/runtime.h)
   bool cuda_graphs = true;      // on a CUDA device, replay the step as CUDA graphs per batch bucket
   // Refuse (RESOURCE_EXHAUSTED) a request that would wait longer than this for a place in the
   // batch: the work queued ahead of it (forward rows x steps) over the rate the batch has been

@@ -18,6 +18,9 @@ int main(int argc, char** argv) {
   app.add_option("--threads", common.threads, "intra-op CPU threads; 0 = all cores (overrides config)")
       ->check(CLI::Range(0, 1024));
   app.add_option("--device", common.device, "auto | cpu | cuda | cuda:N (overrides config)");
+  app.add_option("--precision", common.precision,
+                 "inference precision: fp32 | bf16 | auto (bf16 on a CPU with native bf16; overrides config)")
+      ->check(CLI::IsMember({"fp32", "bf16", "auto"}));
   app.fallthrough();
 
   spritediff::AddTrainCommand(app, common);

@@ -7,6 +7,7 @@
 
 #include <csignal>
 #include <cerrno>
+#include <chrono>
 #include <cstdlib>
 #ifdef __GLIBC__
 #include <malloc.h>
@@ -100,6 +101,9 @@ void AddServeCommand(CLI::App& app, const CommonOptions& common) {
     limits.threads = threads;
     limits.fold_batchnorm = config.fold_batchnorm;
     limits.cuda_graphs = config.cuda_graphs;
+    Result<bool> bf16 = ResolveBFloat16(config.precision, *device);
+    if (!bf16.ok()) Fail(bf16.status().message());
+    limits.bf16 = *bf16;
     limits.max_queue_wait_s = config.max_queue_wait_s;
     ModelRegistry registry(config.models_dir, config.default_model, torch::Device(*device), limits);
     Status loaded = registry.LoadAll();
@@ -145,9 +149,10 @@ void AddServeCommand(CLI::App& app, const CommonOptions& common) {
     grpc::HealthCheckServiceInterface* health = server->GetHealthCheckService();
     health->SetServingStatus("spritediff.v1.Sprites", true);
     health->SetServingStatus("spritediff.v1.Training", config.max_concurrent_jobs > 0);
-    spdlog::info("spritediffd listening on {}:{} (device {}, {} threads, CPU BLAS {}, default model {}, metrics {}, "
+    spdlog::info("spritediffd listening on {}:{} (device {}, {}, {} threads, CPU BLAS {}, default model {}, metrics {}, "
                  "TLS {}, tokens {})",
-                 config.bind, bound_port, *device, threads, CpuBlasName(), registry.default_model(),
+                 config.bind, bound_port, *device, limits.bf16 ? "bf16" : "fp32", threads, CpuBlasName(),
+                 registry.default_model(),
                  config.metrics_port > 0
                      ? "http://" + config.metrics_bind + ":" + std::to_string(config.metrics_port) + "/metrics"
                      : std::string("off"),
@@ -170,16 +175,27 @@ void AddServeCommand(CLI::App& app, const CommonOptions& common) {
         spdlog::error("{}: keeping the TLS certificate in use: {}", why, last_tls_error);
       }
     };
+    // The main thread waits for signals and, once a second, does the periodic work: handing
+    // free heap pages back (release_memory_s) and the TLS file check (tls_reload_s).
+    using Clock = std::chrono::steady_clock;
+    Clock::time_point next_release = Clock::now() + std::chrono::seconds(config.release_memory_s);
+    Clock::time_point next_tls_check = Clock::now() + std::chrono::seconds(config.tls_reload_s);
     int received = 0;
     for (;;) {
-      if (tls) {
-        const timespec poll{config.tls_reload_s, 0};
-        received = sigtimedwait(&signals, nullptr, &poll);
-        if (received < 0) {
-          if (errno == EAGAIN) reload_tls("TLS file check");
-          continue;  // EINTR too
+      const timespec tick{1, 0};
+      received = sigtimedwait(&signals, nullptr, &tick);
+      if (received < 0) {  // the tick (EAGAIN) or EINTR
+        const Clock::time_point now = Clock::now();
+        if (config.release_memory_s > 0 && now >= next_release) {
+#if defined(__GLIBC__)
+          malloc_trim(0);
+#endif
+          next_release = now + std::chrono::seconds(config.release_memory_s);
         }
-      } else if (sigwait(&signals, &received) != 0) {
+        if (tls && now >= next_tls_check) {
+          reload_tls("TLS file check");
+          next_tls_check = now + std::chrono::seconds(config.tls_reload_s);
+        }
         continue;
       }
       if (received != SIGHUP) break;

@@ -5,6 +5,7 @@
 #include <filesystem>
 
 #include "core/checkpoint.h"
+#include "core/runtime.h"
 
 namespace spritediff {
 namespace {
@@ -57,6 +58,64 @@ TEST(ModelTest, AFusedNetworkIsNeverSaved) {
   EXPECT_EQ(s.code(), Status::Code::kFailedPrecondition);
   EXPECT_FALSE(std::filesystem::exists(dir / "model.json"));
   std::filesystem::remove_all(dir);
+}
+
+// bf16 inference (config precision): the bundled model's noise prediction in bf16 stays close to
+// fp32 (bf16 keeps 8 bits of mantissa, so about 1% of the prediction's size), comes back as
+// float32, keeps the transposed convolutions and embeddings in float32, and is never saved.
+TEST(ModelTest, BFloat16NetworkPredictsCloseToFloat32) {
+  LoadedModel plain = LoadBundled();
+  LoadedModel half = LoadBundled();
+  half.net->FuseBatchNormForInference();
+  half.net->UseBFloat16ForInference();
+  ASSERT_TRUE(half.net->bfloat16());
+  int bf16_params = 0, fp32_params = 0;
+  for (const auto& named : half.net->named_parameters()) {
+    const bool is_bf16 = named.value().scalar_type() == torch::kBFloat16;
+    (is_bf16 ? bf16_params : fp32_params) += 1;
+    if (named.key().find("embed") != std::string::npos) EXPECT_FALSE(is_bf16) << named.key();
+  }
+  EXPECT_GT(bf16_params, 20);
+  EXPECT_GT(fp32_params, 0);
+  for (const auto& module : half.net->modules(false)) {
+    if (auto* convt = module->as<torch::nn::ConvTranspose2dImpl>()) {
+      EXPECT_EQ(convt->weight.scalar_type(), torch::kFloat32);
+    }
+  }
+
+  torch::manual_seed(12);
+  const int64_t n = 16;
+  torch::Tensor x = torch::randn({n, 3, 16, 16});
+  torch::Tensor t = torch::rand({n});
+  torch::Tensor c = torch::zeros({n, 5});
+  c.index_put_({torch::arange(n), torch::arange(n) % 5}, 1.0);
+  torch::NoGradGuard no_grad;
+  torch::Tensor expected = plain.net->forward(x, t, c);
+  torch::Tensor got = half.net->forward(x, t, c);
+  ASSERT_EQ(got.scalar_type(), torch::kFloat32);
+  ASSERT_EQ(got.sizes(), expected.sizes());
+  const double scale = expected.abs().mean().item<double>();
+  EXPECT_GT(scale, 0.1);
+  EXPECT_LT((expected - got).abs().mean().item<double>(), 0.03 * scale);
+  EXPECT_LT((expected - got).abs().max().item<double>(), 0.5 * scale);
+  EXPECT_FALSE(torch::equal(expected, got)) << "the bf16 network must really run in bf16";
+
+  const auto dir = std::filesystem::temp_directory_path() / ("spritediff_bf16_" + std::to_string(::getpid()));
+  LoadedModel unfused = LoadBundled();
+  unfused.net->UseBFloat16ForInference();
+  EXPECT_EQ(SaveModel(dir.string(), unfused.info, unfused.net).code(), Status::Code::kFailedPrecondition);
+  EXPECT_FALSE(std::filesystem::exists(dir / "model.json"));
+  std::filesystem::remove_all(dir);
+}
+
+TEST(ModelTest, PrecisionNamesResolve) {
+  EXPECT_FALSE(*ResolveBFloat16("fp32", "cpu"));
+  EXPECT_TRUE(*ResolveBFloat16("bf16", "cpu"));
+  EXPECT_EQ(*ResolveBFloat16("auto", "cpu"), CpuHasNativeBFloat16());
+  EXPECT_FALSE(*ResolveBFloat16("auto", "cuda:0"));
+  Result<bool> bad = ResolveBFloat16("fp8", "cpu");
+  ASSERT_FALSE(bad.ok());
+  EXPECT_NE(bad.status().message().find("precision"), std::string::npos);
 }
 
 }  // namespace

@@ -56,5 +56,23 @@ TEST(Config, TheShippedConfigLoadsAndBoundsQueueWait) {
   EXPECT_TRUE(shipped->cuda_graphs);
 }
 
+TEST(Config, PrecisionAndReleaseMemoryAreCheckedByName) {
+  AppConfig config;
+  EXPECT_EQ(config.precision, "fp32");
+  EXPECT_EQ(config.release_memory_s, 1);
+  config.precision = "fp16";
+  Status s = config.Validate();
+  ASSERT_FALSE(s.ok());
+  EXPECT_NE(s.message().find("precision"), std::string::npos) << s.message();
+  for (const char* ok : {"fp32", "bf16", "auto"}) {
+    config.precision = ok;
+    EXPECT_TRUE(config.Validate().ok()) << ok;
+  }
+  config.release_memory_s = -1;
+  s = config.Validate();
+  ASSERT_FALSE(s.ok());
+  EXPECT_NE(s.message().find("release_memory_s"), std::string::npos) << s.message();
+}
+
 }  // namespace
 }  // namespace spritediff
