@@ -85,13 +85,41 @@ UnetUpImpl::UnetUpImpl(int in_channels, int out_channels) {
 }
 
 namespace {
-// A Sequential's forward, except that a transposed convolution whose weights are in another
-// dtype than the activations (float32 inside a bf16 network) runs in its weights' dtype.
-torch::Tensor ForwardWithFloatTransposedConvs(nn::Sequential seq, torch::Tensor x) {
+// A transposed convolution whose kernel equals its stride (every one in this network) maps
+// each input pixel to its own k x k output patch, so it is one matrix product and a reshape:
+// out[b, o, h*k+i, w*k+j] = bias[o] + sum_c x[b, c, h, w] * W[c, o, i, j]. libtorch 1.13 runs
+// such layers through slow_conv_transpose2d on the CPU (15% of a bf16 forward at batch 64);
+// the product goes to BLAS or oneDNN instead.
+torch::Tensor PatchTransposedConv(const nn::ConvTranspose2dImpl& convt, const torch::Tensor& x) {
+  const torch::Tensor& w = convt.weight;  // [C, O, k, k]
+  const int64_t b = x.size(0), c = x.size(1), h = x.size(2), wd = x.size(3);
+  const int64_t o = w.size(1), kh = w.size(2), kw = w.size(3);
+  const torch::Tensor rows = x.permute({0, 2, 3, 1}).reshape({b * h * wd, c});
+  torch::Tensor y = torch::addmm(convt.bias.repeat_interleave(kh * kw), rows, w.reshape({c, o * kh * kw}));
+  return y.view({b, h, wd, o, kh, kw}).permute({0, 3, 1, 4, 2, 5}).reshape({b, o, h * kh, wd * kw});
+}
+
+bool IsPatchTransposedConv(const nn::ConvTranspose2dImpl& convt) {
+  const auto& opt = convt.options;
+  auto all = [](const torch::ExpandingArray<2>& a, int64_t v) { return (*a)[0] == v && (*a)[1] == v; };
+  const auto* padding = c10::get_if<torch::ExpandingArray<2>>(&opt.padding());
+  return *opt.kernel_size() == *opt.stride() && padding && all(*padding, 0) && all(opt.output_padding(), 0) &&
+         all(opt.dilation(), 1) && opt.groups() == 1 && opt.bias();
+}
+
+// A Sequential's forward, with transposed convolutions as above, and with the layers a bf16
+// network keeps in float32 (transposed convolutions, GroupNorm) run in their weights' dtype.
+torch::Tensor ForwardSequential(nn::Sequential seq, torch::Tensor x) {
   for (auto& any : *seq) {
-    auto* convt = any.ptr()->as<nn::ConvTranspose2dImpl>();
-    if (convt && convt->weight.scalar_type() != x.scalar_type()) {
-      x = convt->forward(x.to(convt->weight.scalar_type())).to(x.scalar_type());
+    if (auto* convt = any.ptr()->as<nn::ConvTranspose2dImpl>()) {
+      const auto dtype = convt->weight.scalar_type();
+      const torch::Tensor in = x.to(dtype);
+      // Inference only: training keeps libtorch's kernel (its results are what checkpoints and
+      // the resume tests were made with).
+      const bool patch = !torch::GradMode::is_enabled() && IsPatchTransposedConv(*convt);
+      x = (patch ? PatchTransposedConv(*convt, in) : convt->forward(in)).to(x.scalar_type());
+    } else if (auto* norm = any.ptr()->as<nn::GroupNormImpl>()) {
+      x = norm->forward(x.to(norm->weight.scalar_type())).to(x.scalar_type());
     } else {
       x = any.forward(x);
     }
@@ -101,7 +129,7 @@ torch::Tensor ForwardWithFloatTransposedConvs(nn::Sequential seq, torch::Tensor 
 }  // namespace
 
 torch::Tensor UnetUpImpl::forward(const torch::Tensor& x, const torch::Tensor& skip) {
-  return ForwardWithFloatTransposedConvs(model_, torch::cat({x, skip}, 1));
+  return ForwardSequential(model_, torch::cat({x, skip}, 1));
 }
 
 EmbedFCImpl::EmbedFCImpl(int input_dim, int emb_dim) {
@@ -147,10 +175,10 @@ torch::Tensor ContextUnetImpl::forward(const torch::Tensor& x, const torch::Tens
   torch::Tensor cemb2 = contextembed2_->forward(context).view({-1, f, 1, 1}).to(act);
   torch::Tensor temb2 = timeembed2_->forward(tt).view({-1, f, 1, 1}).to(act);
 
-  torch::Tensor u1 = ForwardWithFloatTransposedConvs(up0_, hidden);
+  torch::Tensor u1 = ForwardSequential(up0_, hidden);
   torch::Tensor u2 = up1_->forward(cemb1 * u1 + temb1, d2);
   torch::Tensor u3 = up2_->forward(cemb2 * u2 + temb2, d1);
-  return out_->forward(torch::cat({u3, h}, 1)).to(x.dtype());
+  return ForwardSequential(out_, torch::cat({u3, h}, 1)).to(x.dtype());
 }
 
 void ContextUnetImpl::UseBFloat16ForInference() {
@@ -160,6 +188,7 @@ void ContextUnetImpl::UseBFloat16ForInference() {
   to(torch::kBFloat16);
   for (const auto& module : modules(/*include_self=*/false)) {
     if (auto* convt = module->as<nn::ConvTranspose2dImpl>()) convt->to(torch::kFloat32);
+    if (auto* norm = module->as<nn::GroupNormImpl>()) norm->to(torch::kFloat32);
   }
   for (EmbedFC* embed : {&timeembed1_, &timeembed2_, &contextembed1_, &contextembed2_}) (*embed)->to(torch::kFloat32);
   bf16_ = true;

@@ -118,5 +118,27 @@ TEST(ModelTest, PrecisionNamesResolve) {
   EXPECT_NE(bad.status().message().find("precision"), std::string::npos);
 }
 
+// Inference runs each transposed convolution (kernel = stride) as one matrix product; with
+// gradients on (training) the network uses libtorch's own kernel. Both give the same forward.
+TEST(ModelTest, TransposedConvolutionsAsMatrixProductsMatchLibtorch) {
+  LoadedModel model = LoadBundled();
+  torch::manual_seed(13);
+  const int64_t n = 6;
+  torch::Tensor x = torch::randn({n, 3, 16, 16});
+  torch::Tensor t = torch::rand({n});
+  torch::Tensor c = torch::zeros({n, 5});
+  c.index_put_({torch::arange(n), torch::arange(n) % 5}, 1.0);
+  torch::Tensor with_kernel = model.net->forward(x, t, c).detach();  // grad mode on: libtorch's kernel
+  torch::Tensor as_product, again;
+  {
+    torch::NoGradGuard no_grad;
+    as_product = model.net->forward(x, t, c);
+    again = model.net->forward(x, t, c);
+  }
+  EXPECT_GT(with_kernel.abs().mean().item<double>(), 0.1);
+  EXPECT_LT((with_kernel - as_product).abs().max().item<double>(), 1e-4);
+  EXPECT_TRUE(torch::equal(as_product, again)) << "inference must be deterministic";
+}
+
 }  // namespace
 }  // namespace spritediff
