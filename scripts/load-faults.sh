@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Load and faults against a real daemon on loopback, printing the figures README quotes:
 #   1. 200 concurrent streams for DURATION seconds, PERIODS times (2): errors, and the daemon's
-#      peak RSS in each period (each may add < 5% over the one before: memory plateaus).
+#      peak and median RSS (sampled every second) in each period; memory plateaus when a period
+#      adds < 5% over the one before.
 #   2. 100 clients killed mid-stream (disconnects): the daemon keeps serving, RSS after.
 #   3. SIGTERM under load: exit status and seconds to exit.
 #   4. kill -9 during checkpoints and publishes of a small training job, KILLS times: after
@@ -43,7 +44,7 @@ rss_kb() { awk '/^VmRSS/ {print $2}' "/proc/$1/status" 2>/dev/null || echo 0; }
 field() { sed -n "s/.*\"$2\": *\([-0-9.e+]*\).*/\1/p" <<<"$1"; }
 
 # Runs CLIENTS concurrent streams (one request each, repeated) for $1 seconds; prints
-# "requests errors peak_rss_kb".
+# "requests errors peak_rss_kb median_rss_kb".
 load_period() {
   local end=$((SECONDS + $1)) peak=0 requests=0 errors=0 out
   (while [ $SECONDS -lt $end ]; do r=$(rss_kb "$daemon"); echo "$r"; sleep 1; done) > "$WORK/rss" &
@@ -61,22 +62,24 @@ load_period() {
   done
   wait $sampler || true
   peak=$(sort -n "$WORK/rss" | tail -1)
-  echo "$requests $errors $peak"
+  median=$(sort -n "$WORK/rss" | awk '{ v[NR] = $1 } END { print v[int((NR + 1) / 2)] }')
+  echo "$requests $errors $peak $median"
 }
 
 echo "== 1. $CLIENTS concurrent streams, $PERIODS periods of ${DURATION}s (work dir $WORK)"
 start_daemon
-errors=0 prev=0 growth=0
+errors=0 prev=0 prev_m=0 growth=0 mgrowth=0
 for k in $(seq "$PERIODS"); do
-  read -r r e p < <(load_period "$DURATION")
+  read -r r e p m < <(load_period "$DURATION")
   errors=$((errors + e))
   if [ "$prev" -gt 0 ]; then
     growth=$(awk -v a="$prev" -v b="$p" 'BEGIN { printf "%.1f", (b - a) * 100.0 / a }')
-    echo "period $k: $r requests, $e errors, peak RSS $((p / 1024)) MiB (growth over period $((k - 1)): ${growth}%, must be < 5%)"
+    mgrowth=$(awk -v a="$prev_m" -v b="$m" 'BEGIN { printf "%.1f", (b - a) * 100.0 / a }')
+    echo "period $k: $r requests, $e errors, RSS peak $((p / 1024)) MiB (${growth}% over period $((k - 1))), median $((m / 1024)) MiB (${mgrowth}%)"
   else
-    echo "period $k: $r requests, $e errors, peak RSS $((p / 1024)) MiB"
+    echo "period $k: $r requests, $e errors, RSS peak $((p / 1024)) MiB, median $((m / 1024)) MiB"
   fi
-  prev=$p
+  prev=$p prev_m=$m
 done
 if [ -s "$WORK/errors" ]; then echo "failed requests, per bench round:"; sort "$WORK/errors" | uniq -c; fi
 [ "${STOP_AFTER_LOAD:-0}" = 1 ] && exit 0
@@ -138,4 +141,4 @@ card=$(sed -n 's/^| resumed after daemon restarts[^|]*| \([0-9]*\) |$/\1/p' "$WO
 echo "after $KILLS kill -9: job $final, model served: $served, weights files in its dir: $orphans, temporaries seen: $leftovers"
 echo "resumes: GetJob ${resumes:-0}, model card ${card:-missing}"
 stop_daemon
-echo "== figures: streams $CLIENTS, errors $errors, RSS growth ${growth}% (last period over the one before), SIGTERM exit $status, kill -9 temporaries $leftovers"
+echo "== figures: streams $CLIENTS, errors $errors, RSS growth ${growth}% peak, ${mgrowth}% median (last period over the one before), SIGTERM exit $status, kill -9 temporaries $leftovers"
