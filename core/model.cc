@@ -114,8 +114,9 @@ torch::Tensor ForwardSequential(nn::Sequential seq, torch::Tensor x) {
     if (auto* convt = any.ptr()->as<nn::ConvTranspose2dImpl>()) {
       const auto dtype = convt->weight.scalar_type();
       const torch::Tensor in = x.to(dtype);
-      // Inference only: training keeps libtorch's kernel (its results are what checkpoints and
-      // the resume tests were made with).
+      // Inference only. With gradients on, libtorch 1.13 gave the layers before it gradients
+      // of 1e28 (uninitialised memory) through this product, though its forward is exact, so
+      // training keeps libtorch's kernel.
       const bool patch = !torch::GradMode::is_enabled() && IsPatchTransposedConv(*convt);
       x = (patch ? PatchTransposedConv(*convt, in) : convt->forward(in)).to(x.scalar_type());
     } else if (auto* norm = any.ptr()->as<nn::GroupNormImpl>()) {
