@@ -18,18 +18,24 @@ LoadedModel LoadBundled() {
   return std::move(loaded.value());
 }
 
+// n noisy 16x16 inputs with times in [0, 1] and one-hot labels in turn, from a fixed seed.
+struct Inputs {
+  torch::Tensor x, t, c;
+};
+Inputs RandomInputs(uint64_t seed, int64_t n) {
+  torch::manual_seed(seed);
+  Inputs in{torch::randn({n, 3, 16, 16}), torch::rand({n}), torch::zeros({n, 5})};
+  in.c.index_put_({torch::arange(n), torch::arange(n) % 5}, 1.0);
+  return in;
+}
+
 TEST(ModelTest, FoldedBatchNormPredictsWhatTheEvalNetworkPredicts) {
   LoadedModel plain = LoadBundled();
   LoadedModel fused = LoadBundled();
   fused.net->FuseBatchNormForInference();
   ASSERT_TRUE(fused.net->batchnorm_fused());
 
-  torch::manual_seed(11);
-  const int64_t n = 8;
-  torch::Tensor x = torch::randn({n, 3, 16, 16});
-  torch::Tensor t = torch::rand({n});
-  torch::Tensor c = torch::zeros({n, 5});
-  c.index_put_({torch::arange(n), torch::arange(n) % 5}, 1.0);
+  const auto [x, t, c] = RandomInputs(11, 8);
   torch::NoGradGuard no_grad;
   torch::Tensor expected = plain.net->forward(x, t, c);
   torch::Tensor got = fused.net->forward(x, t, c);
@@ -83,12 +89,7 @@ TEST(ModelTest, BFloat16NetworkPredictsCloseToFloat32) {
     }
   }
 
-  torch::manual_seed(12);
-  const int64_t n = 16;
-  torch::Tensor x = torch::randn({n, 3, 16, 16});
-  torch::Tensor t = torch::rand({n});
-  torch::Tensor c = torch::zeros({n, 5});
-  c.index_put_({torch::arange(n), torch::arange(n) % 5}, 1.0);
+  const auto [x, t, c] = RandomInputs(12, 16);
   torch::NoGradGuard no_grad;
   torch::Tensor expected = plain.net->forward(x, t, c);
   torch::Tensor got = half.net->forward(x, t, c);
@@ -122,12 +123,7 @@ TEST(ModelTest, PrecisionNamesResolve) {
 // gradients on (training) the network uses libtorch's own kernel. Both give the same forward.
 TEST(ModelTest, TransposedConvolutionsAsMatrixProductsMatchLibtorch) {
   LoadedModel model = LoadBundled();
-  torch::manual_seed(13);
-  const int64_t n = 6;
-  torch::Tensor x = torch::randn({n, 3, 16, 16});
-  torch::Tensor t = torch::rand({n});
-  torch::Tensor c = torch::zeros({n, 5});
-  c.index_put_({torch::arange(n), torch::arange(n) % 5}, 1.0);
+  const auto [x, t, c] = RandomInputs(13, 6);
   torch::Tensor with_kernel = model.net->forward(x, t, c).detach();  // grad mode on: libtorch's kernel
   torch::Tensor as_product, again;
   {
