@@ -46,6 +46,7 @@ sec=$(mktemp -d)
   printf 'admin %s verify\n' "$(tr -d '\n' < admin.token | sha256sum | cut -d' ' -f1)" > spritediff-tokens
   chmod 644 ./*  # read by the image's uid 10001; throwaway files
 )
+chmod 755 "$sec"  # mktemp -d makes it 0700: uid 10001 could not reach the files inside
 conn="--server 127.0.0.1:$PORT --tls-ca $sec/spritediff-ca.crt --tls-server-name spritediff"
 
 step "run: spritediffd serve from the image on port $PORT"
@@ -87,7 +88,8 @@ build/bin/spritectl train submit $conn --token-file "$sec/admin.token" --name ve
 build/bin/spritectl sample $conn --token-file "$sec/admin.token" --model verify-mini --label food --count 2 --steps 5 --quiet --out "$out/mini"
 test -s "$out/mini/sprite-001.png"
 step "check: the daemon runs as a non-root user (the image has no shell or id: read its uid from /proc)"
-pid=$(pgrep -f "^spritediffd --config configs/container.json serve --port $PORT" | head -1)  # not buildah's own
+# the daemon itself (argv[0] as the runtime resolved it), not buildah's processes that name it
+pid=$(pgrep -f "^(/usr/local/bin/)?spritediffd --config configs/container.json serve --port $PORT" | head -1)
 uid=$(awk '/^Uid:/ { print $2 }' "/proc/$pid/status")
 echo "daemon pid $pid uid $uid"
 test "$uid" != 0
