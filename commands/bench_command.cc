@@ -40,10 +40,11 @@ std::vector<RowSpec> FixedSeedRows(const SamplingDefaults& d, int n_cfeat, int n
 // {max_pixel_diff, pixels_off_by_more_than_8, mean_abs_diff}.
 nlohmann::json ComparePixels(const char* name, const torch::Tensor& p, const torch::Tensor& q) {
   auto pixels = [](const torch::Tensor& x) { return ((x.clamp(-1, 1) + 1) * 127.5).round().to(torch::kInt32); };
-  const torch::Tensor diff = (pixels(p.cpu()) - pixels(q.cpu())).abs();
+  const torch::Tensor pc = p.cpu(), qc = q.cpu();
+  const torch::Tensor diff = (pixels(pc) - pixels(qc)).abs();
   const int64_t max_diff = diff.max().item<int64_t>();
   const double over8 = (diff > 8).to(torch::kFloat64).mean().item<double>();
-  const double mean_abs = (p.cpu() - q.cpu()).abs().mean().item<double>();
+  const double mean_abs = (pc - qc).abs().mean().item<double>();
   std::printf("%-22s max pixel difference %3lld / 255, %.4f%% of values off by > 8, mean |diff| %.2e\n", name,
               static_cast<long long>(max_diff), over8 * 100, mean_abs);
   return {{"max_pixel_diff", max_diff}, {"pixels_off_by_more_than_8", over8}, {"mean_abs_diff", mean_abs}};
@@ -221,6 +222,16 @@ void AddBenchCommand(CLI::App& app, const CommonOptions& common) {
       report["graphs_captured"] = graphs->captured_graphs();
       if (!graphs->capture_error().empty()) report["graph_error"] = graphs->capture_error();
     }
+    // A fresh copy of the model for a comparison path: on `where`, folded as `net` is, in bf16 or not.
+    auto fresh_copy = [&](const torch::Device& where, bool bf16_copy) {
+      Result<LoadedModel> copy = LoadModel(ModelDir(a->model, config));
+      if (!copy.ok()) Fail(copy.status().message());
+      copy->net->to(where);
+      copy->net->eval();
+      if (a->fold_batchnorm) copy->net->FuseBatchNormForInference();
+      if (bf16_copy) copy->net->UseBFloat16ForInference();
+      return copy->net;
+    };
     if (a->check_cpu > 0) {
       // The same rows on three paths; noise comes from each row's CPU generator on every path.
       const SamplingDefaults d = EffectiveSamplingDefaults(info);
@@ -228,11 +239,8 @@ void AddBenchCommand(CLI::App& app, const CommonOptions& common) {
       StepGraphs check_graphs(net, device, a->check_cpu);
       const torch::Tensor gpu = SampleAll(net, schedule, specs, device);
       const torch::Tensor graphed = SampleAll(net, schedule, specs, device, &check_graphs);
-      Result<LoadedModel> cpu_model = LoadModel(ModelDir(a->model, config));
-      if (!cpu_model.ok()) Fail(cpu_model.status().message());
-      cpu_model->net->eval();
-      if (a->fold_batchnorm) cpu_model->net->FuseBatchNormForInference();
-      const torch::Tensor cpu = SampleAll(cpu_model->net, schedule, specs, torch::kCPU);
+      ContextUnet cpu_net = fresh_copy(torch::kCPU, bf16);  // in the precision `net` runs in
+      const torch::Tensor cpu = SampleAll(cpu_net, schedule, specs, torch::kCPU);
       report["check_cpu"]["rows"] = a->check_cpu;
       report["check_cpu"]["sampling"] = SamplingDefaultsToJson(d);
       report["check_cpu"]["gpu_eager_vs_cpu"] = ComparePixels("gpu_eager_vs_cpu", gpu, cpu);
@@ -243,17 +251,10 @@ void AddBenchCommand(CLI::App& app, const CommonOptions& common) {
       // Two fresh copies of the model, one per precision (folded alike), the same rows.
       const SamplingDefaults d = EffectiveSamplingDefaults(info);
       const std::vector<RowSpec> specs = FixedSeedRows(d, info.arch.n_cfeat, a->check_precision);
-      torch::Tensor images[2];
-      for (int half = 0; half < 2; ++half) {
-        Result<LoadedModel> copy = LoadModel(ModelDir(a->model, config));
-        if (!copy.ok()) Fail(copy.status().message());
-        copy->net->to(device);
-        copy->net->eval();
-        if (a->fold_batchnorm) copy->net->FuseBatchNormForInference();
-        if (half == 1) copy->net->UseBFloat16ForInference();
-        images[half] = SampleAll(copy->net, schedule, specs, device);
-      }
-      report["check_precision"] = ComparePixels("bf16_vs_fp32", images[1], images[0]);
+      ContextUnet fp32_net = fresh_copy(device, false), bf16_net = fresh_copy(device, true);
+      const torch::Tensor fp32_images = SampleAll(fp32_net, schedule, specs, device);
+      const torch::Tensor bf16_images = SampleAll(bf16_net, schedule, specs, device);
+      report["check_precision"] = ComparePixels("bf16_vs_fp32", bf16_images, fp32_images);
       report["check_precision"]["rows"] = a->check_precision;
       report["check_precision"]["sampling"] = SamplingDefaultsToJson(d);
     }

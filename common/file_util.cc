@@ -7,6 +7,8 @@
 #include <cstdio>
 #include <cstring>
 #include <filesystem>
+#include <fstream>
+#include <sstream>
 
 namespace spritediff {
 
@@ -64,6 +66,20 @@ Status WriteFileAtomic(const std::string& path, const std::string& bytes) {
     return Status::IoError(tmp + ": write failed (" + (synced ? Errno() : why) + ")");
   }
   return RenameDurably(tmp, path);
+}
+
+Result<std::string> ReadFileBounded(const std::string& path, uint64_t max_bytes, const std::string& what) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) return Status::NotFound(path + ": cannot open (" + std::strerror(errno) + ")");
+  std::error_code ec;
+  const uintmax_t size = std::filesystem::file_size(path, ec);
+  if (!ec && size > max_bytes) {
+    return Status::InvalidArgument(path + ": " + std::to_string(size) + " bytes, more than " + what +
+                                   " may have here (" + std::to_string(max_bytes) + ")");
+  }
+  std::ostringstream bytes;
+  bytes << in.rdbuf();
+  return bytes.str();
 }
 
 }  // namespace spritediff

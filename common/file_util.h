@@ -3,6 +3,7 @@
 // file or the new one, never half of one, and a finished write survives a power cut.
 #pragma once
 
+#include <cstdint>
 #include <string>
 
 #include "common/status.h"
@@ -16,5 +17,10 @@ Status WriteFileAtomic(const std::string& path, const std::string& bytes);
 Status CommitFileAtomic(const std::string& tmp, const std::string& path);
 // fsync of a directory, so that a rename or a new entry in it is durable.
 Status SyncDirectory(const std::string& dir);
+
+// A whole file, its size checked before anything is read or allocated: NotFound
+// "<path>: cannot open (<reason>)", or InvalidArgument "<path>: N bytes, more than <what> may
+// have here (max_bytes)".
+Result<std::string> ReadFileBounded(const std::string& path, uint64_t max_bytes, const std::string& what);
 
 }  // namespace spritediff

@@ -6,9 +6,6 @@
 
 #include <cstdio>
 #include <cstring>
-#include <filesystem>
-#include <fstream>
-#include <sstream>
 
 namespace spritediff {
 
@@ -28,17 +25,9 @@ Result<Image> FinishRead(png_image& png, const std::string& what) {
 }  // namespace
 
 Result<Image> ReadPng(const std::string& path, uint32_t max_side) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in) return Status::NotFound(path + ": cannot open (" + std::strerror(errno) + ")");
-  std::error_code ec;
-  const uintmax_t size = std::filesystem::file_size(path, ec);
-  if (!ec && size > kMaxPngFileBytes) {
-    return Status::InvalidArgument(path + ": " + std::to_string(size) + " bytes, more than a PNG may have here (" +
-                                   std::to_string(kMaxPngFileBytes) + ")");
-  }
-  std::ostringstream buf;
-  buf << in.rdbuf();
-  Result<Image> image = DecodePng(buf.str(), max_side);
+  Result<std::string> bytes = ReadFileBounded(path, kMaxPngFileBytes, "a PNG");
+  if (!bytes.ok()) return bytes.status();
+  Result<Image> image = DecodePng(*bytes, max_side);
   if (!image.ok()) return Status::InvalidArgument(path + ": " + image.status().message());
   return image;
 }

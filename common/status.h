@@ -44,6 +44,8 @@ class Status {
   bool ok() const { return code_ == Code::kOk; }
   Code code() const { return code_; }
   const std::string& message() const { return message_; }
+  // The same status with context in front of its message ("tls_key_file " + "<path>: ...").
+  Status Prefixed(const std::string& prefix) const { return Status(code_, prefix + message_); }
 
  private:
   Status(Code code, std::string msg) : code_(code), message_(std::move(msg)) {}

@@ -304,11 +304,12 @@ Result<QualityReport> QualityMeter::MeasureFeatures(const torch::Tensor& feature
   // smallest class: with 6 held-out food sprites its covariance, and so its real-vs-real
   // distance, is mostly noise.
   report.frechet = report.frechet_real = report.frechet_ratio = kNaN;
-  const torch::Tensor pooled_ref_all = pooled_ref.empty() ? torch::Tensor() : torch::cat(pooled_ref);
+  // A class adds to pooled_ref before it adds to pooled_gen, so both are non-empty here.
+  const torch::Tensor gen_all = pooled_gen.empty() ? torch::Tensor() : torch::cat(pooled_gen);
+  const torch::Tensor ref = pooled_gen.empty() ? torch::Tensor() : torch::cat(pooled_ref);
   // Like the per-class figures: NaN, not an error, when fewer than 2 sprites stand on a side.
-  if (!pooled_gen.empty() && torch::cat(pooled_gen).size(0) >= 2 && pooled_ref_all.size(0) >= 2) {
-    const torch::Tensor& ref = pooled_ref_all;
-    Result<double> fd = FrechetDistance(torch::cat(pooled_gen), ref);
+  if (gen_all.defined() && gen_all.size(0) >= 2 && ref.size(0) >= 2) {
+    Result<double> fd = FrechetDistance(gen_all, ref);
     Result<double> fd_real = FrechetDistance(torch::cat(pooled_query), ref);
     if (!fd.ok()) return fd.status();
     if (!fd_real.ok()) return fd_real.status();

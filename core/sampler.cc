@@ -181,19 +181,19 @@ void DenoiseStep(ContextUnet& net, const NoiseSchedule& schedule, const std::vec
     any_noise = any_noise || rule.sigma > 0;
     any_history = any_history || rule.c != 0.0;
   }
-  auto stack_or_zeros = [](std::vector<torch::Tensor>& parts, const torch::Tensor& like) {
+  const torch::IntArrayRef row_sizes = active.front()->x_.sizes();  // every row's x has this shape
+  auto stack_or_zeros = [row_sizes](std::vector<torch::Tensor>& parts, const torch::TensorOptions& options) {
     for (torch::Tensor& t : parts)
-      if (!t.defined()) t = torch::zeros_like(like);
+      if (!t.defined()) t = torch::zeros(row_sizes, options);
     return torch::stack(parts);
   };
   const torch::Tensor coefs = torch::from_blob(coef.data(), {n, kStepCoefs}, torch::kFloat32)
                                   .to(device, torch::kFloat32, /*non_blocking=*/false, /*copy=*/true);
   const torch::Tensor x = torch::stack(xs);
   const torch::Tensor ctx = torch::stack(ctxs);
-  const torch::Tensor z =
-      any_noise ? stack_or_zeros(noise, torch::zeros(active.front()->x_.sizes(), torch::kFloat32)).to(device)
-                : torch::Tensor();
-  const torch::Tensor prev = any_history ? stack_or_zeros(prev_x0, active.front()->x_) : torch::Tensor();
+  // Noise is drawn on the CPU (each row's generator), history lives where the rows do.
+  const torch::Tensor z = any_noise ? stack_or_zeros(noise, torch::kFloat32).to(device) : torch::Tensor();
+  const torch::Tensor prev = any_history ? stack_or_zeros(prev_x0, active.front()->x_.options()) : torch::Tensor();
   const bool need_x0 = want_x0 || any_multistep;
 
   torch::Tensor next, x0;

@@ -13,7 +13,8 @@
 
 #include <filesystem>
 #include <fstream>
-#include <sstream>
+
+#include "common/file_util.h"
 
 namespace spritediff {
 
@@ -24,13 +25,9 @@ namespace {
 constexpr size_t kMaxPemBytes = 1 << 20;  // a certificate chain or key is a few KB
 
 Result<std::string> ReadPem(const char* field, const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in) return Status::NotFound(std::string(field) + " " + path + ": cannot read");
-  std::ostringstream text;
-  text << in.rdbuf();
-  std::string bytes = text.str();
-  if (bytes.size() > kMaxPemBytes) return Status::InvalidArgument(std::string(field) + " " + path + ": over 1 MiB");
-  if (bytes.find("-----BEGIN") == std::string::npos) {
+  Result<std::string> bytes = ReadFileBounded(path, kMaxPemBytes, "a PEM file");
+  if (!bytes.ok()) return bytes.status().Prefixed(std::string(field) + " ");
+  if (bytes->find("-----BEGIN") == std::string::npos) {
     return Status::InvalidArgument(std::string(field) + " " + path + ": not a PEM file");
   }
   return bytes;
@@ -113,12 +110,10 @@ Status TlsFiles::Publish(const Contents& c) {
   std::error_code ec;
   fs::create_directory(gen, ec);
   if (ec) return Status::Internal("creating " + gen.string() + ": " + ec.message());
-  for (const auto& [name, bytes] : {std::pair<const char*, const std::string*>{"key.pem", &c.key},
-                                    {"cert.pem", &c.cert}, {"ca.pem", &c.ca}}) {
-    if (std::string(name) == "ca.pem" && config_.tls_client_ca_file.empty()) continue;
-    Status written = WritePrivate(gen / name, *bytes);
-    if (!written.ok()) return written;
-  }
+  Status written = WritePrivate(gen / "key.pem", c.key);
+  if (written.ok()) written = WritePrivate(gen / "cert.pem", c.cert);
+  if (written.ok() && !config_.tls_client_ca_file.empty()) written = WritePrivate(gen / "ca.pem", c.ca);
+  if (!written.ok()) return written;
   // The watcher opens current/<file>: one rename moves all of them at once. A read that spans
   // the swap sees the files' modification times change and reads again.
   const fs::path link_tmp = dir / "current.new";

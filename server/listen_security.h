@@ -31,7 +31,6 @@ class TlsFiles {
   Result<bool> Reload();
 
   std::shared_ptr<grpc::ServerCredentials> credentials() const { return credentials_; }
-  const std::string& staging_dir() const { return dir_; }
 
  private:
   struct Contents {

@@ -161,16 +161,16 @@ void AddServeCommand(CLI::App& app, const CommonOptions& common) {
 
     // SIGHUP re-reads the token file and the TLS files; the TLS files are also polled every
     // tls_reload_s, so a renewal that sends no signal is picked up too.
+    // A signal always gets a log line; the poll logs changes and each new error once.
     std::string last_tls_error;
-    auto reload_tls = [&](const char* why) {
+    auto reload_tls = [&](bool on_signal) {
+      const char* why = on_signal ? "SIGHUP" : "TLS file check";
       Result<bool> changed = tls->Reload();
-      if (changed.ok() && *changed) {
-        spdlog::info("{}: TLS certificate reloaded from {}", why, config.tls_cert_file);
+      if (changed.ok()) {
+        if (*changed) spdlog::info("{}: TLS certificate reloaded from {}", why, config.tls_cert_file);
+        else if (on_signal) spdlog::info("SIGHUP: TLS files unchanged");
         last_tls_error.clear();
-      } else if (changed.ok()) {
-        if (std::string(why) == "SIGHUP") spdlog::info("SIGHUP: TLS files unchanged");
-        last_tls_error.clear();
-      } else if (changed.status().message() != last_tls_error || std::string(why) == "SIGHUP") {
+      } else if (on_signal || changed.status().message() != last_tls_error) {
         last_tls_error = changed.status().message();
         spdlog::error("{}: keeping the TLS certificate in use: {}", why, last_tls_error);
       }
@@ -193,7 +193,7 @@ void AddServeCommand(CLI::App& app, const CommonOptions& common) {
           next_release = now + std::chrono::seconds(config.release_memory_s);
         }
         if (tls && now >= next_tls_check) {
-          reload_tls("TLS file check");
+          reload_tls(/*on_signal=*/false);
           next_tls_check = now + std::chrono::seconds(config.tls_reload_s);
         }
         continue;
@@ -204,7 +204,7 @@ void AddServeCommand(CLI::App& app, const CommonOptions& common) {
         if (reloaded.ok()) spdlog::info("SIGHUP: {} tokens in use from {}", *reloaded, config.auth_token_file);
         else spdlog::error("SIGHUP: keeping the previous tokens: {}", reloaded.status().message());
       }
-      if (tls) reload_tls("SIGHUP");
+      if (tls) reload_tls(/*on_signal=*/true);
     }
     spdlog::info("signal {}: draining (grace {}s)", received == SIGINT ? "SIGINT" : "SIGTERM", config.shutdown_grace_s);
     health->SetServingStatus(false);
