@@ -102,7 +102,7 @@ void SubmitCommand(CLI::App* train) {
   struct Args {
     Connection c;
     v1::JobSpec spec;
-    std::string model_name, dataset, base_model, class_balance;
+    std::string model_name, dataset, base_model, class_balance, precision;
     uint32_t image_size = 0, n_feat = 0, epochs = 0, batch_size = 0, checkpoint_every = 0;
     float lr = 0, context_dropout = -1, ema_decay = -1;
     uint64_t seed = 0;
@@ -132,6 +132,9 @@ void SubmitCommand(CLI::App* train) {
   cmd->add_option("--class-balance", a->class_balance, "none or sqrt (default none)")
       ->check(CLI::IsMember({"none", "sqrt"}));
   cmd->add_flag("--no-flip", a->no_flip, "no random horizontal flips");
+  cmd->add_option("--precision", a->precision, "fp32, bf16 (mixed: bf16 convolutions, float32 weights) or auto "
+                  "(default: the daemon's training_precision)")
+      ->check(CLI::IsMember({"fp32", "bf16", "auto"}));
   cmd->add_flag("--watch", a->watch, "then watch the job to its end (exit 0 only if it succeeds)");
   cmd->add_option("--grids", a->grids, "with --watch: write each checkpoint's sample grid into this folder");
   cmd->add_flag("--quiet", a->quiet, "no progress output");
@@ -151,15 +154,17 @@ void SubmitCommand(CLI::App* train) {
     spec.set_base_model(a->base_model);
     spec.set_class_balance(a->class_balance);
     spec.set_no_flip(a->no_flip);
+    spec.set_precision(a->precision);
     auto stub = v1::Training::NewStub(Connect(a->c));
     grpc::ClientContext ctx;
     SetDeadline(ctx, a->c.timeout_s);
     v1::Job job;
     grpc::Status s = stub->SubmitJob(&ctx, spec, &job);
     if (!s.ok()) FailRpc(s, a->c);
-    std::printf("%s %s: model %s from %s, %u epochs, batch %u, %upx, n_feat %u\n", job.id().c_str(),
+    std::printf("%s %s: model %s from %s, %u epochs, batch %u, %upx, n_feat %u, %s\n", job.id().c_str(),
                 StateName(job.state()).c_str(), job.spec().model_name().c_str(), job.spec().dataset().c_str(),
-                job.spec().epochs(), job.spec().batch_size(), job.spec().image_size(), job.spec().n_feat());
+                job.spec().epochs(), job.spec().batch_size(), job.spec().image_size(), job.spec().n_feat(),
+                job.spec().precision().empty() ? "fp32" : job.spec().precision().c_str());
     std::fflush(stdout);
     if (a->watch) {
       const int code = Watch(*stub, job.id(), a->grids, a->quiet, a->c);

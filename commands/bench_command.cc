@@ -62,6 +62,7 @@ void AddBenchCommand(CLI::App& app, const CommonOptions& common) {
     std::string sampler = "ddim";
     bool fold_batchnorm = false;
     int train_batch = 0;
+    std::string train_precision = "fp32";
     int check_cpu = 0;
     int check_precision = 0;
   };
@@ -75,6 +76,9 @@ void AddBenchCommand(CLI::App& app, const CommonOptions& common) {
                 "with fold_batchnorm in the config)");
   cmd->add_option("--train-batch", a->train_batch, "also time training steps at this batch (Adam, MSE on the noise, "
                   "as the course's reference times them); 0 = skip")->check(CLI::Range(0, 4096))->capture_default_str();
+  cmd->add_option("--train-precision", a->train_precision, "precision of the timed training steps: fp32, or bf16 "
+                  "(mixed: bf16 convolutions, float32 weights, as train --precision bf16)")
+      ->check(CLI::IsMember({"fp32", "bf16"}))->capture_default_str();
   cmd->add_option("--check-cpu", a->check_cpu, "on a GPU: also sample this many fixed seeds (the model's default "
                   "sampling, labels in turn) on the GPU eagerly, with CUDA graphs and on the CPU, and print the "
                   "largest pixel difference between them (needs --model); 0 = skip")
@@ -266,6 +270,7 @@ void AddBenchCommand(CLI::App& app, const CommonOptions& common) {
       ContextUnet trained(info.arch);
       trained->to(device);
       trained->train();
+      trained->UseBFloat16Convolutions(a->train_precision == "bf16");
       torch::optim::Adam opt(trained->parameters(), torch::optim::AdamOptions(1e-3));
       const int n = a->train_batch;
       const int T = info.schedule.timesteps;
@@ -291,6 +296,7 @@ void AddBenchCommand(CLI::App& app, const CommonOptions& common) {
       sync();
       const double s = std::chrono::duration<double>(Clock::now() - start).count();
       report["train_batch"] = n;
+      report["train_precision"] = a->train_precision;
       report["train_images_per_s"] = std::round(n * 10 / s * 10) / 10;
       std::printf("training batch %d: %.1f images/s\n", n, n * 10 / s);
     }

@@ -8,6 +8,7 @@
 #include <memory>
 #include <sstream>
 
+#include "core/runtime.h"
 #include "core/trainer.h"
 
 namespace spritediff {
@@ -30,6 +31,7 @@ void AddTrainCommand(CLI::App& app, const CommonOptions& common) {
   auto* cmd = app.add_subcommand("train", "train a model offline on a folder of sprites");
   auto cfg = std::make_shared<TrainConfig>();
   auto no_flip = std::make_shared<bool>(false);
+  auto precision = std::make_shared<std::string>();
   cmd->add_option("--data", cfg->data, "dataset: ImageFolder directory or a directory with the course's .npy pair")
       ->required();
   cmd->add_option("--out", cfg->out, "model directory to write, e.g. models/NAME")->required();
@@ -46,6 +48,10 @@ void AddTrainCommand(CLI::App& app, const CommonOptions& common) {
   cmd->add_flag("--no-flip", *no_flip, "disable random horizontal flips");
   cmd->add_option("--class-balance", cfg->class_balance, "none | sqrt (sample class c with weight 1/sqrt(n_c))")
       ->capture_default_str();
+  cmd->add_option("--training-precision", *precision, "fp32, bf16 (mixed: bf16 convolutions, float32 weights; "
+                  "about 1.4x the images/s on a CPU with AVX-512 BF16) or auto (bf16 there, else fp32); default: "
+                  "the config's training_precision")
+      ->check(CLI::IsMember({"fp32", "bf16", "auto"}));
   cmd->add_option("--checkpoint-every", cfg->checkpoint_every, "epochs between checkpoints")->capture_default_str();
   cmd->add_option("--log-every", cfg->log_every, "optimizer steps between progress lines")->capture_default_str();
   cmd->add_option("--grid-per-label", cfg->sample_grid_per_label, "samples per label in the checkpoint grid")
@@ -71,17 +77,22 @@ void AddTrainCommand(CLI::App& app, const CommonOptions& common) {
   cmd->add_flag("--verify-replicas", cfg->verify_replicas, "check after every step that all ranks hold identical weights");
   cmd->add_option("--simulate-ranks", cfg->simulate_ranks, "single process computing what N ranks compute (comparisons)")
       ->capture_default_str();
-  cmd->callback([cfg, no_flip, dist_timeout, &common] {
+  cmd->callback([cfg, no_flip, precision, dist_timeout, &common] {
     AppConfig config = ResolveConfig(common);
     TrainConfig c = *cfg;
     c.flip = !*no_flip;
     c.device = PrepareCompute(config);
+    if (!precision->empty()) config.training_precision = *precision;
+    Result<bool> bf16 = ResolveBFloat16(config.training_precision, c.device);
+    if (!bf16.ok()) Fail("training_precision: " + bf16.status().message());
+    c.bf16_convolutions = *bf16;
     std::ostringstream line;
     line << "spritediffd train --data " << c.data << " --out " << c.out << " --n-feat " << c.n_feat
          << " --height " << c.height << " --epochs " << c.epochs << " --batch-size " << c.batch_size << " --lr "
          << c.lr << " --seed " << c.seed << " --ema-decay " << c.ema_decay << " --context-dropout "
          << c.context_dropout << (c.flip ? "" : " --no-flip") << " --class-balance " << c.class_balance
-         << (c.init_from.empty() ? "" : " --init-from " + c.init_from);
+         << (c.init_from.empty() ? "" : " --init-from " + c.init_from)
+         << (c.bf16_convolutions ? " --training-precision bf16" : "");
     c.command_line = line.str();
     Result<DistributedConfig> dist = DistributedFromEnv(*dist_timeout);
     if (!dist.ok()) Fail(dist.status().message());

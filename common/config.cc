@@ -49,8 +49,10 @@ Status AppConfig::Validate() const {
     return Status::InvalidArgument("max_queue_wait_s must be in [0, 86400] seconds, got " +
                                    std::to_string(max_queue_wait_s));
   }
-  if (precision != "fp32" && precision != "bf16" && precision != "auto") {
-    return Status::InvalidArgument("precision must be fp32, bf16 or auto, got '" + precision.substr(0, 32) + "'");
+  for (const auto& [key, value] : {std::pair{"precision", &precision}, {"training_precision", &training_precision}}) {
+    if (*value != "fp32" && *value != "bf16" && *value != "auto") {
+      return Status::InvalidArgument(std::string(key) + " must be fp32, bf16 or auto, got '" + value->substr(0, 32) + "'");
+    }
   }
   if (bind.empty()) return Status::InvalidArgument("bind must not be empty");
   if (models_dir.empty()) return Status::InvalidArgument("models_dir must not be empty");
@@ -94,7 +96,7 @@ Result<AppConfig> LoadConfig(const std::string& path) {
     const json j = json::parse(in);
     if (!j.is_object()) return Status::InvalidArgument(path + ": config must be a JSON object");
     static const char* known[] = {"bind", "port", "metrics_port", "models_dir", "default_model", "device", "threads",
-                                  "max_batch_rows", "max_queued_rows", "max_rows_per_request", "fold_batchnorm", "cuda_graphs", "max_queue_wait_s", "precision",
+                                  "max_batch_rows", "max_queued_rows", "max_rows_per_request", "fold_batchnorm", "cuda_graphs", "max_queue_wait_s", "precision", "training_precision",
                                   "max_frames_per_request", "max_pending_frames", "shutdown_grace_s", "data_root",
                                   "state_dir", "max_concurrent_jobs", "training_threads",
                                   "resume_interrupted_jobs", "max_queued_jobs", "max_n_feat_x_image_size", "max_epochs_x_images", "finished_job_retention_h", "auth_token_file", "tls_cert_file",
@@ -128,6 +130,7 @@ Result<AppConfig> LoadConfig(const std::string& path) {
     c.cuda_graphs = j.value("cuda_graphs", c.cuda_graphs);
     c.max_queue_wait_s = j.value("max_queue_wait_s", c.max_queue_wait_s);
     c.precision = j.value("precision", c.precision);
+    c.training_precision = j.value("training_precision", c.training_precision);
     c.max_queued_jobs = j.value("max_queued_jobs", c.max_queued_jobs);
     c.max_n_feat_x_image_size = j.value("max_n_feat_x_image_size", c.max_n_feat_x_image_size);
     c.max_epochs_x_images = j.value("max_epochs_x_images", c.max_epochs_x_images);

@@ -27,7 +27,9 @@ struct AppConfig {
                                  // (queued work / measured rate) is longer; 0 = off (the shipped
                                  // configs/default.json sets it)
   std::string precision = "fp32";  // inference: fp32 | bf16 | auto (bf16 on a CPU with native
-                                   // bf16, core/runtime.h); training always runs in fp32
+                                   // bf16, core/runtime.h)
+  std::string training_precision = "fp32";  // training jobs and `train`: fp32 | bf16 | auto; bf16
+                                            // is mixed (bf16 convolutions, float32 weights)
   bool cuda_graphs = true;       // on a CUDA device, replay each batch size's denoising step as a
                                  // captured CUDA graph (core/step_graphs.h); no effect on CPU
   // Frames.

@@ -48,9 +48,25 @@ void FoldConvBn(nn::Sequential& seq) {
   conv->bias.sub_(bn->running_mean).mul_(scale).add_(bn->bias);
 }
 
+// A convolution computed in bfloat16 from bf16 copies of x and the float32 weights, its result
+// float32 (mixed-precision training).
+torch::Tensor BFloat16Convolution(const nn::Conv2dImpl& conv, const torch::Tensor& x) {
+  const auto& o = conv.options;
+  const auto* padding = c10::get_if<torch::ExpandingArray<2>>(&o.padding());
+  TORCH_CHECK(padding != nullptr, "bf16 convolution: explicit padding expected");
+  const auto bf16 = torch::kBFloat16;
+  const torch::Tensor bias = conv.bias.defined() ? conv.bias.to(bf16) : torch::Tensor();
+  return torch::conv2d(x.to(bf16), conv.weight.to(bf16), bias, *o.stride(), **padding, *o.dilation(), o.groups())
+      .to(torch::kFloat32);
+}
+
+torch::Tensor Convolution(nn::Conv2dImpl& conv, const torch::Tensor& x, bool bf16) {
+  return bf16 && x.scalar_type() == torch::kFloat32 ? BFloat16Convolution(conv, x) : conv.forward(x);
+}
+
 // conv -> (BatchNorm unless folded) -> GELU, with the sequence's own modules.
-torch::Tensor ConvBnGeluForward(const nn::Sequential& seq, const torch::Tensor& x, bool fused) {
-  torch::Tensor y = seq->ptr(0)->as<nn::Conv2d>()->forward(x);
+torch::Tensor ConvBnGeluForward(const nn::Sequential& seq, const torch::Tensor& x, bool fused, bool bf16) {
+  torch::Tensor y = Convolution(*seq->ptr(0)->as<nn::Conv2d>(), x, bf16);
   if (!fused) y = seq->ptr(1)->as<nn::BatchNorm2d>()->forward(y);
   return torch::gelu(y);
 }
@@ -65,9 +81,10 @@ void ResidualConvBlockImpl::FuseBatchNorm() {
 }
 
 torch::Tensor ResidualConvBlockImpl::forward(const torch::Tensor& x) {
-  torch::Tensor x2 = ConvBnGeluForward(conv2_, ConvBnGeluForward(conv1_, x, fused_), fused_);
+  torch::Tensor x2 =
+      ConvBnGeluForward(conv2_, ConvBnGeluForward(conv1_, x, fused_, bf16_convs_), fused_, bf16_convs_);
   if (!is_res_) return x2;
-  torch::Tensor skip = same_channels_ ? x : shortcut_->forward(x);
+  torch::Tensor skip = same_channels_ ? x : Convolution(*shortcut_, x, bf16_convs_);
   return (skip + x2) / 1.414;  // the course's constant, kept so imported weights behave alike
 }
 
@@ -109,9 +126,14 @@ bool IsPatchTransposedConv(const nn::ConvTranspose2dImpl& convt) {
 
 // A Sequential's forward, with transposed convolutions as above, and with the layers a bf16
 // network keeps in float32 (transposed convolutions, GroupNorm) run in their weights' dtype.
-torch::Tensor ForwardSequential(nn::Sequential seq, torch::Tensor x) {
+// With bf16_convs, a Conv2d that is not the sequence's last computes in bf16 (mixed precision).
+torch::Tensor ForwardSequential(nn::Sequential seq, torch::Tensor x, bool bf16_convs = false) {
+  size_t index = 0;
   for (auto& any : *seq) {
-    if (auto* convt = any.ptr()->as<nn::ConvTranspose2dImpl>()) {
+    const bool last = ++index == seq->size();
+    if (auto* conv = any.ptr()->as<nn::Conv2dImpl>(); conv && bf16_convs && !last) {
+      x = Convolution(*conv, x, true);
+    } else if (auto* convt = any.ptr()->as<nn::ConvTranspose2dImpl>()) {
       const auto dtype = convt->weight.scalar_type();
       const torch::Tensor in = x.to(dtype);
       // Inference only. With gradients on, libtorch 1.13 gave the layers before it gradients
@@ -179,7 +201,14 @@ torch::Tensor ContextUnetImpl::forward(const torch::Tensor& x, const torch::Tens
   torch::Tensor u1 = ForwardSequential(up0_, hidden);
   torch::Tensor u2 = up1_->forward(cemb1 * u1 + temb1, d2);
   torch::Tensor u3 = up2_->forward(cemb2 * u2 + temb2, d1);
-  return ForwardSequential(out_, torch::cat({u3, h}, 1)).to(x.dtype());
+  return ForwardSequential(out_, torch::cat({u3, h}, 1), bf16_convs_).to(x.dtype());
+}
+
+void ContextUnetImpl::UseBFloat16Convolutions(bool on) {
+  for (const auto& module : modules(/*include_self=*/false)) {
+    if (auto* block = module->as<ResidualConvBlockImpl>()) block->UseBFloat16Convolutions(on);
+  }
+  bf16_convs_ = on;
 }
 
 void ContextUnetImpl::UseBFloat16ForInference() {

@@ -27,11 +27,14 @@ class ResidualConvBlockImpl : public torch::nn::Module {
   torch::Tensor forward(const torch::Tensor& x);
   // Folds each eval-mode BatchNorm into the convolution before it (see ContextUnet).
   void FuseBatchNorm();
+  // Mixed-precision training (see ContextUnet::UseBFloat16Convolutions).
+  void UseBFloat16Convolutions(bool on) { bf16_convs_ = on; }
 
  private:
   bool is_res_;
   bool same_channels_;
   bool fused_ = false;  // BatchNorms folded into the convolutions: forward skips them
+  bool bf16_convs_ = false;
   torch::nn::Sequential conv1_{nullptr}, conv2_{nullptr};
   torch::nn::Conv2d shortcut_{nullptr};
 };
@@ -95,10 +98,21 @@ class ContextUnetImpl : public torch::nn::Module {
   void UseBFloat16ForInference();
   bool bfloat16() const { return bf16_; }
 
+  // Mixed precision, for training: the weights, gradients, optimizer state, BatchNorms and
+  // everything else stay float32, and each 3x3/1x1 convolution but the output layer computes
+  // in bfloat16 from bf16 copies of its input and weights, its result cast back to float32
+  // (what autocast does; autograd carries the casts, so gradients reach the float32 weights).
+  // Convolutions are 80% of a training step here, and oneDNN's bf16 ones are about twice as
+  // fast on a CPU with AVX-512 BF16 (scripts/bench-reference.sh). Reversible; the weights
+  // saved are the float32 ones.
+  void UseBFloat16Convolutions(bool on);
+  bool bfloat16_convolutions() const { return bf16_convs_; }
+
  private:
   ModelConfig config_;
   bool fused_ = false;
   bool bf16_ = false;
+  bool bf16_convs_ = false;
   ResidualConvBlock init_conv_{nullptr};
   UnetDown down1_{nullptr}, down2_{nullptr};
   EmbedFC timeembed1_{nullptr}, timeembed2_{nullptr};

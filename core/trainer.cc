@@ -382,6 +382,7 @@ Result<TrainSummary> TrainWith(const TrainConfig& config, DataParallel* dp, cons
                      {"seed", c.seed},
                      {"threads", at::get_num_threads()},
                      {"device", c.device},
+                     {"precision", c.bf16_convolutions ? "bf16 convolutions, float32 weights" : "fp32"},
                      {"command", c.command_line}};
   if (!c.init_from.empty()) provenance["fine_tuned_from"] = c.init_from;
 
@@ -467,6 +468,7 @@ Result<TrainSummary> TrainWith(const TrainConfig& config, DataParallel* dp, cons
   double report_comm_s = 0;
 
   net->train();
+  net->UseBFloat16Convolutions(c.bf16_convolutions);
   for (; st.epoch < c.epochs; ++st.epoch) {
     const double lr = c.lr * (1.0 - static_cast<double>(st.epoch) / c.epochs);
     for (auto& group : opt.param_groups()) static_cast<torch::optim::AdamOptions&>(group.options()).lr(lr);

@@ -61,6 +61,10 @@ struct TrainConfig {
                           // architecture and label count required; ignored when resuming
   int sample_grid_per_label = 8;  // grid written next to the model at checkpoints; 0 disables
   std::string device = "cpu";
+  // Mixed precision (ContextUnet::UseBFloat16Convolutions): the convolutions compute in bf16,
+  // everything else, the saved weights included, stays float32. Set from the training
+  // precision (train --training-precision, config training_precision) through ResolveBFloat16.
+  bool bf16_convolutions = false;
   ScheduleConfig schedule;
   std::string command_line;  // recorded in the model's provenance
   // Data parallelism (core/distributed.h). batch_size is per rank; the global batch is

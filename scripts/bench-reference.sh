@@ -4,7 +4,8 @@
 # latency, unguided and guided DDIM-25 at batch 32 and 64, training images/s at one batch.
 # Ours runs three times: as loaded, with its BatchNorms folded into the convolutions (what the
 # daemon serves with fold_batchnorm on), and in bf16 (precision bf16, or auto on a CPU with
-# native bf16). Needs `make build` and python3-torch (Debian).
+# native bf16; its training row is mixed precision, training_precision bf16: bf16 convolutions,
+# float32 weights). Needs `make build` and python3-torch (Debian).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 THREADS=${THREADS:-2}
@@ -28,8 +29,8 @@ echo "$eager"
 echo "== spritediffd bench --fold-batchnorm (fp32)"
 folded=$(ours fp32 --fold-batchnorm)
 echo "$folded"
-echo "== spritediffd bench, precision bf16 (as the shipped config serves on this CPU; training stays fp32)"
-bf16=$(ours bf16 --check-precision 40)
+echo "== spritediffd bench, precision bf16 (as the shipped config serves on this CPU; training in mixed bf16)"
+bf16=$(ours bf16 --check-precision 40 --train-precision bf16)
 echo "$bf16"
 
 /usr/bin/python3 - "$ref" "$eager" "$folded" "$bf16" <<'PY'

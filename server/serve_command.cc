@@ -121,6 +121,7 @@ void AddServeCommand(CLI::App& app, const CommonOptions& common) {
     training.max_n_feat_x_image_size = config.max_n_feat_x_image_size;
     training.max_epochs_x_images = config.max_epochs_x_images;
     training.finished_job_retention_h = config.finished_job_retention_h;
+    training.training_precision = config.training_precision;
     JobRunner jobs(training, registry);
     Status started = jobs.Start();
     if (!started.ok()) Fail(started.message());

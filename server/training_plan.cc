@@ -6,6 +6,7 @@
 
 #include "common/client_text.h"
 #include "core/dataset.h"
+#include "core/runtime.h"
 #include "server/model_registry.h"
 
 namespace spritediff {
@@ -130,6 +131,10 @@ Result<TrainingPlan> PlanTraining(const v1::JobSpec& spec_in, const TrainingLimi
   if (spec->class_balance() != "none" && spec->class_balance() != "sqrt") {
     return Invalid("class_balance must be none or sqrt, got '" + Echo(spec->class_balance()) + "'");
   }
+  if (spec->precision().empty()) spec->set_precision(limits.training_precision);
+  if (spec->precision() != "fp32" && spec->precision() != "bf16" && spec->precision() != "auto") {
+    return Invalid("precision must be fp32, bf16 or auto, got '" + Echo(spec->precision()) + "'");
+  }
   ModelConfig arch;
   arch.n_feat = static_cast<int>(spec->n_feat());
   arch.height = static_cast<int>(spec->image_size());
@@ -200,6 +205,9 @@ TrainConfig TrainConfigFor(const v1::JobSpec& spec, const std::string& job_dir, 
   tc.checkpoint_every = static_cast<int>(spec.checkpoint_every());
   tc.seed = spec.seed();
   tc.device = device;
+  // Empty in the specs of jobs submitted before the field existed: those keep float32.
+  const Result<bool> bf16 = ResolveBFloat16(spec.precision(), device);
+  tc.bf16_convolutions = bf16.ok() && bf16.value();
   tc.log_every = 10;
   tc.eval.per_class = static_cast<int>(spec.eval_per_class());
   // job_dir is <state_dir>/jobs/<id>: the meter's classifier is cached once per daemon state.

@@ -28,6 +28,7 @@ struct TrainingLimits {
   int64_t max_n_feat_x_image_size = 4096;  // model width x sprite side (compute and weights size)
   int64_t max_epochs_x_images = 20000000;  // images a job may train on in total
   int finished_job_retention_h = 168;      // finished job dirs older than this go at start (0 = keep)
+  std::string training_precision = "fp32";  // a spec's precision when it names none
 };
 
 struct TrainingPlan {

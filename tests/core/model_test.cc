@@ -109,6 +109,46 @@ TEST(ModelTest, BFloat16NetworkPredictsCloseToFloat32) {
   std::filesystem::remove_all(dir);
 }
 
+// Mixed precision must give the float32 weights gradients close to float32's own, through the
+// casts, and must be a switch: off again, the network computes exactly what float32 computes.
+TEST(ModelTest, BFloat16ConvolutionsTrainTheFloat32Weights) {
+  LoadedModel plain = LoadBundled();
+  LoadedModel mixed = LoadBundled();
+  plain.net->train();
+  mixed.net->train();
+  mixed.net->UseBFloat16Convolutions(true);
+  ASSERT_TRUE(mixed.net->bfloat16_convolutions());
+  const auto [x, t, c] = RandomInputs(13, 32);
+  const torch::Tensor noise = torch::randn_like(x);
+  torch::mse_loss(plain.net->forward(x, t, c), noise).backward();
+  torch::Tensor out = mixed.net->forward(x, t, c);
+  ASSERT_EQ(out.scalar_type(), torch::kFloat32);
+  torch::mse_loss(out, noise).backward();
+
+  auto expected = plain.net->named_parameters();
+  int compared = 0;
+  double worst_cosine = 1;
+  for (const auto& p : mixed.net->named_parameters()) {
+    ASSERT_EQ(p.value().scalar_type(), torch::kFloat32) << p.key();
+    const torch::Tensor& g = p.value().grad();
+    const torch::Tensor& e = expected[p.key()].grad();
+    ASSERT_TRUE(g.defined() && e.defined()) << p.key();
+    ASSERT_EQ(g.scalar_type(), torch::kFloat32) << p.key();
+    if (e.norm().item<double>() < 1e-6) continue;
+    const double cosine = (g * e).sum().item<double>() / (g.norm() * e.norm()).item<double>();
+    worst_cosine = std::min(worst_cosine, cosine);
+    EXPECT_GT(cosine, 0.95) << p.key();
+    EXPECT_NEAR(g.norm().item<double>() / e.norm().item<double>(), 1.0, 0.1) << p.key();
+    ++compared;
+  }
+  EXPECT_GT(compared, 40);
+  EXPECT_LT(worst_cosine, 1.0) << "the mixed network must really compute in bf16";
+
+  mixed.net->UseBFloat16Convolutions(false);
+  torch::NoGradGuard no_grad;
+  EXPECT_TRUE(torch::equal(mixed.net->forward(x, t, c), plain.net->forward(x, t, c)));
+}
+
 TEST(ModelTest, PrecisionNamesResolve) {
   EXPECT_FALSE(*ResolveBFloat16("fp32", "cpu"));
   EXPECT_TRUE(*ResolveBFloat16("bf16", "cpu"));

@@ -103,6 +103,28 @@ TEST_F(TinyTraining, LowersTheLossAndWritesAModel) {
   EXPECT_TRUE(fs::exists(root_ / "m" / "training-log.csv"));
 }
 
+// The same run in mixed precision: its loss falls about as far as float32's, and what it saves
+// is a float32 model that says how it was trained.
+TEST_F(TinyTraining, MixedPrecisionLearnsLikeFloat32) {
+  config_.sample_grid_per_label = 0;
+  config_.out = (root_ / "fp32").string();
+  Result<TrainSummary> fp32 = Train(config_, nullptr, nullptr);
+  ASSERT_TRUE(fp32.ok()) << fp32.status().message();
+  TrainConfig mixed = config_;
+  mixed.out = (root_ / "bf16").string();
+  mixed.bf16_convolutions = true;
+  Result<TrainSummary> bf16 = Train(mixed, nullptr, nullptr);
+  ASSERT_TRUE(bf16.ok()) << bf16.status().message();
+  ASSERT_EQ(bf16->epoch_losses.size(), 3u);
+  EXPECT_LT(bf16->epoch_losses.back(), bf16->epoch_losses.front());
+  EXPECT_NEAR(bf16->epoch_losses.back(), fp32->epoch_losses.back(), 0.1 * fp32->epoch_losses.back());
+  EXPECT_NE(bf16->epoch_losses.back(), fp32->epoch_losses.back()) << "the convolutions must really run in bf16";
+  Result<LoadedModel> saved = LoadModel(mixed.out);
+  ASSERT_TRUE(saved.ok()) << saved.status().message();
+  for (const auto& p : saved->net->parameters()) EXPECT_EQ(p.scalar_type(), torch::kFloat32);
+  EXPECT_EQ(saved->info.provenance["precision"], "bf16 convolutions, float32 weights");
+}
+
 TEST_F(TinyTraining, InterruptedAndResumedRunEqualsAnUninterruptedOne) {
   config_.epochs = 2;
   config_.batch_size = 256;

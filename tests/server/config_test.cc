@@ -54,6 +54,8 @@ TEST(Config, TheShippedConfigLoadsAndBoundsQueueWait) {
   ASSERT_TRUE(shipped.ok()) << shipped.status().message();
   EXPECT_GT(shipped->max_queue_wait_s, 0.0);
   EXPECT_TRUE(shipped->cuda_graphs);
+  EXPECT_EQ(shipped->precision, "auto");
+  EXPECT_EQ(shipped->training_precision, "auto");
 }
 
 TEST(Config, PrecisionAndReleaseMemoryAreCheckedByName) {
@@ -68,6 +70,13 @@ TEST(Config, PrecisionAndReleaseMemoryAreCheckedByName) {
     config.precision = ok;
     EXPECT_TRUE(config.Validate().ok()) << ok;
   }
+  EXPECT_EQ(config.training_precision, "fp32");
+  config.training_precision = "fp16";
+  s = config.Validate();
+  ASSERT_FALSE(s.ok());
+  EXPECT_NE(s.message().find("training_precision"), std::string::npos) << s.message();
+  config.training_precision = "bf16";
+  EXPECT_TRUE(config.Validate().ok());
   config.release_memory_s = -1;
   s = config.Validate();
   ASSERT_FALSE(s.ok());

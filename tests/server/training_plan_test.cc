@@ -71,6 +71,25 @@ TEST_F(TrainingPlanTest, DefaultsAreTheTrainersOwn) {
   EXPECT_EQ(tc.epochs, d.epochs);
   EXPECT_EQ(tc.batch_size, d.batch_size);
   EXPECT_EQ(tc.out, (root_ / "state" / "jobs" / "job-000001" / "model").string());
+  EXPECT_EQ(s.precision(), "fp32") << "the server's training_precision when the spec names none";
+  EXPECT_FALSE(tc.bf16_convolutions);
+}
+
+TEST_F(TrainingPlanTest, PrecisionComesFromTheSpecOrTheServer) {
+  TrainingLimits bf16_server = limits_;
+  bf16_server.training_precision = "bf16";
+  Result<TrainingPlan> plan = PlanTraining(Spec("small"), bf16_server, *registry_);
+  ASSERT_TRUE(plan.ok()) << plan.status().message();
+  EXPECT_EQ(plan->spec.precision(), "bf16");
+  EXPECT_TRUE(TrainConfigFor(plan->spec, (root_ / "j").string(), "cpu").bf16_convolutions);
+  v1::JobSpec spec = Spec("small");
+  spec.set_precision("fp32");
+  plan = PlanTraining(spec, bf16_server, *registry_);
+  ASSERT_TRUE(plan.ok()) << plan.status().message();
+  EXPECT_FALSE(TrainConfigFor(plan->spec, (root_ / "j").string(), "cpu").bf16_convolutions);
+  // A job recorded before the field existed has none, and keeps float32.
+  plan->spec.clear_precision();
+  EXPECT_FALSE(TrainConfigFor(plan->spec, (root_ / "j").string(), "cpu").bf16_convolutions);
 }
 
 TEST_F(TrainingPlanTest, BadFieldsAreRefusedByName) {
@@ -85,6 +104,7 @@ TEST_F(TrainingPlanTest, BadFieldsAreRefusedByName) {
       {[](v1::JobSpec& s) { s.set_batch_size(1); }, Status::Code::kInvalidArgument, "batch_size"},
       {[](v1::JobSpec& s) { s.set_lr(0); }, Status::Code::kInvalidArgument, "lr"},
       {[](v1::JobSpec& s) { s.set_class_balance("log"); }, Status::Code::kInvalidArgument, "class_balance"},
+      {[](v1::JobSpec& s) { s.set_precision("fp16"); }, Status::Code::kInvalidArgument, "precision"},
       {[](v1::JobSpec& s) { s.set_base_model("nope"); }, Status::Code::kNotFound, "base_model"},
       {[](v1::JobSpec& s) { s.set_dataset(""); }, Status::Code::kInvalidArgument, "dataset"},
       {[](v1::JobSpec& s) { s.set_dataset("../outside"); }, Status::Code::kPermissionDenied, "data root"},
