@@ -104,7 +104,8 @@ void AddTrainCommand(CLI::App& app, const CommonOptions& common) {
                      static_cast<int>(c.distributed.timeout_s)) + " s" : std::string());
     std::signal(SIGINT, OnInterrupt);
     std::signal(SIGTERM, OnInterrupt);
-    spdlog::info("training {} from {}{}", c.out, c.data, c.resume ? " (resuming)" : "");
+    spdlog::info("training {} from {}{}, {}", c.out, c.data, c.resume ? " (resuming)" : "",
+                 c.bf16_convolutions ? "mixed precision (bf16 convolutions, float32 weights)" : "fp32");
     const bool data_parallel = c.distributed.enabled();
     Result<TrainSummary> summary = Train(c, &g_stop, [data_parallel](const TrainProgress& p) {
       if (p.epoch_end) {

@@ -1,8 +1,11 @@
 #!/usr/bin/env bash
 # Load and faults against a real daemon on loopback, printing the figures README quotes:
 #   1. 200 concurrent streams for DURATION seconds, PERIODS times (2): errors, and the daemon's
-#      peak and median RSS (sampled every second) in each period; memory plateaus when a period
-#      adds < 5% over the one before.
+#      peak and median RSS (sampled every second) in each period, and its settled RSS: 3 s
+#      after the period's last wave, once the batch has drained and release_memory_s has handed
+#      freed pages back. Peak and median move with how the last waves happened to batch; the
+#      settled figure is what a period left behind, so it is the one that shows a leak. Memory
+#      plateaus when a period adds < 5% over the one before.
 #   2. 100 clients killed mid-stream (disconnects): the daemon keeps serving, RSS after.
 #   3. SIGTERM under load: exit status and seconds to exit.
 #   4. kill -9 during checkpoints and publishes of a small training job, KILLS times: after
@@ -44,7 +47,7 @@ rss_kb() { awk '/^VmRSS/ {print $2}' "/proc/$1/status" 2>/dev/null || echo 0; }
 field() { sed -n "s/.*\"$2\": *\([-0-9.e+]*\).*/\1/p" <<<"$1"; }
 
 # Runs CLIENTS concurrent streams (one request each, repeated) for $1 seconds; prints
-# "requests errors peak_rss_kb median_rss_kb".
+# "requests errors peak_rss_kb median_rss_kb settled_rss_kb".
 load_period() {
   local end=$((SECONDS + $1)) peak=0 requests=0 errors=0 out
   (while [ $SECONDS -lt $end ]; do r=$(rss_kb "$daemon"); echo "$r"; sleep 1; done) > "$WORK/rss" &
@@ -63,23 +66,24 @@ load_period() {
   wait $sampler || true
   peak=$(sort -n "$WORK/rss" | tail -1)
   median=$(sort -n "$WORK/rss" | awk '{ v[NR] = $1 } END { print v[int((NR + 1) / 2)] }')
-  echo "$requests $errors $peak $median"
+  sleep 3
+  echo "$requests $errors $peak $median $(rss_kb "$daemon")"
 }
 
 echo "== 1. $CLIENTS concurrent streams, $PERIODS periods of ${DURATION}s (work dir $WORK)"
 start_daemon
-errors=0 prev=0 prev_m=0 growth=0 mgrowth=0
+errors=0 prev=0 prev_m=0 prev_s=0 growth=0 mgrowth=0 sgrowth=0
+pct() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.1f", (b - a) * 100.0 / a }'; }
 for k in $(seq "$PERIODS"); do
-  read -r r e p m < <(load_period "$DURATION")
+  read -r r e p m settled < <(load_period "$DURATION")
   errors=$((errors + e))
   if [ "$prev" -gt 0 ]; then
-    growth=$(awk -v a="$prev" -v b="$p" 'BEGIN { printf "%.1f", (b - a) * 100.0 / a }')
-    mgrowth=$(awk -v a="$prev_m" -v b="$m" 'BEGIN { printf "%.1f", (b - a) * 100.0 / a }')
-    echo "period $k: $r requests, $e errors, RSS peak $((p / 1024)) MiB (${growth}% over period $((k - 1))), median $((m / 1024)) MiB (${mgrowth}%)"
+    growth=$(pct "$prev" "$p") mgrowth=$(pct "$prev_m" "$m") sgrowth=$(pct "$prev_s" "$settled")
+    echo "period $k: $r requests, $e errors, RSS peak $((p / 1024)) MiB (${growth}% over period $((k - 1))), median $((m / 1024)) MiB (${mgrowth}%), settled $((settled / 1024)) MiB (${sgrowth}%)"
   else
-    echo "period $k: $r requests, $e errors, RSS peak $((p / 1024)) MiB, median $((m / 1024)) MiB"
+    echo "period $k: $r requests, $e errors, RSS peak $((p / 1024)) MiB, median $((m / 1024)) MiB, settled $((settled / 1024)) MiB"
   fi
-  prev=$p prev_m=$m
+  prev=$p prev_m=$m prev_s=$settled
 done
 if [ -s "$WORK/errors" ]; then echo "failed requests, per bench round:"; sort "$WORK/errors" | uniq -c; fi
 [ "${STOP_AFTER_LOAD:-0}" = 1 ] && exit 0
@@ -141,4 +145,4 @@ card=$(sed -n 's/^| resumed after daemon restarts[^|]*| \([0-9]*\) |$/\1/p' "$WO
 echo "after $KILLS kill -9: job $final, model served: $served, weights files in its dir: $orphans, temporaries seen: $leftovers"
 echo "resumes: GetJob ${resumes:-0}, model card ${card:-missing}"
 stop_daemon
-echo "== figures: streams $CLIENTS, errors $errors, RSS growth ${growth}% peak, ${mgrowth}% median (last period over the one before), SIGTERM exit $status, kill -9 temporaries $leftovers"
+echo "== figures: streams $CLIENTS, errors $errors, RSS growth ${growth}% peak, ${mgrowth}% median, ${sgrowth}% settled (last period over the one before), SIGTERM exit $status, kill -9 temporaries $leftovers"
