@@ -77,7 +77,7 @@ void AddBenchCommand(CLI::App& app, const CommonOptions& common) {
   cmd->add_option("--train-batch", a->train_batch, "also time training steps at this batch (Adam, MSE on the noise, "
                   "as the course's reference times them); 0 = skip")->check(CLI::Range(0, 4096))->capture_default_str();
   cmd->add_option("--train-precision", a->train_precision, "precision of the timed training steps: fp32, or bf16 "
-                  "(mixed: bf16 convolutions, float32 weights, as train --precision bf16)")
+                  "(mixed: bf16 convolutions, float32 weights, as train --training-precision bf16)")
       ->check(CLI::IsMember({"fp32", "bf16"}))->capture_default_str();
   cmd->add_option("--check-cpu", a->check_cpu, "on a GPU: also sample this many fixed seeds (the model's default "
                   "sampling, labels in turn) on the GPU eagerly, with CUDA graphs and on the CPU, and print the "

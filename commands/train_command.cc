@@ -92,7 +92,7 @@ void AddTrainCommand(CLI::App& app, const CommonOptions& common) {
          << c.lr << " --seed " << c.seed << " --ema-decay " << c.ema_decay << " --context-dropout "
          << c.context_dropout << (c.flip ? "" : " --no-flip") << " --class-balance " << c.class_balance
          << (c.init_from.empty() ? "" : " --init-from " + c.init_from)
-         << (c.bf16_convolutions ? " --training-precision bf16" : "");
+         << " --training-precision " << (c.bf16_convolutions ? "bf16" : "fp32");
     c.command_line = line.str();
     Result<DistributedConfig> dist = DistributedFromEnv(*dist_timeout);
     if (!dist.ok()) Fail(dist.status().message());

@@ -60,8 +60,13 @@ torch::Tensor BFloat16Convolution(const nn::Conv2dImpl& conv, const torch::Tenso
       .to(torch::kFloat32);
 }
 
+// bf16 applies to float32 convolutions with zero padding given as sizes (every one here);
+// any other runs libtorch's own forward.
 torch::Tensor Convolution(nn::Conv2dImpl& conv, const torch::Tensor& x, bool bf16) {
-  return bf16 && x.scalar_type() == torch::kFloat32 ? BFloat16Convolution(conv, x) : conv.forward(x);
+  const bool plain = c10::get_if<torch::enumtype::kZeros>(&conv.options.padding_mode()) != nullptr &&
+                     c10::get_if<torch::ExpandingArray<2>>(&conv.options.padding()) != nullptr &&
+                     conv.weight.scalar_type() == torch::kFloat32;
+  return bf16 && plain && x.scalar_type() == torch::kFloat32 ? BFloat16Convolution(conv, x) : conv.forward(x);
 }
 
 // conv -> (BatchNorm unless folded) -> GELU, with the sequence's own modules.

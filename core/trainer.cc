@@ -193,6 +193,27 @@ Status WriteTrainingLog(const std::string& dir, const TrainState& st) {
   return WriteFileAtomic((fs::path(dir) / "training-log.csv").string(), csv.str());
 }
 
+// While alive, the live network samples as the saved model will: eval mode (running BatchNorm
+// statistics, left untouched) and float32 convolutions. Restores train mode and the training
+// precision after. For the sample grid and the meter when there is no EMA network to sample.
+class SampleAsSaved {
+ public:
+  explicit SampleAsSaved(ContextUnet& net) : net_(net), bf16_(net->bfloat16_convolutions()), training_(net->is_training()) {
+    net_->eval();
+    net_->UseBFloat16Convolutions(false);
+  }
+  ~SampleAsSaved() {
+    net_->UseBFloat16Convolutions(bf16_);
+    net_->train(training_);
+  }
+  SampleAsSaved(const SampleAsSaved&) = delete;
+  SampleAsSaved& operator=(const SampleAsSaved&) = delete;
+
+ private:
+  ContextUnet& net_;
+  bool bf16_, training_;
+};
+
 Result<std::string> WriteSampleGrid(const std::string& dir, ContextUnet& ema, const ModelInfo& info, int per_label,
                                     torch::Device device) {
   NoiseSchedule schedule(info.schedule);
@@ -433,7 +454,10 @@ Result<TrainSummary> TrainWith(const TrainConfig& config, DataParallel* dp, cons
     if (!ss.ok()) return ss;
     ss = WriteTrainingLog(c.out, st);
     if (!ss.ok()) return ss;
-    if (write_grid && c.sample_grid_per_label > 0) return WriteSampleGrid(c.out, to_save, info, c.sample_grid_per_label, device);
+    if (write_grid && c.sample_grid_per_label > 0) {
+      SampleAsSaved as_saved(to_save);
+      return WriteSampleGrid(c.out, to_save, info, c.sample_grid_per_label, device);
+    }
     return std::string();
   };
 
@@ -446,6 +470,7 @@ Result<TrainSummary> TrainWith(const TrainConfig& config, DataParallel* dp, cons
                    {"--epochs", c.epochs},
                    {"--seed", static_cast<int64_t>(c.seed)},
                    {"--n-feat", c.n_feat},
+                   {"--training-precision (1 = bf16 convolutions)", c.bf16_convolutions ? 1 : 0},
                    {"completed epochs (state file)", st.epoch},
                    {"completed steps (state file)", st.step},
                    {"batches into the epoch (state file)", st.batch_in_epoch}});
@@ -634,9 +659,10 @@ Result<TrainSummary> TrainWith(const TrainConfig& config, DataParallel* dp, cons
       ContextUnet& judged = c.ema_decay > 0 ? ema : net;
       EvalSampling sampling = c.eval.sampling;
       sampling.per_class = c.eval.per_class;
-      Result<GeneratedSet> set = GenerateForMeter(*meter, judged, info.arch, info.labels, schedule, sampling, device);
-      if (c.ema_decay > 0) ema->eval();
-      else net->train();  // the meter sampled in eval mode
+      Result<GeneratedSet> set = [&] {
+        SampleAsSaved as_saved(judged);  // the meter samples in eval mode
+        return GenerateForMeter(*meter, judged, info.arch, info.labels, schedule, sampling, device);
+      }();
       if (!set.ok()) return set.status();
       Result<QualityReport> q = meter->Measure(set->images, set->classes);
       if (!q.ok()) return q.status();

@@ -26,6 +26,7 @@ std::string ModelCard(const v1::Job& job) {
      << spec.context_dropout() << " --ema-decay " << spec.ema_decay() << " --checkpoint-every "
      << spec.checkpoint_every() << " --seed " << spec.seed() << " --class-balance " << spec.class_balance()
      << (spec.no_flip() ? " --no-flip" : "") << (spec.base_model().empty() ? "" : " --base-model " + spec.base_model())
+     << " --precision " << (spec.precision().empty() ? "fp32" : spec.precision())
      << "\n```\n\n"
      << "| | |\n|---|---|\n"
      << "| epochs | " << p.epoch() << " (" << p.step() << " optimizer steps of " << spec.batch_size() << " images) |\n"

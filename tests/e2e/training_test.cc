@@ -154,6 +154,7 @@ TEST_F(TrainingTest, SubmitWatchToTheEndThenSampleTheNewModelByName) {
   std::ifstream card(daemon_->root() / "models" / "mini-a" / "README.md");
   const std::string card_text((std::istreambuf_iterator<char>(card)), std::istreambuf_iterator<char>());
   EXPECT_NE(card_text.find("spritectl train submit --name mini-a --dataset mini"), std::string::npos) << card_text;
+  EXPECT_NE(card_text.find(" --precision fp32"), std::string::npos) << "the daemon's training_precision: " << card_text;
   EXPECT_TRUE(fs::exists(daemon_->root() / "models" / "mini-a" / "samples.png"));
   Job again;
   EXPECT_EQ(Submit(*daemon_, TinySpec("mini-a", 4), &again).error_code(), grpc::StatusCode::ALREADY_EXISTS);
@@ -309,9 +310,17 @@ TEST_F(TrainingTest, FineTuneFromAServedModel) {
 TEST_F(TrainingTest, SpritectlSubmitWatchListAndErrors) {
   const std::string server = " --server " + daemon_->address();
   Output run = RunCtl("train submit" + server + " --name ctl-model --dataset mini --n-feat 8 --epochs 2 " +
-                      "--batch-size 8 --checkpoint-every 1 --watch --grids " + (daemon_->root() / "grids").string());
+                      "--batch-size 8 --checkpoint-every 1 --precision bf16 --watch --grids " +
+                      (daemon_->root() / "grids").string());
   ASSERT_EQ(run.exit_code, 0) << run.text;
   EXPECT_NE(run.text.find("SUCCEEDED"), std::string::npos) << run.text;
+  EXPECT_NE(run.text.find("n_feat 8, bf16"), std::string::npos) << run.text;
+  Result<ModelInfo> trained = ReadModelInfo((daemon_->root() / "models" / "ctl-model").string());
+  ASSERT_TRUE(trained.ok()) << trained.status().message();
+  EXPECT_EQ(trained->provenance.value("precision", ""), "bf16 convolutions, float32 weights");
+  Output fp16 = RunCtl("train submit" + server + " --name y --dataset mini --precision fp16");
+  EXPECT_NE(fp16.exit_code, 0);
+  EXPECT_NE(fp16.text.find("precision"), std::string::npos) << fp16.text;
   EXPECT_TRUE(fs::exists(daemon_->root() / "grids" / "grid-epoch-0002.png")) << run.text;
   Output list = RunCtl("train list" + server);
   ASSERT_EQ(list.exit_code, 0) << list.text;

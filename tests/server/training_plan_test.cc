@@ -14,6 +14,8 @@
 #include "tests/server/test_data.h"
 #include "server/training_plan.h"
 
+#include "core/runtime.h"
+
 namespace spritediff {
 namespace {
 
@@ -87,6 +89,11 @@ TEST_F(TrainingPlanTest, PrecisionComesFromTheSpecOrTheServer) {
   plan = PlanTraining(spec, bf16_server, *registry_);
   ASSERT_TRUE(plan.ok()) << plan.status().message();
   EXPECT_FALSE(TrainConfigFor(plan->spec, (root_ / "j").string(), "cpu").bf16_convolutions);
+  // "auto" is stored as what this server's device runs.
+  spec.set_precision("auto");
+  plan = PlanTraining(spec, limits_, *registry_);
+  ASSERT_TRUE(plan.ok()) << plan.status().message();
+  EXPECT_EQ(plan->spec.precision(), CpuHasNativeBFloat16() ? "bf16" : "fp32");
   // A job recorded before the field existed has none, and keeps float32.
   plan->spec.clear_precision();
   EXPECT_FALSE(TrainConfigFor(plan->spec, (root_ / "j").string(), "cpu").bf16_convolutions);
