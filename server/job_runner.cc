@@ -368,8 +368,12 @@ void JobRunner::RunJob(const std::shared_ptr<Entry>& entry) {
     return;
   }
   if (cancelled_early) return;
-  spdlog::info("job {}: {} training model {} ({} threads)", id, tc.resume ? "resuming" : "starting", tc.name,
-               limits_.threads);
+  spdlog::info("job {}: {} training model {} ({} threads, {})", id, tc.resume ? "resuming" : "starting", tc.name,
+               limits_.threads, tc.bf16_convolutions ? "mixed precision: bf16 convolutions" : "fp32");
+  if (!spec.precision().empty() && spec.precision() != "fp32" && spec.precision() != "bf16" &&
+      spec.precision() != "auto") {
+    spdlog::warn("job {}: its recorded precision is not fp32, bf16 or auto; training in fp32", id);
+  }
 
   auto on_progress = [&](const TrainProgress& p) {
     std::shared_ptr<const std::string> grid;
