@@ -48,25 +48,20 @@ void FoldConvBn(nn::Sequential& seq) {
   conv->bias.sub_(bn->running_mean).mul_(scale).add_(bn->bias);
 }
 
-// A convolution computed in bfloat16 from bf16 copies of x and the float32 weights, its result
-// float32 (mixed-precision training).
-torch::Tensor BFloat16Convolution(const nn::Conv2dImpl& conv, const torch::Tensor& x) {
+// The convolution's forward; with bf16 (mixed-precision training), a float32 convolution with
+// zero padding given as sizes (every one here) computes in bfloat16 from bf16 copies of x and
+// its float32 weights, its result cast back to float32. Any other runs libtorch's own forward.
+torch::Tensor Convolution(nn::Conv2dImpl& conv, const torch::Tensor& x, bool bf16) {
   const auto& o = conv.options;
   const auto* padding = c10::get_if<torch::ExpandingArray<2>>(&o.padding());
-  TORCH_CHECK(padding != nullptr, "bf16 convolution: explicit padding expected");
-  const auto bf16 = torch::kBFloat16;
-  const torch::Tensor bias = conv.bias.defined() ? conv.bias.to(bf16) : torch::Tensor();
-  return torch::conv2d(x.to(bf16), conv.weight.to(bf16), bias, *o.stride(), **padding, *o.dilation(), o.groups())
+  if (!bf16 || padding == nullptr || c10::get_if<torch::enumtype::kZeros>(&o.padding_mode()) == nullptr ||
+      conv.weight.scalar_type() != torch::kFloat32 || x.scalar_type() != torch::kFloat32) {
+    return conv.forward(x);
+  }
+  const auto half = torch::kBFloat16;
+  const torch::Tensor bias = conv.bias.defined() ? conv.bias.to(half) : torch::Tensor();
+  return torch::conv2d(x.to(half), conv.weight.to(half), bias, *o.stride(), **padding, *o.dilation(), o.groups())
       .to(torch::kFloat32);
-}
-
-// bf16 applies to float32 convolutions with zero padding given as sizes (every one here);
-// any other runs libtorch's own forward.
-torch::Tensor Convolution(nn::Conv2dImpl& conv, const torch::Tensor& x, bool bf16) {
-  const bool plain = c10::get_if<torch::enumtype::kZeros>(&conv.options.padding_mode()) != nullptr &&
-                     c10::get_if<torch::ExpandingArray<2>>(&conv.options.padding()) != nullptr &&
-                     conv.weight.scalar_type() == torch::kFloat32;
-  return bf16 && plain && x.scalar_type() == torch::kFloat32 ? BFloat16Convolution(conv, x) : conv.forward(x);
 }
 
 // conv -> (BatchNorm unless folded) -> GELU, with the sequence's own modules.

@@ -1,5 +1,7 @@
 #include "core/runtime.h"
 
+#include "common/client_text.h"
+
 #include <dlfcn.h>
 #include <torch/torch.h>
 
@@ -102,7 +104,7 @@ Result<bool> ResolveBFloat16(const std::string& precision, const std::string& de
   if (precision == "fp32") return false;
   if (precision == "bf16") return true;
   if (precision == "auto") return device == "cpu" && CpuHasNativeBFloat16();
-  return Status::InvalidArgument("precision must be fp32, bf16 or auto, got '" + precision.substr(0, 32) + "'");
+  return Status::InvalidArgument("precision must be fp32, bf16 or auto, got '" + Echo(precision, 32) + "'");
 }
 
 }  // namespace spritediff

@@ -370,8 +370,7 @@ void JobRunner::RunJob(const std::shared_ptr<Entry>& entry) {
   if (cancelled_early) return;
   spdlog::info("job {}: {} training model {} ({} threads, {})", id, tc.resume ? "resuming" : "starting", tc.name,
                limits_.threads, tc.bf16_convolutions ? "mixed precision: bf16 convolutions" : "fp32");
-  if (!spec.precision().empty() && spec.precision() != "fp32" && spec.precision() != "bf16" &&
-      spec.precision() != "auto") {
+  if (!spec.precision().empty() && !ResolveBFloat16(spec.precision(), limits_.device).ok()) {
     spdlog::warn("job {}: its recorded precision is not fp32, bf16 or auto; training in fp32", id);
   }
 

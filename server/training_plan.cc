@@ -134,11 +134,8 @@ Result<TrainingPlan> PlanTraining(const v1::JobSpec& spec_in, const TrainingLimi
   // Stored resolved ("auto" becomes what this server's device runs), so GetJob says what the job
   // runs with and a resume elsewhere keeps it.
   if (spec->precision().empty()) spec->set_precision(limits.training_precision);
-  if (spec->precision() != "fp32" && spec->precision() != "bf16" && spec->precision() != "auto") {
-    return Invalid("precision must be fp32, bf16 or auto, got '" + Echo(spec->precision()) + "'");
-  }
-  Result<bool> bf16 = ResolveBFloat16(spec->precision(), limits.device);
-  if (!bf16.ok()) return Invalid("precision: " + bf16.status().message());
+  Result<bool> bf16 = ResolveBFloat16(spec->precision(), limits.device);  // names the field
+  if (!bf16.ok()) return Invalid(bf16.status().message());
   spec->set_precision(*bf16 ? "bf16" : "fp32");
   ModelConfig arch;
   arch.n_feat = static_cast<int>(spec->n_feat());

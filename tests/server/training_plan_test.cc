@@ -94,6 +94,17 @@ TEST_F(TrainingPlanTest, PrecisionComesFromTheSpecOrTheServer) {
   plan = PlanTraining(spec, limits_, *registry_);
   ASSERT_TRUE(plan.ok()) << plan.status().message();
   EXPECT_EQ(plan->spec.precision(), CpuHasNativeBFloat16() ? "bf16" : "fp32");
+  // A hostile value is refused with a short, escaped echo.
+  spec.set_precision("\n" + std::string(100000, 'x'));
+  plan = PlanTraining(spec, limits_, *registry_);
+  ASSERT_FALSE(plan.ok());
+  EXPECT_EQ(plan.status().code(), Status::Code::kInvalidArgument);
+  EXPECT_NE(plan.status().message().find("precision"), std::string::npos) << plan.status().message();
+  EXPECT_LT(plan.status().message().size(), 200u);
+  EXPECT_EQ(plan.status().message().find('\n'), std::string::npos);
+  spec.set_precision("fp32");
+  plan = PlanTraining(spec, limits_, *registry_);
+  ASSERT_TRUE(plan.ok()) << plan.status().message();
   // A job recorded before the field existed has none, and keeps float32.
   plan->spec.clear_precision();
   EXPECT_FALSE(TrainConfigFor(plan->spec, (root_ / "j").string(), "cpu").bf16_convolutions);
