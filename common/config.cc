@@ -32,7 +32,8 @@ Status AppConfig::Validate() const {
                           range("keepalive_time_s", keepalive_time_s, 1, 86400),
                           range("keepalive_timeout_s", keepalive_timeout_s, 1, 3600),
                           range("max_connection_idle_s", max_connection_idle_s, 0, 86400 * 7),
-                          range("release_memory_s", release_memory_s, 0, 86400)}) {
+                          range("release_memory_s", release_memory_s, 0, 86400),
+                          range("release_idle_s", release_idle_s, 0, 86400)}) {
     if (!s.ok()) return s;
   }
   if (max_rows_per_request > max_queued_rows) {
@@ -102,7 +103,8 @@ Result<AppConfig> LoadConfig(const std::string& path) {
                                   "resume_interrupted_jobs", "max_queued_jobs", "max_n_feat_x_image_size", "max_epochs_x_images", "finished_job_retention_h", "auth_token_file", "tls_cert_file",
                                   "tls_key_file", "tls_client_ca_file", "tls_reload_s", "allow_insecure_public",
                                   "reflection", "metrics_bind", "max_concurrent_streams", "keepalive_time_s",
-                                  "keepalive_timeout_s", "max_connection_idle_s", "release_memory_s", "comment"};
+                                  "keepalive_timeout_s", "max_connection_idle_s", "release_memory_s", "release_idle_s",
+                                  "comment"};
     for (const auto& item : j.items()) {
       if (std::find(std::begin(known), std::end(known), item.key()) == std::end(known)) {
         return Status::InvalidArgument(path + ": unknown key '" + item.key() + "'");
@@ -148,6 +150,7 @@ Result<AppConfig> LoadConfig(const std::string& path) {
     c.keepalive_timeout_s = j.value("keepalive_timeout_s", c.keepalive_timeout_s);
     c.max_connection_idle_s = j.value("max_connection_idle_s", c.max_connection_idle_s);
     c.release_memory_s = j.value("release_memory_s", c.release_memory_s);
+    c.release_idle_s = j.value("release_idle_s", c.release_idle_s);
   } catch (const json::exception& e) {
     return Status::InvalidArgument(path + ": " + e.what());
   }

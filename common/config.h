@@ -62,10 +62,15 @@ struct AppConfig {
   int keepalive_time_s = 60;             // server pings an idle connection this often
   int keepalive_timeout_s = 20;          // and closes it when the ping is not answered
   int max_connection_idle_s = 600;       // a connection with no calls this long is closed (0 = never)
-  // Memory: every this many seconds the daemon hands the heap pages that are free back to the
-  // system (glibc malloc_trim). Without it, batches of changing sizes leave free pages inside
-  // the heap and peak RSS crept up under sustained load (scripts/load-faults.sh). 0 = never.
+  // Memory, with glibc malloc (a build without tcmalloc): every this many seconds the daemon
+  // hands the heap pages that are free back to the system (malloc_trim). Without it, batches of
+  // changing sizes left free pages inside the heap and RSS crept up under load. 0 = never.
   int release_memory_s = 1;
+  // Memory, with tcmalloc (the default build): free pages go back to the system once no
+  // sampling step ran and no training job was busy for this many seconds. Under load tcmalloc
+  // reuses them, so RSS stays at the load's high-water mark; handing them back in the short
+  // lulls between bursts made RSS climb from minute to minute (scripts/load-faults.sh). 0 = never.
+  int release_idle_s = 10;
 
   Status Validate() const;
   // A one-line refusal when the listen address is public and TLS or the token file is missing

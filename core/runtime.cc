@@ -3,6 +3,12 @@
 #include "common/client_text.h"
 
 #include <dlfcn.h>
+#ifdef __GLIBC__
+#include <malloc.h>
+#endif
+#ifdef SPRITEDIFF_WITH_TCMALLOC
+#include <gperftools/malloc_extension.h>
+#endif
 #include <torch/torch.h>
 
 #include <filesystem>
@@ -53,6 +59,31 @@ std::string CpuBlasName() {
   // Debian's netlib reference BLAS lives in .../blas/libblas.so.3.
   if (file.find("/blas/libblas.so") != std::string::npos) return "reference";
   return "other";
+}
+
+std::string HeapAllocatorName() {
+#ifdef SPRITEDIFF_WITH_TCMALLOC
+  // Linked in, tcmalloc serves malloc unless a preloaded allocator comes first; then its own
+  // count of bytes in use stays near zero however much this process has allocated.
+  size_t in_use = 0;
+  if (MallocExtension::instance()->GetNumericProperty("generic.current_allocated_bytes", &in_use) &&
+      in_use >= (1u << 20)) {
+    return "tcmalloc";
+  }
+#endif
+  return "glibc";
+}
+
+void ReleaseFreeHeapMemory() {
+#ifdef SPRITEDIFF_WITH_TCMALLOC
+  if (HeapAllocatorName() == "tcmalloc") {
+    MallocExtension::instance()->ReleaseFreeMemory();
+    return;
+  }
+#endif
+#ifdef __GLIBC__
+  malloc_trim(0);
+#endif
 }
 
 std::string SlowBlasWarning(const std::string& device) {

@@ -29,6 +29,14 @@ std::string SlowBlasWarning(const std::string& device);
 // ConfigureThreads left them. Each torch-using thread calls it once when it starts.
 void SetThreadIntraOpThreads(int threads);
 
+// The heap allocator in use: "tcmalloc" (gperftools' tcmalloc_minimal, linked into spritediffd
+// unless CMake's SPRITEDIFF_TCMALLOC is off or the build is sanitized) or "glibc". Checked at
+// run time: tcmalloc counts only when it is the one serving malloc.
+std::string HeapAllocatorName();
+// Hands the allocator's free pages back to the system: tcmalloc's ReleaseFreeMemory, glibc's
+// malloc_trim. The next allocations of that size fault fresh pages in again.
+void ReleaseFreeHeapMemory();
+
 // Inference precision (config `precision`, flag --precision): "fp32"; "bf16" (the network in
 // bfloat16, ContextUnet::UseBFloat16ForInference); "auto" = bf16 on a CPU with native bf16
 // dot products (AVX-512 BF16 or AMX, which oneDNN uses), fp32 elsewhere, CUDA included.

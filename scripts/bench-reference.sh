@@ -5,33 +5,36 @@
 # Ours runs three times: as loaded, with its BatchNorms folded into the convolutions (what the
 # daemon serves with fold_batchnorm on), and in bf16 (precision bf16, or auto on a CPU with
 # native bf16; its training row is mixed precision, training_precision bf16: bf16 convolutions,
-# float32 weights). Needs `make build` and python3-torch (Debian).
+# float32 weights). bf16 runs right after the reference, so the headline ratios compare two
+# adjacent minutes of this shared machine; every sampling figure on both sides is the median of
+# SAMPLE_REPEATS timed runs. Needs `make build` and python3-torch (Debian).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 THREADS=${THREADS:-2}
 MODEL=${MODEL:-sprites16}
 TRAIN_BATCH=${TRAIN_BATCH:-100}
 REPEATS=${REPEATS:-20}
+SAMPLE_REPEATS=${SAMPLE_REPEATS:-3}
 command -v /usr/bin/python3 >/dev/null && /usr/bin/python3 -c 'import torch' 2>/dev/null || {
   echo "bench-reference: needs Debian's python3-torch (apt-get install python3-torch)" >&2; exit 1; }
 
 echo "== reference: course_ref.py model in PyTorch (threads $THREADS)"
 ref=$(/usr/bin/python3 scripts/bench_reference.py --threads "$THREADS" --batches 32,64 --train-batch "$TRAIN_BATCH" \
-  --repeats "$REPEATS" | tail -1)
+  --repeats "$REPEATS" --sample-repeats "$SAMPLE_REPEATS" | tail -1)
 echo "$ref"
 ours() {  # ours PRECISION [bench flags]
   build/bin/spritediffd --threads "$THREADS" --precision "$1" bench --model "$MODEL" --batches 1,32 \
-    --ddim-batch 32,64 --steps 25 --repeats "$REPEATS" --train-batch "$TRAIN_BATCH" "${@:2}" | tail -1
+    --ddim-batch 32,64 --steps 25 --repeats "$REPEATS" --sample-repeats "$SAMPLE_REPEATS" --train-batch "$TRAIN_BATCH" "${@:2}" | tail -1
 }
+echo "== spritediffd bench, precision bf16 (as the shipped config serves on this CPU; training in mixed bf16)"
+bf16=$(ours bf16 --check-precision 40 --train-precision bf16)
+echo "$bf16"
 echo "== spritediffd bench (threads $THREADS, fp32)"
 eager=$(ours fp32)
 echo "$eager"
 echo "== spritediffd bench --fold-batchnorm (fp32)"
 folded=$(ours fp32 --fold-batchnorm)
 echo "$folded"
-echo "== spritediffd bench, precision bf16 (as the shipped config serves on this CPU; training in mixed bf16)"
-bf16=$(ours bf16 --check-precision 40 --train-precision bf16)
-echo "$bf16"
 
 /usr/bin/python3 - "$ref" "$eager" "$folded" "$bf16" <<'PY'
 import json, sys

@@ -34,6 +34,7 @@ def main():
     ap.add_argument("--steps", type=int, default=25)
     ap.add_argument("--train-batch", type=int, default=100)
     ap.add_argument("--repeats", type=int, default=20)
+    ap.add_argument("--sample-repeats", type=int, default=1, help="timed sampling runs per measure; the median counts")
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
     torch.manual_seed(0)
@@ -54,9 +55,12 @@ def main():
             ctx = F.one_hot(torch.arange(b) % ref.n_cfeat, ref.n_cfeat).float()
             for g in (1.0, 2.0):
                 ddim(model, b, a.steps, ctx, g)  # warm-up
-                t0 = time.perf_counter()
-                ddim(model, b, a.steps, ctx, g)
-                s = time.perf_counter() - t0
+                runs = []
+                for _ in range(a.sample_repeats):
+                    t0 = time.perf_counter()
+                    ddim(model, b, a.steps, ctx, g)
+                    runs.append(time.perf_counter() - t0)
+                s = sorted(runs)[len(runs) // 2]  # the median, as spritediffd bench --sample-repeats
                 key = "ddim_samples_per_s" if g == 1 else "ddim_guided_samples_per_s"
                 out.setdefault(key, {})[str(b)] = round(b / s, 2)
     # Training: the course's step (MSE on the noise, Adam), timed like spritediffd bench's.

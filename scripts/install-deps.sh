@@ -14,6 +14,7 @@ PACKAGES=(
   libspdlog-dev nlohmann-json3-dev libpng-dev libgif-dev
   libcli11-dev libcpp-httplib-dev
   libgtest-dev
+  libgoogle-perftools-dev  # tcmalloc_minimal: RSS that plateaus under load (CMakeLists.txt)
   libssl-dev   # SHA-256 and the CSPRNG for bearer tokens (server/auth.cc)
   openssl      # the auth tests make a throwaway CA and certificates with its CLI
   python3 python3-yaml

@@ -280,6 +280,11 @@ void JobRunner::WorkerLoop() {
       queue_.pop_front();
     }
     // Nothing a job does may end the worker (or, escaping the thread, the daemon).
+    ++busy_workers_;
+    struct Idle {
+      std::atomic<int>& busy;
+      ~Idle() { --busy; }
+    } idle{busy_workers_};
     try {
       RunJob(entry);
     } catch (const c10::Error& e) {

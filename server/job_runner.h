@@ -64,6 +64,9 @@ class JobRunner {
 
   // listener is called (never under the runner's lock) after each change of the job.
   // Returns 0 when the job is unknown.
+  // Workers running a job now (training, or reading a dataset before it).
+  int busy_workers() const { return busy_workers_.load(); }
+
   uint64_t Subscribe(const std::string& id, std::function<void()> listener) LOCKS_EXCLUDED(mu_);
   void Unsubscribe(const std::string& id, uint64_t token) LOCKS_EXCLUDED(mu_);
 
@@ -104,6 +107,7 @@ class JobRunner {
   ModelRegistry& registry_;
   const JobStore store_;
 
+  std::atomic<int> busy_workers_{0};
   mutable Mutex mu_;
   CondVar cv_;  // workers: the queue or stopping_ changed
   std::map<std::string, std::shared_ptr<Entry>> jobs_ GUARDED_BY(mu_);

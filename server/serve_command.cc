@@ -48,11 +48,11 @@ void AddServeCommand(CLI::App& app, const CommonOptions& common) {
   cmd->add_option("--state-dir", a->state_dir, "training job records and checkpoints (overrides config)");
   cmd->callback([a, &common] {
 #ifdef __GLIBC__
-    // Two malloc arenas unless the operator set MALLOC_ARENA_MAX: with glibc's default (8 per
-    // core) the threads that build a large batch each keep their own arena's peak, and RSS
-    // stepped up by 8% in the second half of a 10-minute load (scripts/rss-soak.sh); with 2 it
-    // stayed within 1.3%, at the same latency (README, Memory).
-    if (std::getenv("MALLOC_ARENA_MAX") == nullptr) mallopt(M_ARENA_MAX, 2);
+    // With glibc's malloc (a build without tcmalloc): two arenas unless the operator set
+    // MALLOC_ARENA_MAX. With glibc's default (8 per core) the threads that build a large batch
+    // each keep their own arena's peak, and RSS stepped up by 8% in the second half of a
+    // 10-minute load (scripts/rss-soak.sh); with 2 it stayed within 1.3%, at the same latency.
+    if (HeapAllocatorName() == "glibc" && std::getenv("MALLOC_ARENA_MAX") == nullptr) mallopt(M_ARENA_MAX, 2);
 #endif
     AppConfig config = ResolveConfig(common);
     if (a->port >= 0) config.port = a->port;
@@ -150,9 +150,10 @@ void AddServeCommand(CLI::App& app, const CommonOptions& common) {
     grpc::HealthCheckServiceInterface* health = server->GetHealthCheckService();
     health->SetServingStatus("spritediff.v1.Sprites", true);
     health->SetServingStatus("spritediff.v1.Training", config.max_concurrent_jobs > 0);
-    spdlog::info("spritediffd listening on {}:{} (device {}, {}, {} threads, CPU BLAS {}, default model {}, metrics {}, "
-                 "TLS {}, tokens {})",
+    spdlog::info("spritediffd listening on {}:{} (device {}, {}, {} threads, CPU BLAS {}, heap {}, default model {}, "
+                 "metrics {}, TLS {}, tokens {})",
                  config.bind, bound_port, *device, limits.bf16 ? "bf16" : "fp32", threads, CpuBlasName(),
+                 HeapAllocatorName(),
                  registry.default_model(),
                  config.metrics_port > 0
                      ? "http://" + config.metrics_bind + ":" + std::to_string(config.metrics_port) + "/metrics"
@@ -177,20 +178,35 @@ void AddServeCommand(CLI::App& app, const CommonOptions& common) {
       }
     };
     // The main thread waits for signals and, once a second, does the periodic work: handing
-    // free heap pages back (release_memory_s) and the TLS file check (tls_reload_s).
+    // free heap pages back (release_idle_s, release_memory_s) and the TLS file check (tls_reload_s).
     using Clock = std::chrono::steady_clock;
     Clock::time_point next_release = Clock::now() + std::chrono::seconds(config.release_memory_s);
     Clock::time_point next_tls_check = Clock::now() + std::chrono::seconds(config.tls_reload_s);
     int received = 0;
+    const std::string allocator = HeapAllocatorName();
+    int64_t last_steps = -1;               // sampling steps seen at the last tick
+    Clock::time_point idle_since = Clock::now();  // no step and no busy training since then
+    bool released = false;                 // free pages handed back since the daemon went idle
     for (;;) {
       const timespec tick{1, 0};
       received = sigtimedwait(&signals, nullptr, &tick);
       if (received < 0) {  // the tick (EAGAIN) or EINTR
         const Clock::time_point now = Clock::now();
-        if (config.release_memory_s > 0 && now >= next_release) {
-#if defined(__GLIBC__)
-          malloc_trim(0);
-#endif
+        if (allocator == "tcmalloc") {
+          // Once the daemon has been idle for release_idle_s (AppConfig says why not sooner).
+          int64_t steps = 0;
+          for (const std::shared_ptr<ServedModel>& m : registry.List()) steps += m->scheduler->stats().steps;
+          if (steps != last_steps || jobs.busy_workers() > 0) {
+            idle_since = now;
+            released = false;
+          }
+          last_steps = steps;
+          if (config.release_idle_s > 0 && !released && now - idle_since >= std::chrono::seconds(config.release_idle_s)) {
+            ReleaseFreeHeapMemory();
+            released = true;
+          }
+        } else if (config.release_memory_s > 0 && now >= next_release) {
+          ReleaseFreeHeapMemory();
           next_release = now + std::chrono::seconds(config.release_memory_s);
         }
         if (tls && now >= next_tls_check) {

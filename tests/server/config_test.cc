@@ -81,6 +81,11 @@ TEST(Config, PrecisionAndReleaseMemoryAreCheckedByName) {
   s = config.Validate();
   ASSERT_FALSE(s.ok());
   EXPECT_NE(s.message().find("release_memory_s"), std::string::npos) << s.message();
+  config.release_memory_s = 1;
+  config.release_idle_s = 86401;
+  s = config.Validate();
+  ASSERT_FALSE(s.ok());
+  EXPECT_NE(s.message().find("release_idle_s"), std::string::npos) << s.message();
 }
 
 }  // namespace
