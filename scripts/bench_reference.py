@@ -36,6 +36,8 @@ def main():
     ap.add_argument("--repeats", type=int, default=20)
     ap.add_argument("--sample-repeats", type=int, default=1, help="timed sampling runs per measure; the median counts")
     a = ap.parse_args()
+    if a.sample_repeats < 1:
+        ap.error("--sample-repeats must be at least 1")
     torch.set_num_threads(a.threads)
     torch.manual_seed(0)
     model = ref.ContextUnet(3, ref.n_feat, ref.n_cfeat, ref.height).eval()

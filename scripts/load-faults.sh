@@ -2,10 +2,11 @@
 # Load and faults against a real daemon on loopback, printing the figures README quotes:
 #   1. 200 concurrent streams for DURATION seconds, PERIODS times (2): errors, and the daemon's
 #      peak and median RSS (sampled every second) in each period, and its settled RSS: 3 s
-#      after the period's last wave, once the batch has drained and release_memory_s has handed
-#      freed pages back. Peak and median move with how the last waves happened to batch; the
-#      settled figure is what a period left behind, so it is the one that shows a leak. Memory
-#      plateaus when a period adds < 5% over the one before.
+#      after the period's last wave, once the batch has drained. That is what a period left
+#      behind, the figure a leak would move. With tcmalloc it includes the free pages kept for
+#      the next wave (they go back only after release_idle_s, 10 s, of idleness); with glibc,
+#      release_memory_s has trimmed them. Memory plateaus when a period adds < 5% over the one
+#      before.
 #   2. 100 clients killed mid-stream (disconnects): the daemon keeps serving, RSS after.
 #   3. SIGTERM under load: exit status and seconds to exit.
 #   4. kill -9 during checkpoints and publishes of a small training job, KILLS times: after

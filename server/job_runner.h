@@ -62,11 +62,11 @@ class JobRunner {
   };
   bool GetSnapshot(const std::string& id, Snapshot* out) const LOCKS_EXCLUDED(mu_);
 
-  // listener is called (never under the runner's lock) after each change of the job.
-  // Returns 0 when the job is unknown.
   // Workers running a job now (training, or reading a dataset before it).
   int busy_workers() const { return busy_workers_.load(); }
 
+  // listener is called (never under the runner's lock) after each change of the job.
+  // Returns 0 when the job is unknown.
   uint64_t Subscribe(const std::string& id, std::function<void()> listener) LOCKS_EXCLUDED(mu_);
   void Unsubscribe(const std::string& id, uint64_t token) LOCKS_EXCLUDED(mu_);
 

@@ -193,10 +193,17 @@ void AddServeCommand(CLI::App& app, const CommonOptions& common) {
       if (received < 0) {  // the tick (EAGAIN) or EINTR
         const Clock::time_point now = Clock::now();
         if (allocator == "tcmalloc") {
-          // Once the daemon has been idle for release_idle_s (AppConfig says why not sooner).
+          // Once the daemon has been idle for release_idle_s (AppConfig says why not sooner):
+          // no step finished, no row queued or running (a step may outlast the idle time), no
+          // training job busy.
           int64_t steps = 0;
-          for (const std::shared_ptr<ServedModel>& m : registry.List()) steps += m->scheduler->stats().steps;
-          if (steps != last_steps || jobs.busy_workers() > 0) {
+          bool rows = false;
+          for (const std::shared_ptr<ServedModel>& m : registry.List()) {
+            const SchedulerStats stats = m->scheduler->stats();
+            steps += stats.steps;
+            rows = rows || stats.queued_rows > 0 || stats.running_rows > 0;
+          }
+          if (steps != last_steps || rows || jobs.busy_workers() > 0) {
             idle_since = now;
             released = false;
           }

@@ -20,7 +20,7 @@ int64_t RssKiB(pid_t pid) {
 
 TEST(MemoryTest, BatchPagesGoBackToTheSystemOnceIdle) {
   Daemon d;
-  d.Start(R"({"max_batch_rows": 256, "max_rows_per_request": 256, "max_queued_rows": 256, "release_idle_s": 2})");
+  d.Start(R"({"max_batch_rows": 256, "max_rows_per_request": 256, "max_queued_rows": 256, "release_idle_s": 4})");
   if (d.Log().find("heap tcmalloc") == std::string::npos) {
     GTEST_SKIP() << "this build's daemon runs on glibc's malloc (sanitizers, or no tcmalloc)";
   }
@@ -40,9 +40,14 @@ TEST(MemoryTest, BatchPagesGoBackToTheSystemOnceIdle) {
     }
     ASSERT_TRUE(reader->Finish().ok());
   }
+  const auto finished = std::chrono::steady_clock::now();
   const int64_t after = RssKiB(d.pid());
   // tcmalloc kept the batch's pages for the next batch (what keeps RSS flat under load).
   EXPECT_GT(after, before + 32 * 1024) << "RSS before " << before << " KiB, after " << after << " KiB";
+  // Not handed back before release_idle_s (4 s): a lull shorter than that keeps them.
+  std::this_thread::sleep_until(finished + std::chrono::milliseconds(2500));
+  const int64_t lull = RssKiB(d.pid());
+  EXPECT_GT(lull, after - 24 * 1024) << "RSS after the batch " << after << " KiB, 2.5 s later " << lull << " KiB";
   // Idle for release_idle_s: most of them go back.
   int64_t now = after;
   for (int i = 0; i < 150 && now > after - 24 * 1024; ++i) {
