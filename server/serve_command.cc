@@ -47,12 +47,13 @@ void AddServeCommand(CLI::App& app, const CommonOptions& common) {
   cmd->add_option("--data-root", a->data_root, "folder that training datasets must lie under (overrides config)");
   cmd->add_option("--state-dir", a->state_dir, "training job records and checkpoints (overrides config)");
   cmd->callback([a, &common] {
+    const std::string allocator = HeapAllocatorName();
 #ifdef __GLIBC__
     // With glibc's malloc (a build without tcmalloc): two arenas unless the operator set
     // MALLOC_ARENA_MAX. With glibc's default (8 per core) the threads that build a large batch
     // each keep their own arena's peak, and RSS stepped up by 8% in the second half of a
     // 10-minute load (scripts/rss-soak.sh); with 2 it stayed within 1.3%, at the same latency.
-    if (HeapAllocatorName() == "glibc" && std::getenv("MALLOC_ARENA_MAX") == nullptr) mallopt(M_ARENA_MAX, 2);
+    if (allocator == "glibc" && std::getenv("MALLOC_ARENA_MAX") == nullptr) mallopt(M_ARENA_MAX, 2);
 #endif
     AppConfig config = ResolveConfig(common);
     if (a->port >= 0) config.port = a->port;
@@ -152,8 +153,7 @@ void AddServeCommand(CLI::App& app, const CommonOptions& common) {
     health->SetServingStatus("spritediff.v1.Training", config.max_concurrent_jobs > 0);
     spdlog::info("spritediffd listening on {}:{} (device {}, {}, {} threads, CPU BLAS {}, heap {}, default model {}, "
                  "metrics {}, TLS {}, tokens {})",
-                 config.bind, bound_port, *device, limits.bf16 ? "bf16" : "fp32", threads, CpuBlasName(),
-                 HeapAllocatorName(),
+                 config.bind, bound_port, *device, limits.bf16 ? "bf16" : "fp32", threads, CpuBlasName(), allocator,
                  registry.default_model(),
                  config.metrics_port > 0
                      ? "http://" + config.metrics_bind + ":" + std::to_string(config.metrics_port) + "/metrics"
@@ -183,31 +183,34 @@ void AddServeCommand(CLI::App& app, const CommonOptions& common) {
     Clock::time_point next_release = Clock::now() + std::chrono::seconds(config.release_memory_s);
     Clock::time_point next_tls_check = Clock::now() + std::chrono::seconds(config.tls_reload_s);
     int received = 0;
-    const std::string allocator = HeapAllocatorName();
-    int64_t last_steps = -1;               // sampling steps seen at the last tick
-    Clock::time_point idle_since = Clock::now();  // no step and no busy training since then
-    bool released = false;                 // free pages handed back since the daemon went idle
+    // Whether the daemon did anything since the last call: a sampling step finished, a row is
+    // queued or running (one step may outlast the idle time), or a training job is busy.
+    int64_t last_steps = -1;
+    auto active = [&] {
+      int64_t steps = 0;
+      bool rows = false;
+      for (const std::shared_ptr<ServedModel>& m : registry.List()) {
+        const SchedulerStats stats = m->scheduler->stats();
+        steps += stats.steps;
+        rows = rows || stats.queued_rows > 0 || stats.running_rows > 0;
+      }
+      const bool stepped = steps != last_steps;
+      last_steps = steps;
+      return stepped || rows || jobs.busy_workers() > 0;
+    };
+    Clock::time_point idle_since = Clock::now();  // active() false at every tick since then
+    bool released = false;                        // free pages handed back since then
     for (;;) {
       const timespec tick{1, 0};
       received = sigtimedwait(&signals, nullptr, &tick);
       if (received < 0) {  // the tick (EAGAIN) or EINTR
         const Clock::time_point now = Clock::now();
         if (allocator == "tcmalloc") {
-          // Once the daemon has been idle for release_idle_s (AppConfig says why not sooner):
-          // no step finished, no row queued or running (a step may outlast the idle time), no
-          // training job busy.
-          int64_t steps = 0;
-          bool rows = false;
-          for (const std::shared_ptr<ServedModel>& m : registry.List()) {
-            const SchedulerStats stats = m->scheduler->stats();
-            steps += stats.steps;
-            rows = rows || stats.queued_rows > 0 || stats.running_rows > 0;
-          }
-          if (steps != last_steps || rows || jobs.busy_workers() > 0) {
+          // Once the daemon has been idle for release_idle_s (AppConfig says why not sooner).
+          if (active()) {
             idle_since = now;
             released = false;
           }
-          last_steps = steps;
           if (config.release_idle_s > 0 && !released && now - idle_since >= std::chrono::seconds(config.release_idle_s)) {
             ReleaseFreeHeapMemory();
             released = true;
