@@ -22,12 +22,18 @@ namespace spritectl {
 
 namespace {
 
+// A token or PEM file; a pipe is fine (--token-file <(pass show ...)), but never more than 1 MiB
+// is held, whatever the path turns out to be (/dev/zero).
 std::string ReadFileOrFail(const std::string& flag, const std::string& path) {
-  std::ifstream in(path);
+  constexpr size_t kMaxBytes = 1 << 20;
+  std::ifstream in(path, std::ios::binary);
   if (!in) Fail(flag + " " + path + ": cannot read");
-  std::ostringstream text;
-  text << in.rdbuf();
-  return text.str();
+  std::string text(kMaxBytes + 1, '\0');
+  in.read(text.data(), static_cast<std::streamsize>(text.size()));
+  if (in.bad()) Fail(flag + " " + path + ": cannot read");
+  if (static_cast<size_t>(in.gcount()) > kMaxBytes) Fail(flag + " " + path + ": more than 1 MiB; not a token or PEM file");
+  text.resize(static_cast<size_t>(in.gcount()));
+  return text;
 }
 
 // Adds `authorization: Bearer <token>` to every call made on the channel.

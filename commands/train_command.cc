@@ -50,7 +50,7 @@ void AddTrainCommand(CLI::App& app, const CommonOptions& common) {
       ->capture_default_str();
   cmd->add_option("--training-precision", *precision, "fp32, bf16 (mixed: bf16 convolutions, float32 weights; "
                   "about 1.4x the images/s on a CPU with AVX-512 BF16) or auto (bf16 there, else fp32); default: "
-                  "the config's training_precision")
+                  "the config's training_precision (with --resume: the state's)")
       ->check(CLI::IsMember({"fp32", "bf16", "auto"}));
   cmd->add_option("--checkpoint-every", cfg->checkpoint_every, "epochs between checkpoints")->capture_default_str();
   cmd->add_option("--log-every", cfg->log_every, "optimizer steps between progress lines")->capture_default_str();
@@ -82,7 +82,20 @@ void AddTrainCommand(CLI::App& app, const CommonOptions& common) {
     TrainConfig c = *cfg;
     c.flip = !*no_flip;
     c.device = PrepareCompute(config);
-    if (!precision->empty()) config.training_precision = *precision;
+    if (!precision->empty()) {
+      config.training_precision = *precision;
+    } else if (c.resume) {
+      // Continue in the precision the state was written in, whatever the config now says; an
+      // explicit --training-precision that differs is refused when the state is loaded.
+      const std::string state = c.state_path.empty() ? (std::filesystem::path(c.out) / "train-state.pt").string()
+                                                     : c.state_path;
+      std::error_code ec;
+      if (std::filesystem::exists(state, ec)) {
+        Result<std::string> saved = SavedTrainingPrecision(state);
+        if (!saved.ok()) Fail(saved.status().message());
+        if (!saved->empty()) config.training_precision = *saved;
+      }
+    }
     Result<bool> bf16 = ResolveBFloat16(config.training_precision, c.device);
     if (!bf16.ok()) Fail("training_precision: " + bf16.status().message());
     c.bf16_convolutions = *bf16;

@@ -1,6 +1,11 @@
 #include "common/config.h"
 
+#include "common/file_util.h"
+
+#include <cmath>
+#include <cstdint>
 #include <fstream>
+#include <limits>
 #include <nlohmann/json.hpp>
 
 namespace spritediff {
@@ -72,6 +77,88 @@ Status AppConfig::Validate() const {
 
 namespace {
 
+// Reads one config key into its typed field when the key is present, so that a value of the
+// wrong type or out of the field's type's range is refused by name instead of by nlohmann's
+// "type must be number" (which names no key) or a silent narrowing (1e12 into an int).
+// The first problem is kept; Validate() then checks each field's own range.
+class ConfigReader {
+ public:
+  explicit ConfigReader(const json& j) : j_(j) {}
+
+  const Status& status() const { return status_; }
+
+  void Read(const char* key, std::string* out) {
+    const json* v = Find(key);
+    if (v == nullptr) return;
+    if (!v->is_string()) return Refuse(key, "must be a string", *v);
+    *out = v->get<std::string>();
+  }
+  void Read(const char* key, bool* out) {
+    const json* v = Find(key);
+    if (v == nullptr) return;
+    if (!v->is_boolean()) return Refuse(key, "must be true or false", *v);
+    *out = v->get<bool>();
+  }
+  void Read(const char* key, double* out) {
+    const json* v = Find(key);
+    if (v == nullptr) return;
+    if (!v->is_number()) return Refuse(key, "must be a number", *v);
+    *out = v->get<double>();
+  }
+  void Read(const char* key, int* out) {
+    int64_t wide = *out;
+    Read(key, &wide, std::numeric_limits<int>::min(), std::numeric_limits<int>::max());
+    *out = static_cast<int>(wide);
+  }
+  void Read(const char* key, int64_t* out) {
+    Read(key, out, std::numeric_limits<int64_t>::min(), std::numeric_limits<int64_t>::max());
+  }
+
+ private:
+  const json* Find(const char* key) const {
+    if (!status_.ok()) return nullptr;
+    const auto it = j_.find(key);
+    return it == j_.end() ? nullptr : &*it;
+  }
+  void Refuse(const char* key, const std::string& rule, const json& v) {
+    std::string shown = v.dump();
+    if (shown.size() > 40) shown = shown.substr(0, 40) + "...";
+    status_ = Status::InvalidArgument(std::string(key) + " " + rule + ", got " + shown);
+  }
+  // A whole number, written as an integer or as a float with no fractional part (1e6).
+  void Read(const char* key, int64_t* out, int64_t lo, int64_t hi) {
+    const json* v = Find(key);
+    if (v == nullptr) return;
+    const std::string rule = "must be a whole number in [" + std::to_string(lo) + ", " + std::to_string(hi) + "]";
+    if (v->is_number_unsigned()) {
+      const uint64_t u = v->get<uint64_t>();
+      if (u > static_cast<uint64_t>(hi)) return Refuse(key, rule, *v);
+      *out = static_cast<int64_t>(u);
+    } else if (v->is_number_integer()) {
+      const int64_t i = v->get<int64_t>();
+      if (i < lo || i > hi) return Refuse(key, rule, *v);
+      *out = i;
+    } else if (v->is_number_float()) {
+      const double d = v->get<double>();
+      if (d != std::floor(d)) return Refuse(key, "must be a whole number", *v);
+      // 2^63 is exactly representable; anything at or past it does not fit an int64.
+      if (d < static_cast<double>(lo) || d >= 9223372036854775808.0 || d > static_cast<double>(hi)) {
+        return Refuse(key, rule, *v);
+      }
+      *out = static_cast<int64_t>(d);
+    } else {
+      Refuse(key, "must be a whole number", *v);
+    }
+  }
+
+  const json& j_;
+  Status status_ = Status::Ok();
+};
+
+}  // namespace
+
+namespace {
+
 bool IsLoopback(const std::string& host) {
   return host == "localhost" || host == "::1" || host == "[::1]" || host.rfind("127.", 0) == 0 ||
          host.rfind("unix:", 0) == 0;
@@ -90,11 +177,11 @@ std::string AppConfig::InsecurePublicRefusal() const {
 }
 
 Result<AppConfig> LoadConfig(const std::string& path) {
-  std::ifstream in(path);
-  if (!in) return Status::NotFound(path + ": cannot open config file");
+  Result<std::string> text = ReadFileBounded(path, kMaxTextFileBytes, "a config file");
+  if (!text.ok()) return text.status();
   AppConfig c;
   try {
-    const json j = json::parse(in);
+    const json j = json::parse(*text);
     if (!j.is_object()) return Status::InvalidArgument(path + ": config must be a JSON object");
     static const char* known[] = {"bind", "port", "metrics_port", "models_dir", "default_model", "device", "threads",
                                   "max_batch_rows", "max_queued_rows", "max_rows_per_request", "fold_batchnorm", "cuda_graphs", "max_queue_wait_s", "precision", "training_precision",
@@ -110,47 +197,49 @@ Result<AppConfig> LoadConfig(const std::string& path) {
         return Status::InvalidArgument(path + ": unknown key '" + item.key() + "'");
       }
     }
-    c.bind = j.value("bind", c.bind);
-    c.port = j.value("port", c.port);
-    c.metrics_port = j.value("metrics_port", c.metrics_port);
-    c.models_dir = j.value("models_dir", c.models_dir);
-    c.default_model = j.value("default_model", c.default_model);
-    c.device = j.value("device", c.device);
-    c.threads = j.value("threads", c.threads);
-    c.max_batch_rows = j.value("max_batch_rows", c.max_batch_rows);
-    c.max_queued_rows = j.value("max_queued_rows", c.max_queued_rows);
-    c.max_rows_per_request = j.value("max_rows_per_request", c.max_rows_per_request);
-    c.max_frames_per_request = j.value("max_frames_per_request", c.max_frames_per_request);
-    c.max_pending_frames = j.value("max_pending_frames", c.max_pending_frames);
-    c.shutdown_grace_s = j.value("shutdown_grace_s", c.shutdown_grace_s);
-    c.data_root = j.value("data_root", c.data_root);
-    c.state_dir = j.value("state_dir", c.state_dir);
-    c.max_concurrent_jobs = j.value("max_concurrent_jobs", c.max_concurrent_jobs);
-    c.training_threads = j.value("training_threads", c.training_threads);
-    c.resume_interrupted_jobs = j.value("resume_interrupted_jobs", c.resume_interrupted_jobs);
-    c.fold_batchnorm = j.value("fold_batchnorm", c.fold_batchnorm);
-    c.cuda_graphs = j.value("cuda_graphs", c.cuda_graphs);
-    c.max_queue_wait_s = j.value("max_queue_wait_s", c.max_queue_wait_s);
-    c.precision = j.value("precision", c.precision);
-    c.training_precision = j.value("training_precision", c.training_precision);
-    c.max_queued_jobs = j.value("max_queued_jobs", c.max_queued_jobs);
-    c.max_n_feat_x_image_size = j.value("max_n_feat_x_image_size", c.max_n_feat_x_image_size);
-    c.max_epochs_x_images = j.value("max_epochs_x_images", c.max_epochs_x_images);
-    c.finished_job_retention_h = j.value("finished_job_retention_h", c.finished_job_retention_h);
-    c.auth_token_file = j.value("auth_token_file", c.auth_token_file);
-    c.tls_cert_file = j.value("tls_cert_file", c.tls_cert_file);
-    c.tls_key_file = j.value("tls_key_file", c.tls_key_file);
-    c.tls_client_ca_file = j.value("tls_client_ca_file", c.tls_client_ca_file);
-    c.tls_reload_s = j.value("tls_reload_s", c.tls_reload_s);
-    c.allow_insecure_public = j.value("allow_insecure_public", c.allow_insecure_public);
-    c.reflection = j.value("reflection", c.reflection);
-    c.metrics_bind = j.value("metrics_bind", c.metrics_bind);
-    c.max_concurrent_streams = j.value("max_concurrent_streams", c.max_concurrent_streams);
-    c.keepalive_time_s = j.value("keepalive_time_s", c.keepalive_time_s);
-    c.keepalive_timeout_s = j.value("keepalive_timeout_s", c.keepalive_timeout_s);
-    c.max_connection_idle_s = j.value("max_connection_idle_s", c.max_connection_idle_s);
-    c.release_memory_s = j.value("release_memory_s", c.release_memory_s);
-    c.release_idle_s = j.value("release_idle_s", c.release_idle_s);
+    ConfigReader read(j);
+    read.Read("bind", &c.bind);
+    read.Read("port", &c.port);
+    read.Read("metrics_port", &c.metrics_port);
+    read.Read("models_dir", &c.models_dir);
+    read.Read("default_model", &c.default_model);
+    read.Read("device", &c.device);
+    read.Read("threads", &c.threads);
+    read.Read("max_batch_rows", &c.max_batch_rows);
+    read.Read("max_queued_rows", &c.max_queued_rows);
+    read.Read("max_rows_per_request", &c.max_rows_per_request);
+    read.Read("max_frames_per_request", &c.max_frames_per_request);
+    read.Read("max_pending_frames", &c.max_pending_frames);
+    read.Read("shutdown_grace_s", &c.shutdown_grace_s);
+    read.Read("data_root", &c.data_root);
+    read.Read("state_dir", &c.state_dir);
+    read.Read("max_concurrent_jobs", &c.max_concurrent_jobs);
+    read.Read("training_threads", &c.training_threads);
+    read.Read("resume_interrupted_jobs", &c.resume_interrupted_jobs);
+    read.Read("fold_batchnorm", &c.fold_batchnorm);
+    read.Read("cuda_graphs", &c.cuda_graphs);
+    read.Read("max_queue_wait_s", &c.max_queue_wait_s);
+    read.Read("precision", &c.precision);
+    read.Read("training_precision", &c.training_precision);
+    read.Read("max_queued_jobs", &c.max_queued_jobs);
+    read.Read("max_n_feat_x_image_size", &c.max_n_feat_x_image_size);
+    read.Read("max_epochs_x_images", &c.max_epochs_x_images);
+    read.Read("finished_job_retention_h", &c.finished_job_retention_h);
+    read.Read("auth_token_file", &c.auth_token_file);
+    read.Read("tls_cert_file", &c.tls_cert_file);
+    read.Read("tls_key_file", &c.tls_key_file);
+    read.Read("tls_client_ca_file", &c.tls_client_ca_file);
+    read.Read("tls_reload_s", &c.tls_reload_s);
+    read.Read("allow_insecure_public", &c.allow_insecure_public);
+    read.Read("reflection", &c.reflection);
+    read.Read("metrics_bind", &c.metrics_bind);
+    read.Read("max_concurrent_streams", &c.max_concurrent_streams);
+    read.Read("keepalive_time_s", &c.keepalive_time_s);
+    read.Read("keepalive_timeout_s", &c.keepalive_timeout_s);
+    read.Read("max_connection_idle_s", &c.max_connection_idle_s);
+    read.Read("release_memory_s", &c.release_memory_s);
+    read.Read("release_idle_s", &c.release_idle_s);
+    if (!read.status().ok()) return Status::InvalidArgument(path + ": " + read.status().message());
   } catch (const json::exception& e) {
     return Status::InvalidArgument(path + ": " + e.what());
   }

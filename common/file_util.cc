@@ -1,6 +1,7 @@
 #include "common/file_util.h"
 
 #include <fcntl.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <cerrno>
@@ -69,17 +70,36 @@ Status WriteFileAtomic(const std::string& path, const std::string& bytes) {
 }
 
 Result<std::string> ReadFileBounded(const std::string& path, uint64_t max_bytes, const std::string& what) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in) return Status::NotFound(path + ": cannot open (" + std::strerror(errno) + ")");
-  std::error_code ec;
-  const uintmax_t size = std::filesystem::file_size(path, ec);
-  if (!ec && size > max_bytes) {
-    return Status::InvalidArgument(path + ": " + std::to_string(size) + " bytes, more than " + what +
+  // Opened without blocking and checked on the descriptor, so a path swapped for a FIFO after a
+  // check cannot make the open or the read wait forever; a FIFO or a device (/dev/zero,
+  // /dev/stdin) has no size to check and may never end.
+  const int fd = ::open(path.c_str(), O_RDONLY | O_NONBLOCK | O_CLOEXEC);
+  if (fd < 0) return Status::NotFound(path + ": cannot open (" + Errno() + ")");
+  struct FdCloser {
+    int fd;
+    ~FdCloser() { ::close(fd); }
+  } closer{fd};
+  struct stat st {};
+  if (::fstat(fd, &st) != 0) return Status::IoError(path + ": cannot stat (" + Errno() + ")");
+  if (!S_ISREG(st.st_mode)) return Status::InvalidArgument(path + ": not a regular file (" + what + " must be one)");
+  auto too_big = [&](uint64_t n, const std::string& at_least) {
+    return Status::InvalidArgument(path + ": " + at_least + std::to_string(n) + " bytes, more than " + what +
                                    " may have here (" + std::to_string(max_bytes) + ")");
+  };
+  if (static_cast<uint64_t>(st.st_size) > max_bytes) return too_big(static_cast<uint64_t>(st.st_size), "");
+  // The file may grow between the size check and the read: never hold more than the bound.
+  std::string bytes;
+  bytes.reserve(static_cast<size_t>(st.st_size));
+  char chunk[1 << 16];
+  while (true) {
+    const ssize_t n = ::read(fd, chunk, sizeof(chunk));
+    if (n < 0 && errno == EINTR) continue;
+    if (n < 0) return Status::IoError(path + ": read failed (" + Errno() + ")");
+    if (n == 0) break;
+    bytes.append(chunk, static_cast<size_t>(n));
+    if (bytes.size() > max_bytes) return too_big(bytes.size(), "at least ");
   }
-  std::ostringstream bytes;
-  bytes << in.rdbuf();
-  return bytes.str();
+  return bytes;
 }
 
 }  // namespace spritediff

@@ -16,6 +16,19 @@ using nlohmann::json;
 namespace {
 constexpr const char* kFormat = "spritediff-model";
 constexpr int kFormatVersion = 1;
+
+// A model directory's model.json, read with a bound and parsed; names the file on failure.
+Result<json> ReadModelJson(const fs::path& dir) {
+  const std::string file = (dir / "model.json").string();
+  Result<std::string> text = ReadFileBounded(file, kMaxTextFileBytes, "a model.json");
+  if (!text.ok()) return text.status();
+  try {
+    return json::parse(*text);
+  } catch (const json::exception& e) {
+    return Status::InvalidArgument(file + ": not valid JSON (" + e.what() + ")");
+  }
+}
+
 }  // namespace
 
 std::string ShapeString(const torch::Tensor& t) {
@@ -154,11 +167,9 @@ Status SaveModel(const std::string& dir, const ModelInfo& info, ContextUnet& net
   // The previous weights file stays until the new model.json points elsewhere.
   std::string previous;
   if (fs::exists(fs::path(dir) / "model.json")) {
-    std::ifstream in(fs::path(dir) / "model.json");
-    try {
-      previous = json::parse(in).value("weights", "");
-    } catch (const json::exception&) {
-      previous.clear();
+    Result<json> old = ReadModelJson(dir);
+    if (old.ok() && old->is_object() && old->contains("weights") && (*old)["weights"].is_string()) {
+      previous = (*old)["weights"].get<std::string>();
     }
   }
   const auto stamp = std::chrono::duration_cast<std::chrono::milliseconds>(
@@ -183,26 +194,18 @@ Status SaveModel(const std::string& dir, const ModelInfo& info, ContextUnet& net
 }
 
 Result<ModelInfo> ReadModelInfo(const std::string& dir) {
-  const fs::path file = fs::path(dir) / "model.json";
-  std::ifstream in(file);
-  if (!in) return Status::NotFound(file.string() + ": cannot open");
-  json j;
-  try {
-    j = json::parse(in);
-  } catch (const json::exception& e) {
-    return Status::InvalidArgument(file.string() + ": not valid JSON (" + e.what() + ")");
-  }
-  return ModelInfoFromJson(j, file.string());
+  Result<json> j = ReadModelJson(dir);
+  if (!j.ok()) return j.status();
+  return ModelInfoFromJson(*j, (fs::path(dir) / "model.json").string());
 }
 
 Result<LoadedModel> LoadModel(const std::string& dir) {
-  Result<ModelInfo> info = ReadModelInfo(dir);
+  Result<json> j = ReadModelJson(dir);
+  if (!j.ok()) return j.status();
+  Result<ModelInfo> info = ModelInfoFromJson(*j, (fs::path(dir) / "model.json").string());
   if (!info.ok()) return info.status();
   std::string weights;
-  {
-    std::ifstream in(fs::path(dir) / "model.json");
-    weights = json::parse(in).value("weights", "");
-  }
+  if (j->is_object() && j->contains("weights") && (*j)["weights"].is_string()) weights = (*j)["weights"].get<std::string>();
   if (weights.empty() || weights.find('/') != std::string::npos || weights.find("..") != std::string::npos) {
     return Status::InvalidArgument(dir + "/model.json: 'weights' must name a file in the model directory");
   }

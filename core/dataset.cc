@@ -7,6 +7,7 @@
 #include <sstream>
 
 #include "common/client_text.h"
+#include "common/file_util.h"
 #include "common/image.h"
 
 namespace spritediff {
@@ -55,8 +56,9 @@ std::vector<int64_t> CountClasses(const torch::Tensor& contexts) {
 }
 
 Result<std::vector<std::string>> ReadLabelsTxt(const fs::path& file) {
-  std::ifstream in(file);
-  if (!in) return Status::NotFound(file.string() + ": cannot open");
+  Result<std::string> text = ReadFileBounded(file.string(), kMaxTextFileBytes, "a labels.txt");
+  if (!text.ok()) return text.status();
+  std::istringstream in(*text);
   std::vector<std::string> labels;
   std::string line;
   int number = 0;

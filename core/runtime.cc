@@ -10,6 +10,9 @@
 #include <gperftools/malloc_extension.h>
 #endif
 #include <torch/torch.h>
+#ifdef SPRITEDIFF_WITH_CUDA
+#include <c10/cuda/CUDAStream.h>
+#endif
 
 #include <filesystem>
 #include <fstream>
@@ -136,6 +139,16 @@ Result<bool> ResolveBFloat16(const std::string& precision, const std::string& de
   if (precision == "bf16") return true;
   if (precision == "auto") return device == "cpu" && CpuHasNativeBFloat16();
   return Status::InvalidArgument("precision must be fp32, bf16 or auto, got '" + Echo(precision, 32) + "'");
+}
+
+void WaitForDevice(const c10::Device& device) {
+#ifdef SPRITEDIFF_WITH_CUDA
+  // The current stream only: a device-wide sync is not allowed while another thread (another
+  // model's scheduler) captures a CUDA graph on its own stream, and would spoil that capture.
+  if (device.is_cuda()) c10::cuda::getCurrentCUDAStream(device.index()).synchronize();
+#else
+  (void)device;  // a libtorch without CUDA has no asynchronous device
+#endif
 }
 
 }  // namespace spritediff

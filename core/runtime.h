@@ -6,6 +6,10 @@
 
 #include "common/status.h"
 
+namespace c10 {
+struct Device;
+}  // namespace c10
+
 namespace spritediff {
 
 // "auto" -> cuda:0 when libtorch has CUDA and a GPU is present, else "cpu";
@@ -33,6 +37,11 @@ void SetThreadIntraOpThreads(int threads);
 // unless CMake's SPRITEDIFF_TCMALLOC is off or the build is sanitized) or "glibc". Checked at
 // run time: tcmalloc counts only when it is the one serving malloc.
 std::string HeapAllocatorName();
+
+// Blocks until the work this thread queued on a CUDA device (its current stream) has run; a
+// no-op on the CPU, where every op has run when it returns. Steps are queued without host syncs
+// (core/sampler.cc); whoever times a step waits here first.
+void WaitForDevice(const c10::Device& device);
 // Hands the allocator's free pages back to the system: tcmalloc's ReleaseFreeMemory, glibc's
 // malloc_trim. The next allocations of that size fault fresh pages in again.
 void ReleaseFreeHeapMemory();

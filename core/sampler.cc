@@ -12,6 +12,18 @@ namespace spritediff {
 namespace {
 constexpr SamplerKind kAllSamplers[] = {SamplerKind::kDdpm, SamplerKind::kDdim, SamplerKind::kDpmpp2m,
                                         SamplerKind::kDpmpp2mSde};
+
+// A CPU tensor's copy on device. To a CUDA device it goes from pinned memory without a host
+// sync (the caching host allocator keeps the pinned block until the copy has run). A pageable
+// copy waits for the device to drain at every step; without that wait a caller that does not
+// wait itself (offline sampling: `sample`, `bench`) prepares step k+1 while the device still
+// runs step k, and at batch 1 that host time is a good part of a replayed step. The daemon's
+// scheduler waits for each step (WaitForDevice), so that its step times are the device's. On a
+// CPU device: host itself.
+torch::Tensor HostToDevice(const torch::Tensor& host, torch::Device device) {
+  if (!device.is_cuda()) return host.to(device);
+  return host.pin_memory(device).to(device, host.scalar_type(), /*non_blocking=*/true);
+}
 }  // namespace
 
 const char* SamplerName(SamplerKind kind) {
@@ -82,8 +94,8 @@ SampleRow::SampleRow(const RowSpec& spec, const NoiseSchedule& schedule, const M
       timesteps_(TimestepSequence(schedule.timesteps(), spec.steps)),
       generator_(at::detail::createCPUGenerator(spec.seed)) {
   // Noise is drawn on the CPU from the row's own generator, so it is the same on every device.
-  x_ = torch::randn({arch.in_channels, arch.height, arch.height}, generator_, torch::kFloat32).to(device);
-  context_ = torch::tensor(spec.context, torch::kFloat32).to(device);
+  x_ = HostToDevice(torch::randn({arch.in_channels, arch.height, arch.height}, generator_, torch::kFloat32), device);
+  context_ = HostToDevice(torch::tensor(spec.context, torch::kFloat32), device);
 }
 
 namespace {
@@ -187,12 +199,11 @@ void DenoiseStep(ContextUnet& net, const NoiseSchedule& schedule, const std::vec
       if (!t.defined()) t = torch::zeros(row_sizes, options);
     return torch::stack(parts);
   };
-  const torch::Tensor coefs = torch::from_blob(coef.data(), {n, kStepCoefs}, torch::kFloat32)
-                                  .to(device, torch::kFloat32, /*non_blocking=*/false, /*copy=*/true);
+  const torch::Tensor coefs = HostToDevice(torch::from_blob(coef.data(), {n, kStepCoefs}, torch::kFloat32).clone(), device);
   const torch::Tensor x = torch::stack(xs);
   const torch::Tensor ctx = torch::stack(ctxs);
   // Noise is drawn on the CPU (each row's generator), history lives where the rows do.
-  const torch::Tensor z = any_noise ? stack_or_zeros(noise, torch::kFloat32).to(device) : torch::Tensor();
+  const torch::Tensor z = any_noise ? HostToDevice(stack_or_zeros(noise, torch::kFloat32), device) : torch::Tensor();
   const torch::Tensor prev = any_history ? stack_or_zeros(prev_x0, active.front()->x_.options()) : torch::Tensor();
   const bool need_x0 = want_x0 || any_multistep;
 
@@ -205,7 +216,7 @@ void DenoiseStep(ContextUnet& net, const NoiseSchedule& schedule, const std::vec
     if (guided.empty()) {
       eps = net->forward(x, tt, ctx);
     } else {
-      const torch::Tensor gi = torch::tensor(guided, torch::kInt64).to(device);
+      const torch::Tensor gi = HostToDevice(torch::tensor(guided, torch::kInt64), device);
       const torch::Tensor in_x = torch::cat({x, x.index_select(0, gi)});
       const torch::Tensor in_t = torch::cat({tt, tt.index_select(0, gi)});
       const torch::Tensor in_c =

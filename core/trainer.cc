@@ -92,6 +92,8 @@ struct TrainState {
   double wall_s = 0;           // across all sessions
 };
 
+const char* PrecisionName(const TrainConfig& c) { return c.bf16_convolutions ? "bf16" : "fp32"; }
+
 json RunIdentity(const TrainConfig& c, const ModelInfo& info) {
   return json{{"architecture", ModelInfoToJson(info)["architecture"]},
               {"schedule", ModelInfoToJson(info)["schedule"]},
@@ -120,6 +122,7 @@ Status SaveState(const std::string& path, const TrainConfig& c, const ModelInfo&
   archive.write("epoch_losses", DoubleTensor(st.epoch_losses));
   archive.write("identity", c10::IValue(RunIdentity(c, info).dump()));
   archive.write("world_size", torch::tensor({static_cast<int64_t>(c.ranks())}, torch::kInt64));
+  archive.write("precision", c10::IValue(std::string(PrecisionName(c))));
   fs::create_directories(fs::path(path).parent_path().empty() ? fs::path(".") : fs::path(path).parent_path());
   return SaveArchiveAtomic(archive, path);
 }
@@ -144,6 +147,14 @@ Status LoadState(const std::string& path, const TrainConfig& c, const ModelInfo&
           " (global batch " + std::to_string(c.ranks() * c.batch_size) + "). Resume with WORLD_SIZE=" +
           std::to_string(saved_ranks) + ", or start a new run: the sample order, the random draws and the BatchNorm "
           "statistics depend on how the global batch is split over ranks");
+    }
+    c10::IValue precision;  // absent in states written before 2026-11-26: not checked
+    if (archive.try_read("precision", precision) && precision.isString() &&
+        precision.toStringRef() != PrecisionName(c)) {
+      return Status::FailedPrecondition(path + ": this state was written by a run in " + precision.toStringRef() +
+                                        "; this run is " + PrecisionName(c) + ". Resume with --training-precision " +
+                                        precision.toStringRef() + ", or start a new run: the optimizer's moments " +
+                                        "and the loss curve so far belong to that precision");
     }
     const json saved = json::parse(identity.toStringRef());
     const json now = RunIdentity(c, info);
@@ -270,6 +281,20 @@ Result<TrainSummary> TrainWith(const TrainConfig& c, DataParallel* dp, const std
                                const ProgressFn& progress);
 
 }  // namespace
+
+Result<std::string> SavedTrainingPrecision(const std::string& state_path) {
+  try {
+    torch::serialize::InputArchive archive;
+    archive.load_from(state_path, torch::kCPU);
+    c10::IValue precision;
+    if (archive.try_read("precision", precision) && precision.isString()) return precision.toStringRef();
+    return std::string();
+  } catch (const c10::Error& e) {
+    return Status::InvalidArgument(state_path + ": not a readable training state (" + e.what_without_backtrace() + ")");
+  } catch (const std::exception& e) {
+    return Status::InvalidArgument(state_path + ": not a readable training state (" + e.what() + ")");
+  }
+}
 
 Result<TrainSummary> Train(const TrainConfig& config, const std::atomic<bool>* stop, const ProgressFn& progress) {
   Status valid = config.Validate();

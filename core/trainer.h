@@ -110,6 +110,10 @@ struct TrainSummary {
 
 using ProgressFn = std::function<void(const TrainProgress&)>;
 
+// The precision a training state file was written in ("fp32" or "bf16"), or "" for a state
+// written before it was recorded; InvalidArgument when the file is not a state file.
+Result<std::string> SavedTrainingPrecision(const std::string& state_path);
+
 // Runs (or resumes) training. `stop`, when set, makes it save the state and return cleanly; in
 // a data-parallel run a stop on any rank stops every rank at the same step.
 Result<TrainSummary> Train(const TrainConfig& config, const std::atomic<bool>* stop, const ProgressFn& progress);

@@ -6,6 +6,7 @@
 #
 #   scripts/bench-distributed.sh                      # batch 64 per rank, n_feat 64, 10 two-rank steps
 #   BATCH=32 STEPS=20 NFEAT=32 scripts/bench-distributed.sh
+#   PRECISION=fp32 scripts/bench-distributed.sh      # fp32 | bf16 | auto (default: the config's training_precision)
 #
 # Both runs see the same images (a subset of DATA of 2 * BATCH * STEPS sprites, spread over its
 # classes); the first progress report of each run is dropped as warm-up. On a shared machine the
@@ -18,6 +19,7 @@ BATCH=${BATCH:-64}
 STEPS=${STEPS:-10}
 NFEAT=${NFEAT:-64}
 LOG_EVERY=${LOG_EVERY:-2}
+PRECISION=${PRECISION:-}
 [ -x "$BIN" ] || { echo "bench-distributed: $BIN missing (cmake --build build --target spritediffd)" >&2; exit 1; }
 
 work=$(mktemp -d)
@@ -38,7 +40,7 @@ for ((i = 0; i < need; i++)); do
 done
 
 args=(--threads 1 --device cpu train --data "$work/data" --n-feat "$NFEAT" --epochs 1 --batch-size "$BATCH"
-      --grid-per-label 0 --log-every "$LOG_EVERY" --ema-decay 0)
+      --grid-per-label 0 --log-every "$LOG_EVERY" --ema-decay 0 ${PRECISION:+--training-precision "$PRECISION"})
 
 # Mean images/s and all-reduce wait share over the progress lines of a log, the first dropped.
 figures() {
@@ -49,7 +51,7 @@ figures() {
        END { if (m == 0) { print "0 0" } else { printf "%.2f %.2f\n", s / m, sw / m } }' "$1"
 }
 
-echo "bench-distributed: $need sprites, batch $BATCH per rank, n_feat $NFEAT, 1 intra-op thread per rank, $(nproc) cores, load $(cut -d' ' -f1-3 /proc/loadavg)"
+echo "bench-distributed: $need sprites, batch $BATCH per rank, n_feat $NFEAT, training precision ${PRECISION:-as configured}, 1 intra-op thread per rank, $(nproc) cores, load $(cut -d' ' -f1-3 /proc/loadavg)"
 "$BIN" "${args[@]}" --out "$work/one" >"$work/one.log" 2>&1
 read -r one_ips _ < <(figures "$work/one.log")
 

@@ -8,6 +8,8 @@
 #include <fstream>
 #include <sstream>
 
+#include "common/file_util.h"
+
 namespace spritediff {
 
 namespace {
@@ -61,11 +63,9 @@ Result<std::string> NewToken() {
 }
 
 Result<TokenStore> TokenStore::Load(const std::string& path) {
-  std::ifstream in(path);
-  if (!in) return Status::NotFound(path + ": cannot open the token file");
-  std::ostringstream text;
-  text << in.rdbuf();
-  return Parse(text.str(), path);
+  Result<std::string> text = ReadFileBounded(path, kMaxTextFileBytes, "a token file");
+  if (!text.ok()) return text.status();
+  return Parse(*text, path);
 }
 
 Result<TokenStore> TokenStore::Parse(const std::string& text, const std::string& where) {

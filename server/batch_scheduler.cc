@@ -277,6 +277,7 @@ void BatchScheduler::StepOnce() {
   const auto step_start = SteadyClock::now();
   try {
     DenoiseStep(net_, schedule_, rows, want_x0, graphs_.get());
+    WaitForDevice(device_);  // the step time, and the rate max_queue_wait_s works from, are the device's
     if (graphs_ != nullptr && !graphs_warned_ && !graphs_->capture_error().empty()) {
       spdlog::warn("model '{}': {}; denoising steps run eagerly from now on", model_name_, graphs_->capture_error());
       graphs_warned_ = true;
@@ -307,6 +308,13 @@ void BatchScheduler::StepOnce() {
     }
     const std::shared_ptr<SampleJob>& job = r.job;
     if (job->frame_every > 0 && lead.steps_done() % job->frame_every == 0 && job->on_frame) {
+      if (job->frames_in_delivery.load() >= limits_.max_frames_in_delivery) {
+        ++job->frames_skipped;
+        MutexLock lock(mu_);
+        stats_.frames_skipped++;
+        ++i;
+        continue;
+      }
       FrameData frame;
       frame.step = lead.steps_done();
       frame.total_steps = lead.steps_total();
@@ -325,7 +333,14 @@ void BatchScheduler::StepOnce() {
         ++i;
         continue;
       }
+      frame.skipped_before = job->frames_skipped;
+      job->frames_skipped = 0;
+      job->frames_in_delivery.fetch_add(1);
       Post([this, job, frame = std::move(frame), xs, x0s]() mutable {
+        struct Delivered {  // however the task ends
+          SampleJob& job;
+          ~Delivered() { job.frames_in_delivery.fetch_sub(1); }
+        } delivered{*job};
         if (job->answered.load() || job->delivery_failed.load()) return;
         // A frame that cannot be encoded is skipped; the request goes on.
         try {

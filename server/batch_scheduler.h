@@ -42,6 +42,8 @@ struct FrameData {
   int step = 0;
   int total_steps = 0;
   int t = 0;
+  int skipped_before = 0;              // frames of this request skipped since the last one
+                                       // (the delivery thread was max_frames_in_delivery behind)
   std::vector<std::string> images;     // PNG bytes per row
   std::vector<std::string> x0_images;  // when the job asked for x0
 };
@@ -71,6 +73,8 @@ struct SampleJob {
   int overtaken = 0;                        // later requests admitted before this one (under the scheduler's lock)
   std::atomic<bool> delivery_failed{false};  // on_frame threw: the request ends with INTERNAL
   std::atomic<bool> answered{false};         // on_done has been called
+  std::atomic<int> frames_in_delivery{0};    // frames handed to the delivery thread, not yet delivered
+  int frames_skipped = 0;                    // since the last frame handed over (stepping thread only)
 };
 
 struct SchedulerLimits {
@@ -81,6 +85,11 @@ struct SchedulerLimits {
   bool fold_batchnorm = false;  // fold the network's BatchNorms into its convolutions at start
   bool bf16 = false;            // run the network in bfloat16 (config precision, core/runtime.h)
   bool cuda_graphs = true;      // on a CUDA device, replay the step as CUDA graphs per batch bucket
+  // Frames of one request waiting for the delivery thread (PNG encoding, on_frame). When a
+  // step is faster than encoding (a GPU, many rows, x0 images), further frames of that request
+  // are skipped until one is delivered, so the delivery queue stays bounded by the running
+  // requests instead of growing with every step. The config's max_pending_frames.
+  int max_frames_in_delivery = 4;
   // Refuse (RESOURCE_EXHAUSTED) a request that would wait longer than this for a place in the
   // batch: the work queued ahead of it (forward rows x steps) over the rate the batch has been
   // processing it at. Overload is then answered at once instead of by a queue whose latency
@@ -92,6 +101,7 @@ struct SchedulerStats {
   int64_t steps = 0;           // batched forwards run
   int64_t rows_stepped = 0;    // sum over steps of rows in the batch
   int64_t jobs_done = 0;
+  int64_t frames_skipped = 0;  // frames not made because their request had max_frames_in_delivery waiting
   int queued_rows = 0;
   int running_rows = 0;
 };

@@ -8,6 +8,8 @@
 #include <iterator>
 
 #include "common/client_text.h"
+#include "common/file_util.h"
+#include "common/image.h"
 #include "core/runtime.h"
 #include "core/trainer.h"
 #include "server/model_publisher.h"
@@ -382,8 +384,8 @@ void JobRunner::RunJob(const std::shared_ptr<Entry>& entry) {
   auto on_progress = [&](const TrainProgress& p) {
     std::shared_ptr<const std::string> grid;
     if (p.checkpoint && !p.grid_path.empty()) {
-      std::ifstream in(p.grid_path, std::ios::binary);
-      grid = std::make_shared<const std::string>(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>());
+      Result<std::string> png = ReadFileBounded(p.grid_path, kMaxPngFileBytes, "a sample grid");
+      if (png.ok()) grid = std::make_shared<const std::string>(std::move(*png));
     }
     Change progress;
     {

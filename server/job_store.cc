@@ -12,6 +12,7 @@
 #include <sstream>
 
 #include "common/file_util.h"
+#include "common/image.h"
 
 namespace spritediff {
 
@@ -69,14 +70,17 @@ std::vector<JobStore::Loaded> JobStore::LoadAll(uint64_t* next_id) const {
   for (const fs::path& dir : dirs) {
     unsigned long long dir_n = 0;
     if (std::sscanf(dir.filename().c_str(), "job-%llu", &dir_n) == 1) *next_id = std::max<uint64_t>(*next_id, dir_n + 1);
-    std::ifstream in(dir / "job.json");
-    if (!in) continue;
-    std::stringstream text;
-    text << in.rdbuf();
+    std::error_code exists_ec;
+    if (!fs::exists(dir / "job.json", exists_ec)) continue;
+    Result<std::string> text = ReadFileBounded((dir / "job.json").string(), kMaxTextFileBytes, "a job.json");
+    if (!text.ok()) {
+      spdlog::warn("jobs: skipping {}: {}", dir.string(), text.status().message());
+      continue;
+    }
     Loaded loaded;
     google::protobuf::util::JsonParseOptions options;
     options.ignore_unknown_fields = true;
-    if (!google::protobuf::util::JsonStringToMessage(text.str(), &loaded.job, options).ok() ||
+    if (!google::protobuf::util::JsonStringToMessage(*text, &loaded.job, options).ok() ||
         loaded.job.id() != dir.filename().string()) {
       spdlog::warn("jobs: skipping {}: unreadable job.json", dir.string());
       continue;
@@ -87,9 +91,8 @@ std::vector<JobStore::Loaded> JobStore::LoadAll(uint64_t* next_id) const {
     const fs::path grid = dir / "model" / "samples.png";
     std::error_code grid_ec;
     if (loaded.job.progress().checkpoint_epoch() > 0 && fs::exists(grid, grid_ec)) {
-      std::ifstream g(grid, std::ios::binary);
-      loaded.grid_png =
-          std::make_shared<const std::string>(std::istreambuf_iterator<char>(g), std::istreambuf_iterator<char>());
+      Result<std::string> png = ReadFileBounded(grid.string(), kMaxPngFileBytes, "a sample grid");
+      if (png.ok()) loaded.grid_png = std::make_shared<const std::string>(std::move(*png));
     }
     out.push_back(std::move(loaded));
   }

@@ -130,6 +130,12 @@ std::string MetricsServer::Render() const {
     Line(&out, "spritediff_scheduler_rows_stepped_total", "model=\"" + Escape(m->name) + "\"",
          static_cast<double>(m->scheduler->stats().rows_stepped));
   }
+  out += "# HELP spritediff_scheduler_frames_skipped_total Progress frames not made because their request already had max_pending_frames waiting to be encoded.\n"
+         "# TYPE spritediff_scheduler_frames_skipped_total counter\n";
+  for (const auto& m : models) {
+    Line(&out, "spritediff_scheduler_frames_skipped_total", "model=\"" + Escape(m->name) + "\"",
+         static_cast<double>(m->scheduler->stats().frames_skipped));
+  }
   out += "# HELP spritediff_queued_rows Rows waiting for admission.\n# TYPE spritediff_queued_rows gauge\n";
   for (const auto& m : models) {
     Line(&out, "spritediff_queued_rows", "model=\"" + Escape(m->name) + "\"",

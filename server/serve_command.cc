@@ -106,6 +106,7 @@ void AddServeCommand(CLI::App& app, const CommonOptions& common) {
     if (!bf16.ok()) Fail(bf16.status().message());
     limits.bf16 = *bf16;
     limits.max_queue_wait_s = config.max_queue_wait_s;
+    limits.max_frames_in_delivery = config.max_pending_frames;
     ModelRegistry registry(config.models_dir, config.default_model, torch::Device(*device), limits);
     Status loaded = registry.LoadAll();
     if (!loaded.ok()) Fail(loaded.message());

@@ -84,10 +84,11 @@ class SampleReactor : public grpc::ServerWriteReactor<v1::SampleEvent> {
     frame->set_t(f.t);
     for (auto& png : f.images) frame->add_images(std::move(png));
     for (auto& png : f.x0_images) frame->add_x0_images(std::move(png));
+    frame->set_dropped_before(static_cast<uint32_t>(f.skipped_before));  // frames the scheduler skipped
     frames_.push_back(std::move(ev));
     while (static_cast<int>(frames_.size()) > max_pending_) {
+      dropped_ += frames_.front().frame().dropped_before() + 1;  // it, and what was dropped before it
       frames_.pop_front();
-      ++dropped_;
     }
     Pump(lock);
   }
@@ -129,7 +130,7 @@ class SampleReactor : public grpc::ServerWriteReactor<v1::SampleEvent> {
     if (!broken_ && !frames_.empty()) {
       current_ = std::move(frames_.front());
       frames_.pop_front();
-      current_.mutable_frame()->set_dropped_before(dropped_);
+      current_.mutable_frame()->set_dropped_before(current_.frame().dropped_before() + dropped_);
       dropped_ = 0;
       writing_ = true;
       lock.unlock();

@@ -5,6 +5,8 @@
 #include <vector>
 #include <nlohmann/json.hpp>
 
+#include "common/file_util.h"
+
 namespace spritediff {
 
 namespace fs = std::filesystem;
@@ -39,11 +41,11 @@ void Remove(const fs::path& p, uint64_t* bytes) {
 
 // Removes weights-*.pt files in dir that its model.json does not name.
 void SweepOrphanWeights(const fs::path& dir, SweepReport* report) {
-  std::ifstream in(dir / "model.json");
-  if (!in) return;
+  Result<std::string> text = ReadFileBounded((dir / "model.json").string(), kMaxTextFileBytes, "a model.json");
+  if (!text.ok()) return;
   std::string named;
   try {
-    named = nlohmann::json::parse(in).value("weights", "");
+    named = nlohmann::json::parse(*text).value("weights", "");
   } catch (const std::exception&) {
     return;  // an unreadable model.json is the registry's to report; keep every file
   }

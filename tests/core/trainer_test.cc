@@ -144,6 +144,19 @@ TEST_F(TinyTraining, InterruptedAndResumedRunEqualsAnUninterruptedOne) {
   EXPECT_TRUE(first->stopped_early);
   EXPECT_EQ(first->steps, 15);
   interrupted.resume = true;
+  // The state says what precision it was written in, and a resume in another one is refused:
+  // it would not continue the same run.
+  const std::string state = (fs::path(interrupted.out) / "train-state.pt").string();
+  Result<std::string> saved_precision = SavedTrainingPrecision(state);
+  ASSERT_TRUE(saved_precision.ok()) << saved_precision.status().message();
+  EXPECT_EQ(*saved_precision, "fp32");
+  TrainConfig other_precision = interrupted;
+  other_precision.bf16_convolutions = true;
+  Result<TrainSummary> refused = Train(other_precision, nullptr, nullptr);
+  EXPECT_EQ(refused.status().code(), Status::Code::kFailedPrecondition);
+  EXPECT_NE(refused.status().message().find("--training-precision fp32"), std::string::npos) << refused.status().message();
+  EXPECT_EQ(SavedTrainingPrecision((fs::path(interrupted.out) / "model.json").string()).status().code(),
+            Status::Code::kInvalidArgument);
   Result<TrainSummary> second = Train(interrupted, nullptr, nullptr);
   ASSERT_TRUE(second.ok()) << second.status().message();
   EXPECT_EQ(second->steps, 22);

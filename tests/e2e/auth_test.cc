@@ -164,6 +164,9 @@ TEST(AuthTest, EveryRoleAgainstEveryRpc) {
   const std::string cmd = "SPRITEDIFF_TOKEN_FILE=" + sample_token.string() + " " + std::string(SPRITEDIFF_BIN_DIR) +
                           "/spritectl models --server " + d.address() + " >/dev/null 2>&1";
   EXPECT_EQ(std::system(cmd.c_str()), 0);
+  Output endless = RunCtl("models --server " + d.address() + " --token-file /dev/zero");  // bounded, not read forever
+  EXPECT_NE(endless.exit_code, 0) << endless.text;
+  EXPECT_NE(endless.text.find("more than 1 MiB"), std::string::npos) << endless.text;
   EXPECT_EQ(d.Stop(), 0) << d.Log();
   EXPECT_EQ(d.Log().find(kTokens.at("admin")), std::string::npos) << "a token reached the log";
 }

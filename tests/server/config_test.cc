@@ -2,7 +2,12 @@
 // refused with a message that names them.
 #include <gtest/gtest.h>
 
+#include <unistd.h>
+
 #include <cmath>
+#include <filesystem>
+#include <fstream>
+#include <utility>
 
 #include "common/config.h"
 
@@ -86,6 +91,51 @@ TEST(Config, PrecisionAndReleaseMemoryAreCheckedByName) {
   s = config.Validate();
   ASSERT_FALSE(s.ok());
   EXPECT_NE(s.message().find("release_idle_s"), std::string::npos) << s.message();
+}
+
+// A config value of the wrong JSON type, or one that does not fit the field's type, is refused
+// with the key's name: never converted silently (1e12 into an int, 2.5 into 2) and never
+// reported by nlohmann's "type must be number", which names no key.
+TEST(Config, ValuesOfTheWrongTypeAreRefusedByName) {
+  const std::string path =
+      (std::filesystem::temp_directory_path() / ("spritediff-config-" + std::to_string(::getpid()) + ".json")).string();
+  auto load = [&](const std::string& body) {
+    std::ofstream(path) << body;
+    return LoadConfig(path);
+  };
+  const std::pair<const char*, const char*> bad[] = {
+      {R"({"port": "50051"})", "port must be a whole number"},
+      {R"({"port": 1e12})", "port must be a whole number in [-2147483648, 2147483647], got 1000000000000.0"},
+      {R"({"threads": 2.5})", "threads must be a whole number"},
+      {R"({"max_batch_rows": 99999999999999999999})", "max_batch_rows must be a whole number"},
+      {R"({"max_epochs_x_images": 1e30})", "max_epochs_x_images must be a whole number"},
+      {R"({"fold_batchnorm": 1})", "fold_batchnorm must be true or false, got 1"},
+      {R"({"cuda_graphs": "yes"})", "cuda_graphs must be true or false"},
+      {R"({"max_queue_wait_s": "5"})", "max_queue_wait_s must be a number"},
+      {R"({"bind": 127})", "bind must be a string, got 127"},
+      {R"({"precision": null})", "precision must be a string"},
+      {R"({"auth_token_file": ["a", "b"]})", "auth_token_file must be a string"},
+  };
+  for (const auto& [body, message] : bad) {
+    Result<AppConfig> c = load(body);
+    ASSERT_FALSE(c.ok()) << body;
+    EXPECT_EQ(c.status().code(), Status::Code::kInvalidArgument) << body;
+    EXPECT_NE(c.status().message().find(message), std::string::npos) << body << " -> " << c.status().message();
+    EXPECT_NE(c.status().message().find(path), std::string::npos) << c.status().message();
+  }
+  // Whole numbers written as floats are whole numbers; ranges are still Validate()'s.
+  Result<AppConfig> whole = load(R"({"threads": 2.0, "max_epochs_x_images": 3e7, "max_queue_wait_s": 2})");
+  ASSERT_TRUE(whole.ok()) << whole.status().message();
+  EXPECT_EQ(whole->threads, 2);
+  EXPECT_EQ(whole->max_epochs_x_images, 30000000);
+  EXPECT_EQ(whole->max_queue_wait_s, 2.0);
+  Result<AppConfig> range = load(R"({"port": 70000})");
+  ASSERT_FALSE(range.ok());
+  EXPECT_NE(range.status().message().find("port must be in [0, 65535], got 70000"), std::string::npos)
+      << range.status().message();
+  std::filesystem::remove(path);
+  Result<AppConfig> device = LoadConfig("/dev/zero");
+  EXPECT_EQ(device.status().code(), Status::Code::kInvalidArgument);
 }
 
 }  // namespace

@@ -6,9 +6,12 @@
 
 #include <chrono>
 #include <condition_variable>
+#include <functional>
 #include <mutex>
 #include <optional>
 #include <stdexcept>
+#include <thread>
+#include <vector>
 
 #include <filesystem>
 #include <unistd.h>
@@ -275,6 +278,54 @@ TEST(Scheduler, StopAnswersRunningAndQueuedRequestsWithItsReason) {
   Status refused = s.Submit(LongJob("after", 1, after));
   EXPECT_EQ(refused.code(), Status::Code::kUnavailable);
   EXPECT_EQ(after->DoneCalls(), 0);
+}
+
+// A step faster than frame delivery (on a GPU, PNG encoding of many rows) must not queue a
+// frame per step: past max_frames_in_delivery waiting, the request's further frames are skipped.
+// Here on_frame blocks until the request has finished stepping, so every later frame would
+// otherwise pile up in the delivery queue.
+TEST(Scheduler, FramesASlowDeliveryCannotKeepUpWithAreSkippedNotQueued) {
+  constexpr int kSteps = 60, kInDelivery = 2;
+  const LoadedModel m = TinyModel(500);
+  auto probe = std::make_shared<Probe>();
+  bool released = false;  // declared before the scheduler: its delivery thread may wait on it
+  std::vector<int> steps;
+  auto release = [&] {
+    {
+      std::lock_guard<std::mutex> lock(probe->mu);
+      released = true;
+    }
+    probe->cv.notify_all();
+  };
+  struct ReleaseOnExit {  // an ASSERT that returns early must not leave on_frame waiting
+    std::function<void()> release;
+    ~ReleaseOnExit() { release(); }
+  } release_on_exit{release};
+  SchedulerLimits limits = Limits(8, 16);
+  limits.max_frames_in_delivery = kInDelivery;
+  BatchScheduler s("tiny", m, torch::kCPU, limits);
+  auto job = MakeJob("slow-reader", 1, kSteps, SamplerKind::kDdim, probe);
+  job->frame_every = 1;
+  job->on_frame = [probe, &released, &steps](FrameData&& f) {
+    std::unique_lock<std::mutex> lock(probe->mu);
+    probe->cv.wait(lock, [&] { return released; });
+    ++probe->frames;
+    steps.push_back(f.step);
+  };
+  ASSERT_TRUE(s.Submit(job).ok());
+  const auto give_up = std::chrono::steady_clock::now() + 60s;
+  while (s.stats().steps < kSteps || s.stats().running_rows > 0) {  // stepped to the end, frames still held up
+    ASSERT_LT(std::chrono::steady_clock::now(), give_up);
+    std::this_thread::sleep_for(5ms);
+  }
+  EXPECT_EQ(s.stats().frames_skipped, kSteps - 1 - kInDelivery);  // frames after steps 1..59; step 60 is the result
+  release();
+  ASSERT_TRUE(probe->WaitDone());
+  s.Stop();
+  EXPECT_TRUE(probe->outcome.status.ok()) << probe->outcome.status.message();
+  EXPECT_EQ(probe->outcome.images.size(), 1u);
+  EXPECT_EQ(probe->frames, kInDelivery);
+  EXPECT_EQ(steps, (std::vector<int>{1, 2}));  // the first ones, in order, before the result
 }
 
 TEST(Scheduler, AThrowingFrameCallbackEndsItsRequestOnceAndOthersGoOn) {
