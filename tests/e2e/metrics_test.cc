@@ -33,6 +33,7 @@ TEST(MetricsTest, ScrapeShowsRequestsByStatusAndSchedulerCounters) {
   EXPECT_NE(text.find("spritediff_sample_run_seconds_count{model=\"tiny\"} 1"), std::string::npos) << text;
   EXPECT_NE(text.find("spritediff_scheduler_steps_total{model=\"tiny\"} 3"), std::string::npos) << text;
   EXPECT_NE(text.find("spritediff_scheduler_rows_stepped_total{model=\"tiny\"} 6"), std::string::npos) << text;
+  EXPECT_NE(text.find("spritediff_scheduler_frames_skipped_total{model=\"tiny\"} 0"), std::string::npos) << text;
   EXPECT_NE(text.find("spritediff_training_jobs{state=\"RUNNING\"} 0"), std::string::npos) << text;
   stub.reset();
   EXPECT_EQ(d.Stop(), 0) << d.Log();
