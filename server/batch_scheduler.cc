@@ -47,7 +47,9 @@ BatchScheduler::BatchScheduler(std::string model_name, LoadedModel model, torch:
       net_(model.net),
       schedule_(model.info.schedule),
       device_(device),
-      limits_(limits) {
+      limits_(limits),
+      fill_rows_(device.is_cpu() && limits.cpu_batch_rows > 0 ? std::min(limits.cpu_batch_rows, limits.max_batch_rows)
+                                                               : limits.max_batch_rows) {
   net_->to(device_);
   net_->eval();
   // The scheduler owns this network (the registry hands it over), so folding cannot surprise a saver.
@@ -79,7 +81,7 @@ Status BatchScheduler::Submit(std::shared_ptr<SampleJob> job) {
     // long (measured), or the work queued ahead would take that long at the measured rate
     // (estimated; catches a burst before anything has aged).
     if (limits_.max_queue_wait_s > 0 && !queue_.empty() &&
-        running_rows_ + queued_rows_ + rows > limits_.max_batch_rows) {
+        running_rows_ + queued_rows_ + rows > fill_rows_) {
       const double waited_s = std::chrono::duration<double>(SteadyClock::now() - queue_.front()->arrived).count();
       const double ahead_s = work_per_s_ > 0 ? queued_work_ / work_per_s_ : 0;
       if (waited_s > limits_.max_queue_wait_s || ahead_s > limits_.max_queue_wait_s) {
@@ -185,7 +187,7 @@ void BatchScheduler::TakeAdmissibleLocked(std::vector<std::shared_ptr<SampleJob>
   std::vector<QueuedRows> sizes;
   sizes.reserve(queue_.size());
   for (const auto& job : queue_) sizes.push_back({static_cast<int>(job->rows.size()), job->overtaken});
-  const std::vector<size_t> picks = PickAdmissions(sizes, running_rows_, limits_.max_batch_rows, limits_.max_overtakes);
+  const std::vector<size_t> picks = PickAdmissions(sizes, running_rows_, fill_rows_, limits_.max_overtakes);
   for (size_t i = 0; i < queue_.size(); ++i) queue_[i]->overtaken = sizes[i].overtaken;
   for (auto it = picks.rbegin(); it != picks.rend(); ++it) {
     const int rows = static_cast<int>(queue_[*it]->rows.size());

@@ -79,6 +79,11 @@ struct SampleJob {
 
 struct SchedulerLimits {
   int max_batch_rows = 64;
+  // On a CPU device, the rows the running batch is filled to before new requests wait (0 = up
+  // to max_batch_rows). A step's time there grows with every row, so a full 64-row batch makes
+  // every request in it slow; an empty batch still takes any request of up to max_batch_rows.
+  // GPUs, where a step of 64 rows costs about what one costs, fill to max_batch_rows.
+  int cpu_batch_rows = 0;
   int max_queued_rows = 1024;
   int threads = 1;  // intra-op threads of the scheduler thread
   int max_overtakes = 4;  // times a request that does not fit may be overtaken by later ones
@@ -153,6 +158,7 @@ class BatchScheduler {
   const NoiseSchedule schedule_;
   const torch::Device device_;
   const SchedulerLimits limits_;
+  const int fill_rows_;  // rows admission fills the batch to: cpu_batch_rows on a CPU, else max_batch_rows
 
   mutable Mutex mu_;
   CondVar cv_;

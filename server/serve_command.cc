@@ -98,6 +98,7 @@ void AddServeCommand(CLI::App& app, const CommonOptions& common) {
     }
     SchedulerLimits limits;  // by name: max_overtakes keeps its default
     limits.max_batch_rows = config.max_batch_rows;
+    limits.cpu_batch_rows = config.cpu_batch_rows;
     limits.max_queued_rows = config.max_queued_rows;
     limits.threads = threads;
     limits.fold_batchnorm = config.fold_batchnorm;

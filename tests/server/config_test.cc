@@ -39,6 +39,11 @@ TEST(Config, RefusesOutOfRangeFieldsByName) {
   Status s = config.Validate();
   ASSERT_FALSE(s.ok());
   EXPECT_NE(s.message().find("max_batch_rows"), std::string::npos) << s.message();
+  config.max_batch_rows = 64;
+  config.cpu_batch_rows = -1;
+  s = config.Validate();
+  ASSERT_FALSE(s.ok());
+  EXPECT_NE(s.message().find("cpu_batch_rows must be in [0, 4096], got -1"), std::string::npos) << s.message();
 }
 
 TEST(Config, MaxQueueWaitMustBeAFiniteNonNegativeNumberOfSeconds) {
@@ -59,6 +64,8 @@ TEST(Config, TheShippedConfigLoadsAndBoundsQueueWait) {
   ASSERT_TRUE(shipped.ok()) << shipped.status().message();
   EXPECT_GT(shipped->max_queue_wait_s, 0.0);
   EXPECT_TRUE(shipped->cuda_graphs);
+  EXPECT_EQ(shipped->max_batch_rows, 64);
+  EXPECT_EQ(shipped->cpu_batch_rows, 32);  // bench-load.sh: the 80% p99 goal on a CPU
   EXPECT_EQ(shipped->precision, "auto");
   EXPECT_EQ(shipped->training_precision, "auto");
 }

@@ -205,6 +205,47 @@ TEST(Scheduler, WithoutMaxQueueWaitOnlyTheRowLimitRefuses) {
   EXPECT_EQ(last->DoneCalls(), 1);  // queued, then answered by Stop
 }
 
+// On a CPU device the batch is filled to cpu_batch_rows, not max_batch_rows: a request that
+// would pass it waits while the batch runs, an empty batch still takes one bigger than it, and
+// 0 fills to max_batch_rows as before.
+TEST(Scheduler, OnACpuTheBatchFillsToCpuBatchRows) {
+  const LoadedModel m = TinyModel(kLongT);
+  for (int cpu_batch_rows : {2, 0}) {
+    SCOPED_TRACE("cpu_batch_rows " + std::to_string(cpu_batch_rows));
+    SchedulerLimits limits = Limits(8, 16);
+    limits.cpu_batch_rows = cpu_batch_rows;
+    BatchScheduler s("tiny", m, torch::kCPU, limits);
+    auto first = std::make_shared<Probe>(), second = std::make_shared<Probe>();
+    auto first_job = LongJob("first", 2, first);
+    ASSERT_TRUE(s.Submit(first_job).ok());
+    ASSERT_TRUE(WaitStats(s, [](const SchedulerStats& st) { return st.running_rows == 2 && st.steps > 0; }));
+    ASSERT_TRUE(s.Submit(LongJob("second", 1, second)).ok());
+    const int64_t steps = s.stats().steps;
+    ASSERT_TRUE(WaitStats(s, [&](const SchedulerStats& st) { return st.steps >= steps + 3; }));  // admission ran
+    const SchedulerStats st = s.stats();
+    if (cpu_batch_rows == 2) {
+      EXPECT_EQ(st.running_rows, 2);
+      EXPECT_EQ(st.queued_rows, 1);
+      first_job->cancelled.store(true);  // the batch drains: the waiting request runs
+      s.Wake();
+      ASSERT_TRUE(WaitStats(s, [](const SchedulerStats& t) { return t.running_rows == 1 && t.queued_rows == 0; }));
+    } else {
+      EXPECT_EQ(st.running_rows, 3);
+      EXPECT_EQ(st.queued_rows, 0);
+    }
+    s.Stop();
+  }
+  // An empty batch takes a request bigger than cpu_batch_rows (up to max_batch_rows).
+  SchedulerLimits limits = Limits(8, 16);
+  limits.cpu_batch_rows = 2;
+  BatchScheduler s("tiny", m, torch::kCPU, limits);
+  auto big = std::make_shared<Probe>();
+  ASSERT_TRUE(s.Submit(LongJob("big", 6, big)).ok());
+  EXPECT_TRUE(WaitStats(s, [](const SchedulerStats& st) { return st.running_rows == 6 && st.steps > 0; }));
+  s.Stop();
+  EXPECT_EQ(big->DoneCalls(), 1);
+}
+
 TEST(Scheduler, QueueLimitCancelAndDeadlineWhileQueuedAndRunning) {
   const LoadedModel m = TinyModel(kLongT);
   BatchScheduler s("tiny", m, torch::kCPU, Limits(4, 4));
