@@ -19,7 +19,7 @@ struct AppConfig {
   int threads = 0;               // intra-op threads; 0 = all cores
   // Batching.
   int max_batch_rows = 64;       // rows in one denoising forward (guidance halves not counted)
-  int cpu_batch_rows = 32;       // on a CPU device, new requests wait once the batch holds this
+  int cpu_batch_rows = 0;        // on a CPU device, new requests wait once the batch holds this
                                  // many rows (an empty batch takes any request); 0 = max_batch_rows
   int max_queued_rows = 1024;    // rows waiting for admission; past it, RESOURCE_EXHAUSTED
   int max_rows_per_request = 64; // upper bound of SampleRequest.count

@@ -20,7 +20,7 @@ LEVELS=${LEVELS:-"25 50 80 120"}
 # of it was not overload.
 key() { sed -n "s/.*\"$1\": *\([0-9]*\).*/\1/p" "${CONFIG:-configs/default.json}" | head -1; }
 batch_rows=$(key max_batch_rows); batch_rows=${batch_rows:-64}
-cpu_rows=$(key cpu_batch_rows); cpu_rows=${cpu_rows:-32}
+cpu_rows=$(key cpu_batch_rows); cpu_rows=${cpu_rows:-0}
 if [ "$cpu_rows" -gt 0 ] && [ "$cpu_rows" -lt "$batch_rows" ]; then batch_rows=$cpu_rows; fi
 CAP_CLIENTS=${CAP_CLIENTS:-$batch_rows}
 LOG=$(mktemp -d)/load

@@ -65,7 +65,7 @@ TEST(Config, TheShippedConfigLoadsAndBoundsQueueWait) {
   EXPECT_GT(shipped->max_queue_wait_s, 0.0);
   EXPECT_TRUE(shipped->cuda_graphs);
   EXPECT_EQ(shipped->max_batch_rows, 64);
-  EXPECT_EQ(shipped->cpu_batch_rows, 32);  // bench-load.sh: the 80% p99 goal on a CPU
+  EXPECT_EQ(shipped->cpu_batch_rows, 0);  // fill to max_batch_rows: see README, "Open-loop load"
   EXPECT_EQ(shipped->precision, "auto");
   EXPECT_EQ(shipped->training_precision, "auto");
 }
