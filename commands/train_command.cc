@@ -87,8 +87,7 @@ void AddTrainCommand(CLI::App& app, const CommonOptions& common) {
     } else if (c.resume) {
       // Continue in the precision the state was written in, whatever the config now says; an
       // explicit --training-precision that differs is refused when the state is loaded.
-      const std::string state = c.state_path.empty() ? (std::filesystem::path(c.out) / "train-state.pt").string()
-                                                     : c.state_path;
+      const std::string state = TrainingStatePath(c);
       std::error_code ec;
       if (std::filesystem::exists(state, ec)) {
         Result<std::string> saved = SavedTrainingPrecision(state);

@@ -29,6 +29,12 @@ Result<json> ReadModelJson(const fs::path& dir) {
   }
 }
 
+// The "weights" entry of a parsed model.json, or "" when it has none (or not a string).
+std::string WeightsNamed(const json& j) {
+  const auto it = j.is_object() ? j.find("weights") : j.end();
+  return it != j.end() && it->is_string() ? it->get<std::string>() : std::string();
+}
+
 }  // namespace
 
 std::string ShapeString(const torch::Tensor& t) {
@@ -167,10 +173,8 @@ Status SaveModel(const std::string& dir, const ModelInfo& info, ContextUnet& net
   // The previous weights file stays until the new model.json points elsewhere.
   std::string previous;
   if (fs::exists(fs::path(dir) / "model.json")) {
-    Result<json> old = ReadModelJson(dir);
-    if (old.ok() && old->is_object() && old->contains("weights") && (*old)["weights"].is_string()) {
-      previous = (*old)["weights"].get<std::string>();
-    }
+    Result<std::string> old = ReadModelWeightsName(dir);
+    if (old.ok()) previous = *old;
   }
   const auto stamp = std::chrono::duration_cast<std::chrono::milliseconds>(
                          std::chrono::system_clock::now().time_since_epoch()).count();
@@ -199,13 +203,18 @@ Result<ModelInfo> ReadModelInfo(const std::string& dir) {
   return ModelInfoFromJson(*j, (fs::path(dir) / "model.json").string());
 }
 
+Result<std::string> ReadModelWeightsName(const std::string& dir) {
+  Result<json> j = ReadModelJson(dir);
+  if (!j.ok()) return j.status();
+  return WeightsNamed(*j);
+}
+
 Result<LoadedModel> LoadModel(const std::string& dir) {
   Result<json> j = ReadModelJson(dir);
   if (!j.ok()) return j.status();
   Result<ModelInfo> info = ModelInfoFromJson(*j, (fs::path(dir) / "model.json").string());
   if (!info.ok()) return info.status();
-  std::string weights;
-  if (j->is_object() && j->contains("weights") && (*j)["weights"].is_string()) weights = (*j)["weights"].get<std::string>();
+  const std::string weights = WeightsNamed(*j);
   if (weights.empty() || weights.find('/') != std::string::npos || weights.find("..") != std::string::npos) {
     return Status::InvalidArgument(dir + "/model.json: 'weights' must name a file in the model directory");
   }

@@ -47,6 +47,9 @@ Result<ModelInfo> ModelInfoFromJson(const nlohmann::json& j, const std::string& 
 Status SaveModel(const std::string& dir, const ModelInfo& info, ContextUnet& net);
 // Reads model.json only (cheap; for listing).
 Result<ModelInfo> ReadModelInfo(const std::string& dir);
+// The weights file dir's model.json names ("" when it names none); an error when model.json
+// cannot be read or parsed.
+Result<std::string> ReadModelWeightsName(const std::string& dir);
 // Reads model.json and the weights, checking every tensor's name and shape.
 Result<LoadedModel> LoadModel(const std::string& dir);
 

@@ -282,6 +282,10 @@ Result<TrainSummary> TrainWith(const TrainConfig& c, DataParallel* dp, const std
 
 }  // namespace
 
+std::string TrainingStatePath(const TrainConfig& c) {
+  return c.state_path.empty() ? (fs::path(c.out) / "train-state.pt").string() : c.state_path;
+}
+
 Result<std::string> SavedTrainingPrecision(const std::string& state_path) {
   try {
     torch::serialize::InputArchive archive;
@@ -318,7 +322,7 @@ Result<TrainSummary> TrainWith(const TrainConfig& config, DataParallel* dp, cons
   TrainConfig c = config;
   const int rank = dp ? dp->rank() : 0;
   const int64_t ranks = c.ranks();
-  if (c.state_path.empty()) c.state_path = (fs::path(c.out) / "train-state.pt").string();
+  c.state_path = TrainingStatePath(c);
   if (c.name.empty()) c.name = fs::path(c.out).lexically_normal().filename().string();
   if (c.name.empty() || c.name == ".") c.name = fs::path(c.out).lexically_normal().parent_path().filename().string();
   if (c.resume && !fs::exists(c.state_path)) {

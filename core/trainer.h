@@ -110,6 +110,9 @@ struct TrainSummary {
 
 using ProgressFn = std::function<void(const TrainProgress&)>;
 
+// The training state file of a run: state_path, or <out>/train-state.pt when that is empty.
+std::string TrainingStatePath(const TrainConfig& c);
+
 // The precision a training state file was written in ("fp32" or "bf16"), or "" for a state
 // written before it was recorded; InvalidArgument when the file is not a state file.
 Result<std::string> SavedTrainingPrecision(const std::string& state_path);

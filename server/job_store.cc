@@ -70,9 +70,8 @@ std::vector<JobStore::Loaded> JobStore::LoadAll(uint64_t* next_id) const {
   for (const fs::path& dir : dirs) {
     unsigned long long dir_n = 0;
     if (std::sscanf(dir.filename().c_str(), "job-%llu", &dir_n) == 1) *next_id = std::max<uint64_t>(*next_id, dir_n + 1);
-    std::error_code exists_ec;
-    if (!fs::exists(dir / "job.json", exists_ec)) continue;
     Result<std::string> text = ReadFileBounded((dir / "job.json").string(), kMaxTextFileBytes, "a job.json");
+    if (text.status().code() == Status::Code::kNotFound) continue;  // a directory without a record yet
     if (!text.ok()) {
       spdlog::warn("jobs: skipping {}: {}", dir.string(), text.status().message());
       continue;

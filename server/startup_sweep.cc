@@ -3,9 +3,8 @@
 #include <filesystem>
 #include <fstream>
 #include <vector>
-#include <nlohmann/json.hpp>
 
-#include "common/file_util.h"
+#include "core/checkpoint.h"
 
 namespace spritediff {
 
@@ -41,15 +40,10 @@ void Remove(const fs::path& p, uint64_t* bytes) {
 
 // Removes weights-*.pt files in dir that its model.json does not name.
 void SweepOrphanWeights(const fs::path& dir, SweepReport* report) {
-  Result<std::string> text = ReadFileBounded((dir / "model.json").string(), kMaxTextFileBytes, "a model.json");
-  if (!text.ok()) return;
-  std::string named;
-  try {
-    named = nlohmann::json::parse(*text).value("weights", "");
-  } catch (const std::exception&) {
-    return;  // an unreadable model.json is the registry's to report; keep every file
-  }
-  if (named.empty()) return;
+  // An unreadable model.json is the registry's to report; keep every file.
+  Result<std::string> weights = ReadModelWeightsName(dir.string());
+  if (!weights.ok() || weights->empty()) return;
+  const std::string& named = *weights;
   std::error_code ec;
   for (auto it = fs::directory_iterator(dir, ec); !ec && it != fs::directory_iterator(); it.increment(ec)) {
     const std::string name = it->path().filename().string();
