@@ -62,6 +62,8 @@ void AddBenchCommand(CLI::App& app, const CommonOptions& common) {
     int sample_repeats = 1;
     std::string sampler = "ddim";
     bool fold_batchnorm = false;
+    bool cudnn_benchmark = false;
+    bool nchw = false;
     int train_batch = 0;
     std::string train_precision = "fp32";
     int check_cpu = 0;
@@ -75,6 +77,10 @@ void AddBenchCommand(CLI::App& app, const CommonOptions& common) {
                   "fills the single-valued keys")->delimiter(',')->check(CLI::Range(1, 4096))->capture_default_str();
   cmd->add_flag("--fold-batchnorm", a->fold_batchnorm, "fold BatchNorms into their convolutions first (as serving does "
                 "with fold_batchnorm in the config)");
+  cmd->add_flag("--cudnn-benchmark", a->cudnn_benchmark, "on a GPU: let cuDNN time its convolution algorithms per "
+                "shape and keep the fastest (first use of a shape is slower)");
+  cmd->add_flag("--nchw", a->nchw, "on a GPU: keep the network in the NCHW layout instead of channels-last (what "
+                "sample, eval and serve use there), to time the difference");
   cmd->add_option("--train-batch", a->train_batch, "also time training steps at this batch (Adam, MSE on the noise, "
                   "as the course's reference times them); 0 = skip")->check(CLI::Range(0, 4096))->capture_default_str();
   cmd->add_option("--train-precision", a->train_precision, "precision of the timed training steps: fp32, or bf16 "
@@ -101,6 +107,8 @@ void AddBenchCommand(CLI::App& app, const CommonOptions& common) {
     AppConfig config = ResolveConfig(common);
     const std::string device_name = PrepareCompute(config);
     const torch::Device device(device_name);
+    if (a->cudnn_benchmark && !device.is_cuda()) Fail("--cudnn-benchmark is for a GPU: run it with --device cuda");
+    at::globalContext().setBenchmarkCuDNN(a->cudnn_benchmark);
     if (a->check_cpu > 0 && a->model.empty()) Fail("--check-cpu needs --model");
     if (a->check_cpu > 0 && !device.is_cuda()) Fail("--check-cpu compares a GPU with the CPU: run it with --device cuda");
     if (a->check_precision > 0 && a->model.empty()) Fail("--check-precision needs --model");
@@ -120,7 +128,8 @@ void AddBenchCommand(CLI::App& app, const CommonOptions& common) {
     net->to(device);
     net->eval();
     if (a->fold_batchnorm) net->FuseBatchNormForInference();
-    const bool bf16 = ApplyPrecision(net, config, device_name);
+    if (a->nchw && !device.is_cuda()) Fail("--nchw is for a GPU (a CPU network is always NCHW): run it with --device cuda");
+    const bool bf16 = PrepareForInference(net, config, device_name, !a->nchw);
     torch::NoGradGuard no_grad;
     auto sync = [&] {
       if (device.is_cuda()) torch::cuda::synchronize();
@@ -128,6 +137,7 @@ void AddBenchCommand(CLI::App& app, const CommonOptions& common) {
     nlohmann::json report = {{"device", device_name}, {"threads", at::get_num_threads()}, {"blas", CpuBlasName()},
                              {"n_feat", info.arch.n_feat}, {"height", info.arch.height},
                              {"parameters", ParameterCount(*net)}, {"fold_batchnorm", a->fold_batchnorm},
+                             {"cudnn_benchmark", a->cudnn_benchmark}, {"channels_last", net->channels_last()},
                              {"precision", bf16 ? "bf16" : "fp32"}};
     for (int b : a->batches) {
       if (b < 1 || b > 4096) Fail("--batches values must be in [1, 4096]");
@@ -192,6 +202,36 @@ void AddBenchCommand(CLI::App& app, const CommonOptions& common) {
         report["graph_speedup_batch1"] = std::round(ms / gms * 100) / 100;
         std::printf("one row, %s step, CUDA graph: %.3f ms (%.2fx eager)\n", SamplerName(sampler), gms, ms / gms);
       }
+      // The same steps as the daemon's scheduler runs them: each one waited for before the next is
+      // prepared (no overlap of host and device), so a step's time is its latency.
+      auto waited_step_ms = [&](StepGraphs* g) {
+        double total = 0;
+        int counted = 0;
+        for (int i = 0; i <= a->repeats; ++i) {  // run 0 is a warm-up
+          SampleRow row(one.front(), schedule, info.arch, device);
+          WaitForDevice(device);
+          while (!row.done()) {
+            const auto s0 = Clock::now();
+            DenoiseStep(net, schedule, {&row}, false, g);
+            WaitForDevice(device);
+            if (i > 0) {
+              total += std::chrono::duration<double, std::milli>(Clock::now() - s0).count();
+              ++counted;
+            }
+          }
+        }
+        return total / counted;
+      };
+      const double lat = waited_step_ms(nullptr);
+      report["step_latency_ms_batch1"] = std::round(lat * 1000) / 1000;
+      std::printf("one row, %s step waited for: %.3f ms\n", SamplerName(sampler), lat);
+      if (graphs != nullptr) {
+        const double glat = waited_step_ms(graphs.get());
+        report["step_latency_ms_batch1_graphs"] = std::round(glat * 1000) / 1000;
+        report["graph_latency_speedup_batch1"] = std::round(lat / glat * 100) / 100;
+        std::printf("one row, %s step waited for, CUDA graph: %.3f ms (%.2fx eager)\n", SamplerName(sampler), glat,
+                    lat / glat);
+      }
     }
     for (size_t bi = 0; bi < a->ddim_batches.size(); ++bi) {
       const int batch = a->ddim_batches[bi];
@@ -243,6 +283,7 @@ void AddBenchCommand(CLI::App& app, const CommonOptions& common) {
       copy->net->eval();
       if (a->fold_batchnorm) copy->net->FuseBatchNormForInference();
       if (bf16_copy) copy->net->UseBFloat16ForInference();
+      if (where.is_cuda() && !a->nchw) copy->net->UseChannelsLastForInference();
       return copy->net;
     };
     if (a->check_cpu > 0) {

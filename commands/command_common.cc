@@ -36,10 +36,11 @@ std::string PrepareCompute(const AppConfig& config) {
   return *device;
 }
 
-bool ApplyPrecision(ContextUnet& net, const AppConfig& config, const std::string& device) {
+bool PrepareForInference(ContextUnet& net, const AppConfig& config, const std::string& device, bool channels_last) {
   Result<bool> bf16 = ResolveBFloat16(config.precision, device);
   if (!bf16.ok()) Fail(bf16.status().message());
   if (*bf16) net->UseBFloat16ForInference();
+  if (channels_last && torch::Device(device).is_cuda()) net->UseChannelsLastForInference();
   return *bf16;
 }
 

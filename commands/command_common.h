@@ -18,9 +18,12 @@ struct CommonOptions {
   std::string precision;  // empty: from the config
 };
 
-// Converts a loaded network for inference at config.precision on device (fold BatchNorm, if
-// wanted, before); returns whether it now runs in bf16. Fails on an unknown precision.
-bool ApplyPrecision(ContextUnet& net, const AppConfig& config, const std::string& device);
+// Converts a loaded network, already on device, for inference there (fold BatchNorm, if wanted,
+// before): config.precision, and channels-last on a CUDA device (as the daemon's scheduler
+// does, unless channels_last is false); returns whether it now runs in bf16. Fails on an unknown
+// precision.
+bool PrepareForInference(ContextUnet& net, const AppConfig& config, const std::string& device,
+                         bool channels_last = true);
 
 // Prints "spritediffd: error: <message>" and makes the command exit 1.
 [[noreturn]] void Fail(const std::string& message);

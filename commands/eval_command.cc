@@ -319,7 +319,7 @@ void AddEvalCommand(CLI::App& app, const CommonOptions& common) {
 
     model.net->to(device);
     model.net->eval();
-    if (ApplyPrecision(model.net, config, device.str())) spdlog::info("sampling in bf16 (precision {})", config.precision);
+    if (PrepareForInference(model.net, config, device.str())) spdlog::info("sampling in bf16 (precision {})", config.precision);
     const NoiseSchedule schedule(model.info.schedule);
     Result<QualityReport> real = meter->MeasureHeldOutReal(a->per_class);
     if (!real.ok()) Fail(real.status().message());

@@ -63,7 +63,7 @@ void AddSampleCommand(CLI::App& app, const CommonOptions& common) {
     if (!model.ok()) Fail(model.status().message());
     model->net->to(torch::Device(device));
     model->net->eval();
-    ApplyPrecision(model->net, config, device);
+    PrepareForInference(model->net, config, device);
     const ModelInfo& info = model->info;
 
     // The daemon's rule for unset fields (core/sampling_defaults.h), so both give the same sprites.

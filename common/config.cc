@@ -61,6 +61,10 @@ Status AppConfig::Validate() const {
       return Status::InvalidArgument(std::string(key) + " must be fp32, bf16 or auto, got '" + value->substr(0, 32) + "'");
     }
   }
+  if (fold_batchnorm != "true" && fold_batchnorm != "false" && fold_batchnorm != "auto") {
+    return Status::InvalidArgument("fold_batchnorm must be true, false or auto, got '" + fold_batchnorm.substr(0, 32) +
+                                   "'");
+  }
   if (bind.empty()) return Status::InvalidArgument("bind must not be empty");
   if (models_dir.empty()) return Status::InvalidArgument("models_dir must not be empty");
   if (data_root.empty()) return Status::InvalidArgument("data_root must not be empty");
@@ -99,6 +103,18 @@ class ConfigReader {
     if (v == nullptr) return;
     if (!v->is_boolean()) return Refuse(key, "must be true or false", *v);
     *out = v->get<bool>();
+  }
+  // true, false or "auto", kept as that text.
+  void ReadBoolOrAuto(const char* key, std::string* out) {
+    const json* v = Find(key);
+    if (v == nullptr) return;
+    if (v->is_boolean()) {
+      *out = v->get<bool>() ? "true" : "false";
+    } else if (v->is_string() && v->get<std::string>() == "auto") {
+      *out = "auto";
+    } else {
+      Refuse(key, "must be true, false or \"auto\"", *v);
+    }
   }
   void Read(const char* key, double* out) {
     const json* v = Find(key);
@@ -218,7 +234,7 @@ Result<AppConfig> LoadConfig(const std::string& path) {
     read.Read("max_concurrent_jobs", &c.max_concurrent_jobs);
     read.Read("training_threads", &c.training_threads);
     read.Read("resume_interrupted_jobs", &c.resume_interrupted_jobs);
-    read.Read("fold_batchnorm", &c.fold_batchnorm);
+    read.ReadBoolOrAuto("fold_batchnorm", &c.fold_batchnorm);
     read.Read("cuda_graphs", &c.cuda_graphs);
     read.Read("max_queue_wait_s", &c.max_queue_wait_s);
     read.Read("precision", &c.precision);

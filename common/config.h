@@ -23,8 +23,11 @@ struct AppConfig {
                                  // many rows (an empty batch takes any request); 0 = max_batch_rows
   int max_queued_rows = 1024;    // rows waiting for admission; past it, RESOURCE_EXHAUSTED
   int max_rows_per_request = 64; // upper bound of SampleRequest.count
-  bool fold_batchnorm = false;   // serve with BatchNorms folded into their convolutions (same
-                                 // sprites up to float rounding); off: measured 0.87-0.95x on CPU
+  std::string fold_batchnorm = "false";  // serve with BatchNorms folded into their convolutions
+                                         // (same sprites up to float rounding): "true", "false",
+                                         // or "auto" (JSON true/false/"auto"): on a CUDA device
+                                         // only, where it takes 18 kernels from each step; on a
+                                         // CPU it measured no steady gain (core/runtime.h)
   double max_queue_wait_s = 0;   // refuse a request whose estimated wait for a place in the batch
                                  // (queued work / measured rate) is longer; 0 = off (the shipped
                                  // configs/default.json sets it)

@@ -1,5 +1,7 @@
 #include "core/model.h"
 
+#include <variant>
+
 namespace spritediff {
 
 namespace nn = torch::nn;
@@ -39,6 +41,15 @@ ResidualConvBlockImpl::ResidualConvBlockImpl(int in_channels, int out_channels, 
 }
 
 namespace {
+// The alternative T of a module option's variant, or null: libtorch 1.x holds these options in
+// c10::variant and 2.x in std::variant; the unqualified call finds whichever get_if fits, by
+// argument-dependent lookup.
+template <typename T, typename Variant>
+const T* VariantAlternative(const Variant& v) {
+  using std::get_if;
+  return get_if<T>(&v);
+}
+
 // Folds the BatchNorm at index 1 of a (Conv2d, BatchNorm2d, GELU) sequence into the Conv2d.
 void FoldConvBn(nn::Sequential& seq) {
   auto conv = seq->ptr(0)->as<nn::Conv2d>();
@@ -53,8 +64,8 @@ void FoldConvBn(nn::Sequential& seq) {
 // its float32 weights, its result cast back to float32. Any other runs libtorch's own forward.
 torch::Tensor Convolution(nn::Conv2dImpl& conv, const torch::Tensor& x, bool bf16) {
   const auto& o = conv.options;
-  const auto* padding = c10::get_if<torch::ExpandingArray<2>>(&o.padding());
-  if (!bf16 || padding == nullptr || c10::get_if<torch::enumtype::kZeros>(&o.padding_mode()) == nullptr ||
+  const auto* padding = VariantAlternative<torch::ExpandingArray<2>>(o.padding());
+  if (!bf16 || padding == nullptr || VariantAlternative<torch::enumtype::kZeros>(o.padding_mode()) == nullptr ||
       conv.weight.scalar_type() != torch::kFloat32 || x.scalar_type() != torch::kFloat32) {
     return conv.forward(x);
   }
@@ -119,7 +130,7 @@ torch::Tensor PatchTransposedConv(const nn::ConvTranspose2dImpl& convt, const to
 bool IsPatchTransposedConv(const nn::ConvTranspose2dImpl& convt) {
   const auto& opt = convt.options;
   auto all = [](const torch::ExpandingArray<2>& a, int64_t v) { return (*a)[0] == v && (*a)[1] == v; };
-  const auto* padding = c10::get_if<torch::ExpandingArray<2>>(&opt.padding());
+  const auto* padding = VariantAlternative<torch::ExpandingArray<2>>(opt.padding());
   return *opt.kernel_size() == *opt.stride() && padding && all(*padding, 0) && all(opt.output_padding(), 0) &&
          all(opt.dilation(), 1) && opt.groups() == 1 && opt.bias();
 }
@@ -139,7 +150,8 @@ torch::Tensor ForwardSequential(nn::Sequential seq, torch::Tensor x, bool bf16_c
       // Inference only. With gradients on, libtorch 1.13 gave the layers before it gradients
       // of 1e28 (uninitialised memory) through this product, though its forward is exact, so
       // training keeps libtorch's kernel.
-      const bool patch = !torch::GradMode::is_enabled() && IsPatchTransposedConv(*convt);
+      // On a GPU, cuDNN's own kernel is one launch where the product takes four.
+      const bool patch = !torch::GradMode::is_enabled() && in.device().is_cpu() && IsPatchTransposedConv(*convt);
       x = (patch ? PatchTransposedConv(*convt, in) : convt->forward(in)).to(x.scalar_type());
     } else if (auto* norm = any.ptr()->as<nn::GroupNormImpl>()) {
       x = norm->forward(x.to(norm->weight.scalar_type())).to(x.scalar_type());
@@ -184,7 +196,9 @@ torch::Tensor ContextUnetImpl::forward(const torch::Tensor& x, const torch::Tens
                                        const torch::Tensor& context) {
   const int64_t f = config_.n_feat;
   const int side = config_.height / 4;
-  torch::Tensor h = init_conv_->forward(bf16_ ? x.to(torch::kBFloat16) : x);
+  torch::Tensor in = bf16_ ? x.to(torch::kBFloat16) : x;
+  if (channels_last_) in = in.contiguous(torch::MemoryFormat::ChannelsLast);
+  torch::Tensor h = init_conv_->forward(in);
   torch::Tensor d1 = down1_->forward(h);
   torch::Tensor d2 = down2_->forward(d1);
   // AvgPool over the whole (height/4)^2 map, then GELU: the course's to_vec.
@@ -209,6 +223,16 @@ void ContextUnetImpl::UseBFloat16Convolutions(bool on) {
     if (auto* block = module->as<ResidualConvBlockImpl>()) block->UseBFloat16Convolutions(on);
   }
   bf16_convs_ = on;
+}
+
+void ContextUnetImpl::UseChannelsLastForInference() {
+  if (channels_last_) return;
+  eval();
+  torch::NoGradGuard no_grad;
+  for (torch::Tensor& p : parameters()) {
+    if (p.dim() == 4) p.set_data(p.contiguous(torch::MemoryFormat::ChannelsLast));
+  }
+  channels_last_ = true;
 }
 
 void ContextUnetImpl::UseBFloat16ForInference() {

@@ -141,6 +141,13 @@ Result<bool> ResolveBFloat16(const std::string& precision, const std::string& de
   return Status::InvalidArgument("precision must be fp32, bf16 or auto, got '" + Echo(precision, 32) + "'");
 }
 
+Result<bool> ResolveFoldBatchNorm(const std::string& setting, const std::string& device) {
+  if (setting == "true") return true;
+  if (setting == "false") return false;
+  if (setting == "auto") return device.rfind("cuda", 0) == 0;
+  return Status::InvalidArgument("fold_batchnorm must be true, false or auto, got '" + Echo(setting, 32) + "'");
+}
+
 void WaitForDevice(const c10::Device& device) {
 #ifdef SPRITEDIFF_WITH_CUDA
   // The current stream only: a device-wide sync is not allowed while another thread (another

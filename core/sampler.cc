@@ -13,16 +13,22 @@ namespace {
 constexpr SamplerKind kAllSamplers[] = {SamplerKind::kDdpm, SamplerKind::kDdim, SamplerKind::kDpmpp2m,
                                         SamplerKind::kDpmpp2mSde};
 
-// A CPU tensor's copy on device. To a CUDA device it goes from pinned memory without a host
-// sync (the caching host allocator keeps the pinned block until the copy has run). A pageable
-// copy waits for the device to drain at every step; without that wait a caller that does not
-// wait itself (offline sampling: `sample`, `bench`) prepares step k+1 while the device still
-// runs step k, and at batch 1 that host time is a good part of a replayed step. The daemon's
-// scheduler waits for each step (WaitForDevice), so that its step times are the device's. On a
-// CPU device: host itself.
+// A CPU tensor made ready for an asynchronous copy to device: on a CUDA device, its copy in
+// pinned memory, which a non-blocking copy sends without a host sync (the caching host allocator
+// keeps the pinned block until the copy has run); on a CPU device, itself. A pageable copy waits
+// for the device to drain at every step; without that wait a caller that does not wait itself
+// (offline sampling: `sample`, `bench`) prepares step k+1 while the device still runs step k, and
+// at batch 1 that host time is a good part of a replayed step. The daemon's scheduler waits for
+// each step (WaitForDevice), so that its step times are the device's.
+torch::Tensor Pinned(const torch::Tensor& host, torch::Device device) {
+  // pin_memory() without a device: libtorch 2.x warns at every call that names one.
+  return device.is_cuda() ? host.pin_memory() : host;
+}
+
+// A CPU tensor's copy on device (see Pinned); on a CPU device, host itself.
 torch::Tensor HostToDevice(const torch::Tensor& host, torch::Device device) {
   if (!device.is_cuda()) return host.to(device);
-  return host.pin_memory(device).to(device, host.scalar_type(), /*non_blocking=*/true);
+  return Pinned(host, device).to(device, host.scalar_type(), /*non_blocking=*/true);
 }
 }  // namespace
 
@@ -199,17 +205,21 @@ void DenoiseStep(ContextUnet& net, const NoiseSchedule& schedule, const std::vec
       if (!t.defined()) t = torch::zeros(row_sizes, options);
     return torch::stack(parts);
   };
-  const torch::Tensor coefs = HostToDevice(torch::from_blob(coef.data(), {n, kStepCoefs}, torch::kFloat32).clone(), device);
-  const torch::Tensor x = torch::stack(xs);
-  const torch::Tensor ctx = torch::stack(ctxs);
-  // Noise is drawn on the CPU (each row's generator), history lives where the rows do.
-  const torch::Tensor z = any_noise ? HostToDevice(stack_or_zeros(noise, torch::kFloat32), device) : torch::Tensor();
+  // Coefficients and noise (drawn on the CPU from each row's generator) stay on the host until a
+  // path copies them: the graphs straight into their static buffers, the eager step to device.
+  const torch::Tensor coef_host = Pinned(torch::from_blob(coef.data(), {n, kStepCoefs}, torch::kFloat32).clone(), device);
+  const torch::Tensor noise_host = any_noise ? Pinned(stack_or_zeros(noise, torch::kFloat32), device) : torch::Tensor();
+  // History lives where the rows do.
   const torch::Tensor prev = any_history ? stack_or_zeros(prev_x0, active.front()->x_.options()) : torch::Tensor();
   const bool need_x0 = want_x0 || any_multistep;
 
   torch::Tensor next, x0;
   if (graphs == nullptr ||
-      !graphs->Run(x, ctx, coefs, z, prev, !guided.empty(), &next, need_x0 ? &x0 : nullptr)) {
+      !graphs->Run(xs, ctxs, coef_host, noise_host, prev, !guided.empty(), &next, need_x0 ? &x0 : nullptr)) {
+    const torch::Tensor coefs = coef_host.to(device, torch::kFloat32, /*non_blocking=*/true);
+    const torch::Tensor z = noise_host.defined() ? noise_host.to(device, torch::kFloat32, true) : torch::Tensor();
+    const torch::Tensor x = torch::stack(xs);
+    const torch::Tensor ctx = torch::stack(ctxs);
     // Eager: one forward of the n rows plus the unconditional halves of the guided rows only.
     const torch::Tensor tt = coefs.select(1, kCoefTime).contiguous();
     torch::Tensor eps;

@@ -13,18 +13,22 @@
 namespace spritediff {
 
 torch::Tensor GuidedEps(const torch::Tensor& eps_c, const torch::Tensor& eps_u, const torch::Tensor& w) {
-  return torch::where(w == 1.0f, eps_c, eps_u + w * (eps_c - eps_u));
+  // lerp computes end - (end - start)(1 - w) for w >= 0.5, which is exactly eps_c at w = 1.
+  return torch::lerp(eps_u, eps_c, w);
 }
 
 std::pair<torch::Tensor, torch::Tensor> StepUpdate(const torch::Tensor& x, const torch::Tensor& eps,
                                                    const torch::Tensor& coef, const torch::Tensor& prev_x0,
                                                    const torch::Tensor& noise, bool want_x0) {
   auto col = [&](StepCoef k) { return coef.select(1, k).view({-1, 1, 1, 1}); };
-  torch::Tensor next = col(kCoefA) * x + col(kCoefB) * eps;
-  if (prev_x0.defined()) next = next + col(kCoefC) * prev_x0;
-  if (noise.defined()) next = next + col(kCoefSigma) * noise;
+  // One kernel per term (multiply-adds into the first product), which is what a step at batch 1
+  // on a GPU pays for, per kernel.
+  torch::Tensor next = x * col(kCoefA);
+  next.addcmul_(eps, col(kCoefB));
+  if (prev_x0.defined()) next.addcmul_(prev_x0, col(kCoefC));
+  if (noise.defined()) next.addcmul_(noise, col(kCoefSigma));
   torch::Tensor x0;
-  if (want_x0) x0 = col(kCoefX0Scale) * x + col(kCoefX0Shift) * eps;
+  if (want_x0) x0 = (x * col(kCoefX0Scale)).addcmul_(eps, col(kCoefX0Shift));
   return {next, x0};
 }
 
@@ -132,22 +136,23 @@ StepGraphs::Graph* StepGraphs::Capture(int bucket, bool guided, Buffers& buf) {
 #endif
 }
 
-bool StepGraphs::Run(const torch::Tensor& x, const torch::Tensor& ctx, const torch::Tensor& coef,
-                     const torch::Tensor& noise, const torch::Tensor& prev_x0, bool guided, torch::Tensor* next,
-                     torch::Tensor* x0) {
-  const int64_t n = x.size(0);
+bool StepGraphs::Run(const std::vector<torch::Tensor>& xs, const std::vector<torch::Tensor>& ctxs,
+                     const torch::Tensor& coef, const torch::Tensor& noise, const torch::Tensor& prev_x0, bool guided,
+                     torch::Tensor* next, torch::Tensor* x0) {
+  const int64_t n = static_cast<int64_t>(xs.size());
   const int bucket = BucketFor(n);
   if (bucket == 0) return false;
   torch::NoGradGuard no_grad;
   Buffers& buf = BuffersFor(bucket);
   // Rows past n keep whatever an earlier step left there: finite values whose results are dropped.
-  buf.x.narrow(0, 0, n).copy_(x);
-  buf.ctx.narrow(0, 0, n).copy_(ctx);
-  buf.coef.narrow(0, 0, n).copy_(coef);
+  torch::Tensor x_rows = buf.x.narrow(0, 0, n), ctx_rows = buf.ctx.narrow(0, 0, n);
+  torch::stack_out(x_rows, xs);
+  torch::stack_out(ctx_rows, ctxs);
+  buf.coef.narrow(0, 0, n).copy_(coef, /*non_blocking=*/true);
   // Optional inputs: undefined means zeros, which are written once, not every step.
   auto load_optional = [n](torch::Tensor& dst, bool& is_zero, const torch::Tensor& src) {
     if (src.defined()) {
-      dst.narrow(0, 0, n).copy_(src);
+      dst.narrow(0, 0, n).copy_(src, /*non_blocking=*/true);
       is_zero = false;
     } else if (!is_zero) {
       dst.zero_();

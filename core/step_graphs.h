@@ -22,6 +22,7 @@
 #include <memory>
 #include <string>
 #include <utility>
+#include <vector>
 
 #include "core/model.h"
 
@@ -79,12 +80,16 @@ class StepGraphs {
   // Why capturing stopped (empty while it works): the first capture failure; Run is eager since.
   const std::string& capture_error() const { return capture_error_; }
 
-  // The step for the first n = x.size(0) rows (inputs as StepMath's; noise and prev_x0 may be
-  // undefined = zeros). Returns false, leaving the outputs alone, when n has no bucket; the caller
-  // then runs the eager step. Outputs are fresh tensors (not views of the static buffers).
-  bool Run(const torch::Tensor& x, const torch::Tensor& ctx, const torch::Tensor& coef, const torch::Tensor& noise,
-           const torch::Tensor& prev_x0, bool guided, torch::Tensor* next, torch::Tensor* x0);
-  // x0 may be null when the caller needs no x0 prediction.
+  // The step for n = xs.size() rows: xs[i] ([C, H, W]) and ctxs[i] ([n_cfeat]) are row i's
+  // sample and context on the device; coef ([n, kStepCoefs]) and noise ([n, C, H, W]; undefined =
+  // zeros) may be on the host, where they are copied without a sync when pinned; prev_x0 as
+  // StepMath's (undefined = zeros). The rows go straight into the bucket's static buffers.
+  // Returns false, leaving the outputs alone, when n has no bucket; the caller then runs the
+  // eager step. Outputs are fresh tensors (not views of the static buffers); x0 may be null when
+  // the caller needs no x0 prediction.
+  bool Run(const std::vector<torch::Tensor>& xs, const std::vector<torch::Tensor>& ctxs, const torch::Tensor& coef,
+           const torch::Tensor& noise, const torch::Tensor& prev_x0, bool guided, torch::Tensor* next,
+           torch::Tensor* x0);
 
  private:
   struct Buffers {  // a bucket's static inputs, shared by its guided and unguided graphs

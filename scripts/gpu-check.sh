@@ -3,8 +3,9 @@
 #   1. builds the offline spritediffd (SPRITEDIFF_OFFLINE_ONLY: core, common, commands) against
 #      the machine's CUDA libtorch (its PyTorch's), with Debian's spdlog/fmt/nlohmann-json/CLI11/
 #      libpng .debs unpacked beside it;
-#   2. bench on cuda: batch-1 step latency and DDIM rows/s eager vs CUDA graphs, training
-#      images/s, and the same fixed seeds on GPU (eager, graphs) and CPU, max pixel difference;
+#   2. bench on cuda: batch-1 step time (pipelined and waited for) and DDIM rows/s eager vs CUDA
+#      graphs, with BatchNorm folded and cuDNN's autotuner each way, training images/s, and the
+#      same fixed seeds on GPU (eager, graphs) and CPU, max pixel difference;
 #   3. measures the bundled model with the quality meter (spritediffd eval) and, with TRAIN_OUT and
 #      TRAIN_ARGS set, trains a model on the GPU and measures it.
 # Everything it prints goes to $OUT/gpu-check.log; weights and the training state come back
@@ -59,7 +60,7 @@ cmake_build() {  # $1: ON|OFF for SPRITEDIFF_DISTRIBUTED
   grep -i "spritediff:\|cuda\|warn" $LOGS/cmake.log | head -12
   local keep="-k"; [ "$GEN" = Ninja ] && keep="-k 0"
   cmake --build build-gpu -j "$JOBS" --target spritediffd -- $keep > $LOGS/build.log 2>&1 \
-    || { grep -B2 -A8 "error" $LOGS/build.log | head -60; return 1; }
+    || { grep "error:" $LOGS/build.log | sort -u | head -20; grep -B2 -A8 "error" $LOGS/build.log | head -60; return 1; }
 }
 
 manual_build() {  # no CMake: g++ straight against the wheel's headers and libraries
@@ -100,9 +101,17 @@ fi
 ldd $BIN | grep -E "torch|c10|cuda" | head
 el "built"
 
-BENCH_ARGS="--model models/sprites16 --batches 1,64 --ddim-batch 1,64 --repeats 20 --train-batch 100 --check-cpu 40"
-timeout 150 $BIN --threads 8 --device cuda bench $BENCH_ARGS
+BENCH_ARGS="--model models/sprites16 --batches 1,64 --ddim-batch 1,64 --repeats 20"
+timeout 150 $BIN --threads 8 --device cuda bench $BENCH_ARGS --train-batch 100 --check-cpu 40
 el "bench done"
+# The levers of the graphed step, each timed against its own eager baseline in the same process.
+# BENCH_VARIANTS: ';'-separated flag sets (default: the three below; empty: none).
+IFS=';' read -r -a VARIANTS <<< "${BENCH_VARIANTS---fold-batchnorm;--cudnn-benchmark;--fold-batchnorm --cudnn-benchmark}"
+for v in "${VARIANTS[@]}"; do
+  [ "$(left)" -gt 150 ] || { el "skipping bench $v: $(left) s left"; continue; }
+  el "bench $v"
+  timeout 90 $BIN --threads 8 --device cuda bench $BENCH_ARGS $v
+done
 
 EVAL="--data .gpu/data/dcss-sprites --cache-dir .gpu/evalcache --per-class 100"
 el "eval models/sprites16 (its defaults)"

@@ -55,6 +55,7 @@ BatchScheduler::BatchScheduler(std::string model_name, LoadedModel model, torch:
   // The scheduler owns this network (the registry hands it over), so folding cannot surprise a saver.
   if (limits_.fold_batchnorm) net_->FuseBatchNormForInference();
   if (limits_.bf16) net_->UseBFloat16ForInference();
+  if (device_.is_cuda()) net_->UseChannelsLastForInference();
   if (limits_.cuda_graphs && device_.is_cuda() && StepGraphs::CompiledWithCuda()) {
     graphs_ = std::make_unique<StepGraphs>(net_, device_, limits_.max_batch_rows);
   }

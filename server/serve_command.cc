@@ -101,7 +101,9 @@ void AddServeCommand(CLI::App& app, const CommonOptions& common) {
     limits.cpu_batch_rows = config.cpu_batch_rows;
     limits.max_queued_rows = config.max_queued_rows;
     limits.threads = threads;
-    limits.fold_batchnorm = config.fold_batchnorm;
+    Result<bool> fold = ResolveFoldBatchNorm(config.fold_batchnorm, *device);
+    if (!fold.ok()) Fail(fold.status().message());
+    limits.fold_batchnorm = *fold;
     limits.cuda_graphs = config.cuda_graphs;
     Result<bool> bf16 = ResolveBFloat16(config.precision, *device);
     if (!bf16.ok()) Fail(bf16.status().message());

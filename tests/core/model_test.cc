@@ -44,6 +44,32 @@ TEST(ModelTest, FoldedBatchNormPredictsWhatTheEvalNetworkPredicts) {
   EXPECT_GT(expected.abs().mean().item<double>(), 0.1);  // a real prediction, not zeros
 }
 
+// Channels-last (serving on a GPU) changes the layout of weights and activations, not the
+// function. Checked on the CPU, where the same layers take either layout.
+TEST(ModelTest, ChannelsLastNetworkPredictsWhatTheNchwNetworkPredicts) {
+  LoadedModel plain = LoadBundled();
+  LoadedModel nhwc = LoadBundled();
+  nhwc.net->FuseBatchNormForInference();
+  nhwc.net->UseChannelsLastForInference();
+  nhwc.net->UseChannelsLastForInference();  // a second call changes nothing
+  ASSERT_TRUE(nhwc.net->channels_last());
+  int converted = 0;
+  for (const torch::Tensor& p : nhwc.net->parameters()) {
+    if (p.dim() != 4) continue;
+    EXPECT_TRUE(p.is_contiguous(torch::MemoryFormat::ChannelsLast));
+    ++converted;
+  }
+  EXPECT_GE(converted, 15);  // every convolution's weight
+
+  const auto [x, t, c] = RandomInputs(12, 8);
+  torch::NoGradGuard no_grad;
+  torch::Tensor expected = plain.net->forward(x, t, c);
+  torch::Tensor got = nhwc.net->forward(x, t, c);
+  EXPECT_EQ(got.sizes(), expected.sizes());
+  EXPECT_LT((expected - got).abs().max().item<double>(), 1e-4);
+  EXPECT_GT(expected.abs().mean().item<double>(), 0.1);
+}
+
 TEST(ModelTest, FusingTwiceChangesNothing) {
   LoadedModel once = LoadBundled();
   LoadedModel twice = LoadBundled();
@@ -162,6 +188,14 @@ TEST(ModelTest, PrecisionNamesResolve) {
   Result<bool> bad = ResolveBFloat16("fp8", "cpu");
   ASSERT_FALSE(bad.ok());
   EXPECT_NE(bad.status().message().find("precision"), std::string::npos);
+
+  EXPECT_TRUE(*ResolveFoldBatchNorm("true", "cpu"));
+  EXPECT_FALSE(*ResolveFoldBatchNorm("false", "cuda:0"));
+  EXPECT_FALSE(*ResolveFoldBatchNorm("auto", "cpu"));
+  EXPECT_TRUE(*ResolveFoldBatchNorm("auto", "cuda:0"));
+  Result<bool> bad_fold = ResolveFoldBatchNorm("maybe", "cpu");
+  ASSERT_FALSE(bad_fold.ok());
+  EXPECT_NE(bad_fold.status().message().find("fold_batchnorm"), std::string::npos);
 }
 
 // Inference runs each transposed convolution (kernel = stride) as one matrix product; with

@@ -116,7 +116,8 @@ TEST(Config, ValuesOfTheWrongTypeAreRefusedByName) {
       {R"({"threads": 2.5})", "threads must be a whole number"},
       {R"({"max_batch_rows": 99999999999999999999})", "max_batch_rows must be a whole number"},
       {R"({"max_epochs_x_images": 1e30})", "max_epochs_x_images must be a whole number"},
-      {R"({"fold_batchnorm": 1})", "fold_batchnorm must be true or false, got 1"},
+      {R"({"fold_batchnorm": 1})", "fold_batchnorm must be true, false or \"auto\", got 1"},
+      {R"({"fold_batchnorm": "yes"})", "fold_batchnorm must be true, false or \"auto\", got \"yes\""},
       {R"({"cuda_graphs": "yes"})", "cuda_graphs must be true or false"},
       {R"({"max_queue_wait_s": "5"})", "max_queue_wait_s must be a number"},
       {R"({"bind": 127})", "bind must be a string, got 127"},
@@ -136,6 +137,14 @@ TEST(Config, ValuesOfTheWrongTypeAreRefusedByName) {
   EXPECT_EQ(whole->threads, 2);
   EXPECT_EQ(whole->max_epochs_x_images, 30000000);
   EXPECT_EQ(whole->max_queue_wait_s, 2.0);
+  // fold_batchnorm takes a bool or "auto" (on a CUDA device only).
+  for (const auto& [body, kept] : {std::pair{R"({"fold_batchnorm": true})", "true"},
+                                   {R"({"fold_batchnorm": false})", "false"},
+                                   {R"({"fold_batchnorm": "auto"})", "auto"}}) {
+    Result<AppConfig> fold = load(body);
+    ASSERT_TRUE(fold.ok()) << body << " -> " << fold.status().message();
+    EXPECT_EQ(fold->fold_batchnorm, kept);
+  }
   Result<AppConfig> range = load(R"({"port": 70000})");
   ASSERT_FALSE(range.ok());
   EXPECT_NE(range.status().message().find("port must be in [0, 65535], got 70000"), std::string::npos)
