@@ -2,7 +2,8 @@
 # Prints the serving figures of README's performance section, all measured in one run on
 # this machine: offline batch-32 DDIM-25 sampling, the daemon under 32 concurrent
 # one-sprite clients, the daemon one request at a time, and the time to first frame for a
-# request that arrives while a DDPM-500 batch is running. Needs `make build` first.
+# request that arrives while a DDPM-500 batch is running. The daemon runs with CONFIG if set,
+# else the shipped configs/default.json. Needs `make build` first.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 BIN=build/bin
@@ -25,11 +26,9 @@ echo "== offline: spritediffd bench (threads $THREADS, model $MODEL)"
 offline=$($BIN/spritediffd --threads "$THREADS" bench --model "$MODEL" --batches 1,4,16,32,64 --ddim-batch 32 --steps 25 | tee /dev/stderr | tail -1)
 if [ "$GUIDANCE" = "1" ]; then offline_sps=$(field "$offline" ddim_samples_per_s); else offline_sps=$(field "$offline" ddim_guided_samples_per_s); fi
 
-echo "== daemon on $SERVER"
-$BIN/spritediffd --threads "$THREADS" serve --port "$PORT" >"$LOG.daemon" 2>&1 &
-daemon=$!
-trap 'kill $daemon 2>/dev/null; wait $daemon 2>/dev/null || true' EXIT
-for _ in $(seq 100); do $BIN/spritectl health --server "$SERVER" --connect-timeout 0.2 >/dev/null 2>&1 && break; sleep 0.2; done
+echo "== daemon on $SERVER${CONFIG:+ (config $CONFIG)}"
+. scripts/daemon-lib.sh
+start_daemon "$PORT"
 
 common="--server $SERVER --count 1 --steps 25 --guidance $GUIDANCE --label food"
 $BIN/spritectl bench $common --clients 4 --requests 1 --json >/dev/null  # warm-up

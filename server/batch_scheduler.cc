@@ -184,11 +184,25 @@ void BatchScheduler::Answer(const std::shared_ptr<SampleJob>& job, JobOutcome ou
   });
 }
 
+int BatchScheduler::FillRowsLocked() const {
+  if (fill_rows_ >= limits_.max_batch_rows || limits_.cpu_batch_wait_steps <= 0 || queue_.empty()) return fill_rows_;
+  // Rows the running requests free within cpu_batch_wait_steps steps (a request's rows finish
+  // together with its last one).
+  int freed = 0;
+  for (const Running& r : running_) {
+    int left = 0;
+    for (const SampleRow& row : r.rows) left = std::max(left, row.steps_total() - row.steps_done());
+    if (left <= limits_.cpu_batch_wait_steps) freed += static_cast<int>(r.rows.size());
+  }
+  const int head = static_cast<int>(queue_.front()->rows.size());
+  return running_rows_ - freed + head <= fill_rows_ ? fill_rows_ : limits_.max_batch_rows;
+}
+
 void BatchScheduler::TakeAdmissibleLocked(std::vector<std::shared_ptr<SampleJob>>& admitted) {
   std::vector<QueuedRows> sizes;
   sizes.reserve(queue_.size());
   for (const auto& job : queue_) sizes.push_back({static_cast<int>(job->rows.size()), job->overtaken});
-  const std::vector<size_t> picks = PickAdmissions(sizes, running_rows_, fill_rows_, limits_.max_overtakes);
+  const std::vector<size_t> picks = PickAdmissions(sizes, running_rows_, FillRowsLocked(), limits_.max_overtakes);
   for (size_t i = 0; i < queue_.size(); ++i) queue_[i]->overtaken = sizes[i].overtaken;
   for (auto it = picks.rbegin(); it != picks.rend(); ++it) {
     const int rows = static_cast<int>(queue_[*it]->rows.size());

@@ -84,6 +84,11 @@ struct SchedulerLimits {
   // every request in it slow; an empty batch still takes any request of up to max_batch_rows.
   // GPUs, where a step of 64 rows costs about what one costs, fill to max_batch_rows.
   int cpu_batch_rows = 0;
+  // On a CPU device with cpu_batch_rows set: the queue's first request waits for a place within
+  // cpu_batch_rows only when the running requests free one within this many steps; else (behind
+  // big, long requests) it joins at the next step, up to max_batch_rows, as on a GPU. 0 = it
+  // always waits for a place within cpu_batch_rows.
+  int cpu_batch_wait_steps = 0;
   int max_queued_rows = 1024;
   int threads = 1;  // intra-op threads of the scheduler thread
   int max_overtakes = 4;  // times a request that does not fit may be overtaken by later ones
@@ -140,6 +145,9 @@ class BatchScheduler {
   void Iterate();
   // Moves queued jobs that fit into `admitted` (rows are built outside the lock).
   void TakeAdmissibleLocked(std::vector<std::shared_ptr<SampleJob>>& admitted) REQUIRES(mu_);
+  // The rows admission fills the batch to now: fill_rows_, or max_batch_rows when the queue's
+  // first request would wait past cpu_batch_wait_steps for a place (loop thread: reads running_).
+  int FillRowsLocked() const REQUIRES(mu_);
   void Admit(std::vector<std::shared_ptr<SampleJob>>& admitted);
   void RetireCancelledAndExpired();
   void StepOnce();

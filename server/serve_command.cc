@@ -99,6 +99,7 @@ void AddServeCommand(CLI::App& app, const CommonOptions& common) {
     SchedulerLimits limits;  // by name: max_overtakes keeps its default
     limits.max_batch_rows = config.max_batch_rows;
     limits.cpu_batch_rows = config.cpu_batch_rows;
+    limits.cpu_batch_wait_steps = config.cpu_batch_wait_steps;
     limits.max_queued_rows = config.max_queued_rows;
     limits.threads = threads;
     Result<bool> fold = ResolveFoldBatchNorm(config.fold_batchnorm, *device);

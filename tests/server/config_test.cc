@@ -44,6 +44,11 @@ TEST(Config, RefusesOutOfRangeFieldsByName) {
   s = config.Validate();
   ASSERT_FALSE(s.ok());
   EXPECT_NE(s.message().find("cpu_batch_rows must be in [0, 4096], got -1"), std::string::npos) << s.message();
+  config.cpu_batch_rows = 32;
+  config.cpu_batch_wait_steps = -1;
+  s = config.Validate();
+  ASSERT_FALSE(s.ok());
+  EXPECT_NE(s.message().find("cpu_batch_wait_steps must be in [0, 100000], got -1"), std::string::npos) << s.message();
 }
 
 TEST(Config, MaxQueueWaitMustBeAFiniteNonNegativeNumberOfSeconds) {
@@ -65,7 +70,9 @@ TEST(Config, TheShippedConfigLoadsAndBoundsQueueWait) {
   EXPECT_GT(shipped->max_queue_wait_s, 0.0);
   EXPECT_TRUE(shipped->cuda_graphs);
   EXPECT_EQ(shipped->max_batch_rows, 64);
-  EXPECT_EQ(shipped->cpu_batch_rows, 0);  // fill to max_batch_rows: see README, "Open-loop load"
+  EXPECT_EQ(shipped->cpu_batch_rows, 32);  // on a CPU: see README, "Open-loop load"
+  EXPECT_EQ(shipped->cpu_batch_wait_steps, 4);  // joins behind big requests at the next step
+  EXPECT_EQ(shipped->fold_batchnorm, "auto");  // folded on a GPU only
   EXPECT_EQ(shipped->precision, "auto");
   EXPECT_EQ(shipped->training_precision, "auto");
 }

@@ -235,6 +235,38 @@ TEST(Scheduler, OnACpuTheBatchFillsToCpuBatchRows) {
     }
     s.Stop();
   }
+  // With cpu_batch_wait_steps, a request behind a running one that frees no place within that
+  // many steps joins the batch at once (up to max_batch_rows), as on a GPU ...
+  {
+    SchedulerLimits limits = Limits(8, 16);
+    limits.cpu_batch_rows = 2;
+    limits.cpu_batch_wait_steps = 4;
+    BatchScheduler s("tiny", m, torch::kCPU, limits);
+    auto first = std::make_shared<Probe>(), second = std::make_shared<Probe>();
+    ASSERT_TRUE(s.Submit(LongJob("first", 2, first)).ok());
+    ASSERT_TRUE(WaitStats(s, [](const SchedulerStats& st) { return st.running_rows == 2 && st.steps > 0; }));
+    ASSERT_TRUE(s.Submit(LongJob("second", 1, second)).ok());
+    ASSERT_TRUE(WaitStats(s, [](const SchedulerStats& st) { return st.running_rows == 3 && st.queued_rows == 0; }));
+    EXPECT_EQ(first->DoneCalls(), 0);  // joined while the first request still ran
+    s.Stop();
+  }
+  // ... and one behind a request that finishes within them waits for its place.
+  {
+    SchedulerLimits limits = Limits(8, 16);
+    limits.cpu_batch_rows = 2;
+    limits.cpu_batch_wait_steps = 4;
+    BatchScheduler s("tiny", m, torch::kCPU, limits);
+    auto first = std::make_shared<Probe>(), second = std::make_shared<Probe>();
+    ASSERT_TRUE(s.Submit(MakeJob("first", 2, 3, SamplerKind::kDdim, first)).ok());
+    ASSERT_TRUE(s.Submit(MakeJob("second", 1, 3, SamplerKind::kDdim, second)).ok());
+    ASSERT_TRUE(first->WaitDone());
+    ASSERT_TRUE(second->WaitDone());
+    EXPECT_TRUE(second->outcome.status.ok()) << second->outcome.status.message();
+    const SchedulerStats st = s.stats();
+    EXPECT_EQ(st.steps, 6);          // three steps of the first request, then three of the second
+    EXPECT_EQ(st.rows_stepped, 9);   // 2 + 2 + 2 + 1 + 1 + 1: never three rows in one step
+    s.Stop();
+  }
   // An empty batch takes a request bigger than cpu_batch_rows (up to max_batch_rows).
   SchedulerLimits limits = Limits(8, 16);
   limits.cpu_batch_rows = 2;
