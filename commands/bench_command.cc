@@ -127,9 +127,10 @@ void AddBenchCommand(CLI::App& app, const CommonOptions& common) {
     if (a->steps > info.schedule.timesteps) Fail("--steps must be at most T=" + std::to_string(info.schedule.timesteps));
     net->to(device);
     net->eval();
-    if (a->fold_batchnorm) net->FuseBatchNormForInference();
     if (a->nchw && !device.is_cuda()) Fail("--nchw is for a GPU (a CPU network is always NCHW): run it with --device cuda");
-    const bool bf16 = PrepareForInference(net, config, device_name, !a->nchw);
+    AppConfig bench_config = config;  // bench folds by its flag, not by the config
+    bench_config.fold_batchnorm = a->fold_batchnorm ? "true" : "false";
+    const bool bf16 = PrepareForInference(net, bench_config, device_name, !a->nchw);
     torch::NoGradGuard no_grad;
     auto sync = [&] {
       if (device.is_cuda()) torch::cuda::synchronize();
@@ -280,10 +281,7 @@ void AddBenchCommand(CLI::App& app, const CommonOptions& common) {
       Result<LoadedModel> copy = LoadModel(ModelDir(a->model, config));
       if (!copy.ok()) Fail(copy.status().message());
       copy->net->to(where);
-      copy->net->eval();
-      if (a->fold_batchnorm) copy->net->FuseBatchNormForInference();
-      if (bf16_copy) copy->net->UseBFloat16ForInference();
-      if (where.is_cuda() && !a->nchw) copy->net->UseChannelsLastForInference();
+      ConvertForInference(copy->net, where, a->fold_batchnorm, bf16_copy, !a->nchw);
       return copy->net;
     };
     if (a->check_cpu > 0) {

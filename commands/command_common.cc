@@ -39,8 +39,9 @@ std::string PrepareCompute(const AppConfig& config) {
 bool PrepareForInference(ContextUnet& net, const AppConfig& config, const std::string& device, bool channels_last) {
   Result<bool> bf16 = ResolveBFloat16(config.precision, device);
   if (!bf16.ok()) Fail(bf16.status().message());
-  if (*bf16) net->UseBFloat16ForInference();
-  if (channels_last && torch::Device(device).is_cuda()) net->UseChannelsLastForInference();
+  Result<bool> fold = ResolveFoldBatchNorm(config.fold_batchnorm, device);
+  if (!fold.ok()) Fail(fold.status().message());
+  ConvertForInference(net, torch::Device(device), *fold, *bf16, channels_last);
   return *bf16;
 }
 

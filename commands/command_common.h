@@ -18,10 +18,9 @@ struct CommonOptions {
   std::string precision;  // empty: from the config
 };
 
-// Converts a loaded network, already on device, for inference there (fold BatchNorm, if wanted,
-// before): config.precision, and channels-last on a CUDA device (as the daemon's scheduler
-// does, unless channels_last is false); returns whether it now runs in bf16. Fails on an unknown
-// precision.
+// Converts a loaded network, already on device, for inference there as the daemon does
+// (ConvertForInference): config.fold_batchnorm, config.precision, channels-last on a CUDA device
+// unless channels_last is false; returns whether it now runs in bf16. Fails on an unknown value.
 bool PrepareForInference(ContextUnet& net, const AppConfig& config, const std::string& device,
                          bool channels_last = true);
 

@@ -225,6 +225,14 @@ void ContextUnetImpl::UseBFloat16Convolutions(bool on) {
   bf16_convs_ = on;
 }
 
+void ConvertForInference(ContextUnet& net, const torch::Device& device, bool fold_batchnorm, bool bf16,
+                         bool channels_last_on_cuda) {
+  net->eval();
+  if (fold_batchnorm) net->FuseBatchNormForInference();
+  if (bf16) net->UseBFloat16ForInference();
+  if (channels_last_on_cuda && device.is_cuda()) net->UseChannelsLastForInference();
+}
+
 void ContextUnetImpl::UseChannelsLastForInference() {
   if (channels_last_) return;
   eval();

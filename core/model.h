@@ -102,7 +102,8 @@ class ContextUnetImpl : public torch::nn::Module {
   // layout cuDNN's convolution kernels take, instead of converting every convolution's input and
   // output from and to NCHW (41 conversion kernels of the 168 a batch-1 forward runs on an
   // H100; its CUDA graph replays in 0.40 ms instead of 0.48). Input and output keep their
-  // shapes, values agree up to float rounding. Not for a CPU (oneDNN has its own layouts).
+  // shapes, values agree up to float rounding. Not for a CPU (oneDNN has its own layouts). Call
+  // it before a StepGraphs captures the network: it replaces the weights' storage.
   void UseChannelsLastForInference();
   bool channels_last() const { return channels_last_; }
 
@@ -131,6 +132,14 @@ class ContextUnetImpl : public torch::nn::Module {
   torch::nn::Sequential out_{nullptr};
 };
 TORCH_MODULE(ContextUnet);
+
+// Converts a loaded network, already on device and not yet used by a StepGraphs capture (the
+// conversions replace its weights), for inference there, in the one order they compose: fold
+// the BatchNorms (if fold_batchnorm), then bf16 (if bf16), then channels-last on a CUDA device
+// (unless channels_last_on_cuda is false). The daemon's scheduler and the offline commands both
+// convert through this, so they draw the same sprites.
+void ConvertForInference(ContextUnet& net, const torch::Device& device, bool fold_batchnorm, bool bf16,
+                         bool channels_last_on_cuda = true);
 
 // Number of trainable parameters.
 int64_t ParameterCount(const torch::nn::Module& module);

@@ -13,7 +13,8 @@
 namespace spritediff {
 
 torch::Tensor GuidedEps(const torch::Tensor& eps_c, const torch::Tensor& eps_u, const torch::Tensor& w) {
-  // lerp computes end - (end - start)(1 - w) for w >= 0.5, which is exactly eps_c at w = 1.
+  // lerp computes end - (end - start)(1 - w) for w >= 0.5, which is exactly eps_c at w = 1
+  // (for finite predictions; a non-finite one spoils its row under either formula).
   return torch::lerp(eps_u, eps_c, w);
 }
 

@@ -4,7 +4,7 @@
 #      the machine's CUDA libtorch (its PyTorch's), with Debian's spdlog/fmt/nlohmann-json/CLI11/
 #      libpng .debs unpacked beside it;
 #   2. bench on cuda: batch-1 step time (pipelined and waited for) and DDIM rows/s eager vs CUDA
-#      graphs, with BatchNorm folded and cuDNN's autotuner each way, training images/s, and the
+#      graphs (plain, BatchNorm folded, NCHW, cuDNN's autotuner), training images/s, and the
 #      same fixed seeds on GPU (eager, graphs) and CPU, max pixel difference;
 #   3. measures the bundled model with the quality meter (spritediffd eval) and, with TRAIN_OUT and
 #      TRAIN_ARGS set, trains a model on the GPU and measures it.
@@ -105,8 +105,9 @@ BENCH_ARGS="--model models/sprites16 --batches 1,64 --ddim-batch 1,64 --repeats 
 timeout 150 $BIN --threads 8 --device cuda bench $BENCH_ARGS --train-batch 100 --check-cpu 40
 el "bench done"
 # The levers of the graphed step, each timed against its own eager baseline in the same process.
-# BENCH_VARIANTS: ';'-separated flag sets (default: the three below; empty: none).
-IFS=';' read -r -a VARIANTS <<< "${BENCH_VARIANTS---fold-batchnorm;--cudnn-benchmark;--fold-batchnorm --cudnn-benchmark}"
+# BENCH_VARIANTS: ';'-separated flag sets (default: folded as the daemon serves on a GPU, the
+# NCHW layout, cuDNN's autotuner; empty: none).
+IFS=';' read -r -a VARIANTS <<< "${BENCH_VARIANTS---fold-batchnorm;--nchw;--cudnn-benchmark}"
 for v in "${VARIANTS[@]}"; do
   [ "$(left)" -gt 150 ] || { el "skipping bench $v: $(left) s left"; continue; }
   el "bench $v"

@@ -53,9 +53,7 @@ BatchScheduler::BatchScheduler(std::string model_name, LoadedModel model, torch:
   net_->to(device_);
   net_->eval();
   // The scheduler owns this network (the registry hands it over), so folding cannot surprise a saver.
-  if (limits_.fold_batchnorm) net_->FuseBatchNormForInference();
-  if (limits_.bf16) net_->UseBFloat16ForInference();
-  if (device_.is_cuda()) net_->UseChannelsLastForInference();
+  ConvertForInference(net_, device_, limits_.fold_batchnorm, limits_.bf16);
   if (limits_.cuda_graphs && device_.is_cuda() && StepGraphs::CompiledWithCuda()) {
     graphs_ = std::make_unique<StepGraphs>(net_, device_, limits_.max_batch_rows);
   }
@@ -76,8 +74,9 @@ Status BatchScheduler::Submit(std::shared_ptr<SampleJob> job) {
                                        model_name_ + "', limit max_queued_rows=" +
                                        std::to_string(limits_.max_queued_rows) + "; retry later");
     }
-    // With room in the batch the request starts at the next step; else it waits for the work
-    // queued ahead of it to drain at the measured rate (rows finishing free their places).
+    // With room in the batch (within fill_rows_, the CPU fill where one is set) the request
+    // starts at the next step; else it waits for the work queued ahead of it to drain at the
+    // measured rate (rows finishing free their places).
     // Two signs of a wait past the limit: the oldest queued request has already waited that
     // long (measured), or the work queued ahead would take that long at the measured rate
     // (estimated; catches a burst before anything has aged).
@@ -186,16 +185,24 @@ void BatchScheduler::Answer(const std::shared_ptr<SampleJob>& job, JobOutcome ou
 
 int BatchScheduler::FillRowsLocked() const {
   if (fill_rows_ >= limits_.max_batch_rows || limits_.cpu_batch_wait_steps <= 0 || queue_.empty()) return fill_rows_;
+  const int head = static_cast<int>(queue_.front()->rows.size());
+  // A head that fits nowhere but an empty batch gains nothing from a fuller one, and the rows
+  // behind it would overtake it into a batch past cpu_batch_rows.
+  if (running_rows_ + head > limits_.max_batch_rows) return fill_rows_;
   // Rows the running requests free within cpu_batch_wait_steps steps (a request's rows finish
-  // together with its last one).
+  // together with its last one; a cancelled or expired one is retired at the next step).
+  const auto now = SteadyClock::now();
   int freed = 0;
   for (const Running& r : running_) {
     int left = 0;
     for (const SampleRow& row : r.rows) left = std::max(left, row.steps_total() - row.steps_done());
-    if (left <= limits_.cpu_batch_wait_steps) freed += static_cast<int>(r.rows.size());
+    const bool ending = r.job->cancelled.load() || (r.job->deadline && now > *r.job->deadline);
+    if (ending || left <= limits_.cpu_batch_wait_steps) freed += static_cast<int>(r.rows.size());
   }
-  const int head = static_cast<int>(queue_.front()->rows.size());
-  return running_rows_ - freed + head <= fill_rows_ ? fill_rows_ : limits_.max_batch_rows;
+  // Waits when a place within cpu_batch_rows frees up in time, or the batch empties in time (a
+  // head bigger than cpu_batch_rows then gets the empty batch, as without this rule).
+  const int staying = running_rows_ - freed;
+  return staying + head <= fill_rows_ || staying == 0 ? fill_rows_ : limits_.max_batch_rows;
 }
 
 void BatchScheduler::TakeAdmissibleLocked(std::vector<std::shared_ptr<SampleJob>>& admitted) {

@@ -87,8 +87,8 @@ struct SchedulerLimits {
   // On a CPU device with cpu_batch_rows set: the queue's first request waits for a place within
   // cpu_batch_rows only when the running requests free one within this many steps; else (behind
   // big, long requests) it joins at the next step, up to max_batch_rows, as on a GPU. 0 = it
-  // always waits for a place within cpu_batch_rows.
-  int cpu_batch_wait_steps = 0;
+  // always waits for a place within cpu_batch_rows. As AppConfig's.
+  int cpu_batch_wait_steps = 4;
   int max_queued_rows = 1024;
   int threads = 1;  // intra-op threads of the scheduler thread
   int max_overtakes = 4;  // times a request that does not fit may be overtaken by later ones
@@ -166,7 +166,9 @@ class BatchScheduler {
   const NoiseSchedule schedule_;
   const torch::Device device_;
   const SchedulerLimits limits_;
-  const int fill_rows_;  // rows admission fills the batch to: cpu_batch_rows on a CPU, else max_batch_rows
+  // Rows admission fills the batch to: cpu_batch_rows on a CPU, else max_batch_rows; on a CPU,
+  // FillRowsLocked raises it to max_batch_rows while no place frees within cpu_batch_wait_steps.
+  const int fill_rows_;
 
   mutable Mutex mu_;
   CondVar cv_;

@@ -214,6 +214,7 @@ TEST(Scheduler, OnACpuTheBatchFillsToCpuBatchRows) {
     SCOPED_TRACE("cpu_batch_rows " + std::to_string(cpu_batch_rows));
     SchedulerLimits limits = Limits(8, 16);
     limits.cpu_batch_rows = cpu_batch_rows;
+    limits.cpu_batch_wait_steps = 0;  // always wait for a place (the rule below is tested apart)
     BatchScheduler s("tiny", m, torch::kCPU, limits);
     auto first = std::make_shared<Probe>(), second = std::make_shared<Probe>();
     auto first_job = LongJob("first", 2, first);
@@ -265,6 +266,40 @@ TEST(Scheduler, OnACpuTheBatchFillsToCpuBatchRows) {
     const SchedulerStats st = s.stats();
     EXPECT_EQ(st.steps, 6);          // three steps of the first request, then three of the second
     EXPECT_EQ(st.rows_stepped, 9);   // 2 + 2 + 2 + 1 + 1 + 1: never three rows in one step
+    s.Stop();
+  }
+  // A head bigger than cpu_batch_rows waits for the empty batch when the running requests end
+  // within the wait steps (the batch stays within cpu_batch_rows meanwhile), and a head that
+  // would not fit even max_batch_rows raises nothing for the requests behind it.
+  {
+    SchedulerLimits limits = Limits(8, 16);
+    limits.cpu_batch_rows = 2;
+    limits.cpu_batch_wait_steps = 4;
+    BatchScheduler s("tiny", m, torch::kCPU, limits);
+    auto first = std::make_shared<Probe>(), big = std::make_shared<Probe>();
+    ASSERT_TRUE(s.Submit(MakeJob("first", 2, 3, SamplerKind::kDdim, first)).ok());
+    ASSERT_TRUE(s.Submit(MakeJob("big", 3, 3, SamplerKind::kDdim, big)).ok());
+    ASSERT_TRUE(big->WaitDone());
+    EXPECT_TRUE(big->outcome.status.ok()) << big->outcome.status.message();
+    const SchedulerStats st = s.stats();
+    EXPECT_EQ(st.steps, 6);         // the first request's three steps, then the big one's
+    EXPECT_EQ(st.rows_stepped, 15);  // 2 + 2 + 2 + 3 + 3 + 3: never five rows in one step
+    s.Stop();
+  }
+  {
+    SchedulerLimits limits = Limits(8, 16);
+    limits.cpu_batch_rows = 2;
+    limits.cpu_batch_wait_steps = 4;
+    BatchScheduler s("tiny", m, torch::kCPU, limits);
+    auto running = std::make_shared<Probe>(), huge = std::make_shared<Probe>(), small = std::make_shared<Probe>();
+    ASSERT_TRUE(s.Submit(LongJob("running", 2, running)).ok());
+    ASSERT_TRUE(WaitStats(s, [](const SchedulerStats& st) { return st.running_rows == 2 && st.steps > 0; }));
+    ASSERT_TRUE(s.Submit(LongJob("huge", 7, huge)).ok());  // 2 + 7 > max_batch_rows 8
+    ASSERT_TRUE(s.Submit(LongJob("small", 1, small)).ok());
+    const int64_t steps = s.stats().steps;
+    ASSERT_TRUE(WaitStats(s, [&](const SchedulerStats& st) { return st.steps >= steps + 3; }));
+    EXPECT_EQ(s.stats().running_rows, 2);  // the small one did not pass into a batch past 2 rows
+    EXPECT_EQ(s.stats().queued_rows, 8);
     s.Stop();
   }
   // An empty batch takes a request bigger than cpu_batch_rows (up to max_batch_rows).
