@@ -238,11 +238,14 @@ TEST(Scheduler, OnACpuTheBatchFillsToCpuBatchRows) {
   }
   // With cpu_batch_wait_steps, a request behind a running one that frees no place within that
   // many steps joins the batch at once (up to max_batch_rows), as on a GPU ...
-  {
+  auto cpu_fill = [] {
     SchedulerLimits limits = Limits(8, 16);
     limits.cpu_batch_rows = 2;
     limits.cpu_batch_wait_steps = 4;
-    BatchScheduler s("tiny", m, torch::kCPU, limits);
+    return limits;
+  };
+  {
+    BatchScheduler s("tiny", m, torch::kCPU, cpu_fill());
     auto first = std::make_shared<Probe>(), second = std::make_shared<Probe>();
     ASSERT_TRUE(s.Submit(LongJob("first", 2, first)).ok());
     ASSERT_TRUE(WaitStats(s, [](const SchedulerStats& st) { return st.running_rows == 2 && st.steps > 0; }));
@@ -251,46 +254,25 @@ TEST(Scheduler, OnACpuTheBatchFillsToCpuBatchRows) {
     EXPECT_EQ(first->DoneCalls(), 0);  // joined while the first request still ran
     s.Stop();
   }
-  // ... and one behind a request that finishes within them waits for its place.
-  {
-    SchedulerLimits limits = Limits(8, 16);
-    limits.cpu_batch_rows = 2;
-    limits.cpu_batch_wait_steps = 4;
-    BatchScheduler s("tiny", m, torch::kCPU, limits);
+  // ... one behind a request that ends within them waits: for a place within cpu_batch_rows (a
+  // 1-row head), or for the empty batch (a 3-row head, bigger than cpu_batch_rows) ...
+  for (int head : {1, 3}) {
+    SCOPED_TRACE("head of " + std::to_string(head) + " rows");
+    BatchScheduler s("tiny", m, torch::kCPU, cpu_fill());
     auto first = std::make_shared<Probe>(), second = std::make_shared<Probe>();
     ASSERT_TRUE(s.Submit(MakeJob("first", 2, 3, SamplerKind::kDdim, first)).ok());
-    ASSERT_TRUE(s.Submit(MakeJob("second", 1, 3, SamplerKind::kDdim, second)).ok());
+    ASSERT_TRUE(s.Submit(MakeJob("second", head, 3, SamplerKind::kDdim, second)).ok());
     ASSERT_TRUE(first->WaitDone());
     ASSERT_TRUE(second->WaitDone());
     EXPECT_TRUE(second->outcome.status.ok()) << second->outcome.status.message();
     const SchedulerStats st = s.stats();
-    EXPECT_EQ(st.steps, 6);          // three steps of the first request, then three of the second
-    EXPECT_EQ(st.rows_stepped, 9);   // 2 + 2 + 2 + 1 + 1 + 1: never three rows in one step
+    EXPECT_EQ(st.steps, 6);                    // three steps of the first request, then three of the second
+    EXPECT_EQ(st.rows_stepped, 6 + 3 * head);  // never 2 + head rows in one step
     s.Stop();
   }
-  // A head bigger than cpu_batch_rows waits for the empty batch when the running requests end
-  // within the wait steps (the batch stays within cpu_batch_rows meanwhile), and a head that
-  // would not fit even max_batch_rows raises nothing for the requests behind it.
+  // ... and a head that would not fit even max_batch_rows raises nothing for those behind it.
   {
-    SchedulerLimits limits = Limits(8, 16);
-    limits.cpu_batch_rows = 2;
-    limits.cpu_batch_wait_steps = 4;
-    BatchScheduler s("tiny", m, torch::kCPU, limits);
-    auto first = std::make_shared<Probe>(), big = std::make_shared<Probe>();
-    ASSERT_TRUE(s.Submit(MakeJob("first", 2, 3, SamplerKind::kDdim, first)).ok());
-    ASSERT_TRUE(s.Submit(MakeJob("big", 3, 3, SamplerKind::kDdim, big)).ok());
-    ASSERT_TRUE(big->WaitDone());
-    EXPECT_TRUE(big->outcome.status.ok()) << big->outcome.status.message();
-    const SchedulerStats st = s.stats();
-    EXPECT_EQ(st.steps, 6);         // the first request's three steps, then the big one's
-    EXPECT_EQ(st.rows_stepped, 15);  // 2 + 2 + 2 + 3 + 3 + 3: never five rows in one step
-    s.Stop();
-  }
-  {
-    SchedulerLimits limits = Limits(8, 16);
-    limits.cpu_batch_rows = 2;
-    limits.cpu_batch_wait_steps = 4;
-    BatchScheduler s("tiny", m, torch::kCPU, limits);
+    BatchScheduler s("tiny", m, torch::kCPU, cpu_fill());
     auto running = std::make_shared<Probe>(), huge = std::make_shared<Probe>(), small = std::make_shared<Probe>();
     ASSERT_TRUE(s.Submit(LongJob("running", 2, running)).ok());
     ASSERT_TRUE(WaitStats(s, [](const SchedulerStats& st) { return st.running_rows == 2 && st.steps > 0; }));
