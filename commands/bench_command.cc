@@ -109,6 +109,7 @@ void AddBenchCommand(CLI::App& app, const CommonOptions& common) {
     const torch::Device device(device_name);
     if (a->cudnn_benchmark && !device.is_cuda()) Fail("--cudnn-benchmark is for a GPU: run it with --device cuda");
     at::globalContext().setBenchmarkCuDNN(a->cudnn_benchmark);
+    if (a->nchw && !device.is_cuda()) Fail("--nchw is for a GPU (a CPU network is always NCHW): run it with --device cuda");
     if (a->check_cpu > 0 && a->model.empty()) Fail("--check-cpu needs --model");
     if (a->check_cpu > 0 && !device.is_cuda()) Fail("--check-cpu compares a GPU with the CPU: run it with --device cuda");
     if (a->check_precision > 0 && a->model.empty()) Fail("--check-precision needs --model");
@@ -126,8 +127,6 @@ void AddBenchCommand(CLI::App& app, const CommonOptions& common) {
     }
     if (a->steps > info.schedule.timesteps) Fail("--steps must be at most T=" + std::to_string(info.schedule.timesteps));
     net->to(device);
-    net->eval();
-    if (a->nchw && !device.is_cuda()) Fail("--nchw is for a GPU (a CPU network is always NCHW): run it with --device cuda");
     AppConfig bench_config = config;  // bench folds by its flag, not by the config
     bench_config.fold_batchnorm = a->fold_batchnorm ? "true" : "false";
     const bool bf16 = PrepareForInference(net, bench_config, device_name, !a->nchw);

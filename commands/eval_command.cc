@@ -318,7 +318,6 @@ void AddEvalCommand(CLI::App& app, const CommonOptions& common) {
     }
 
     model.net->to(device);
-    model.net->eval();
     if (PrepareForInference(model.net, config, device.str())) spdlog::info("sampling in bf16 (precision {})", config.precision);
     const NoiseSchedule schedule(model.info.schedule);
     Result<QualityReport> real = meter->MeasureHeldOutReal(a->per_class);

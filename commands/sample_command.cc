@@ -62,7 +62,6 @@ void AddSampleCommand(CLI::App& app, const CommonOptions& common) {
     Result<LoadedModel> model = LoadModel(dir);
     if (!model.ok()) Fail(model.status().message());
     model->net->to(torch::Device(device));
-    model->net->eval();
     PrepareForInference(model->net, config, device);
     const ModelInfo& info = model->info;
 

@@ -134,9 +134,9 @@ class ContextUnetImpl : public torch::nn::Module {
 TORCH_MODULE(ContextUnet);
 
 // Converts a loaded network, already on device and not yet used by a StepGraphs capture (the
-// conversions replace its weights), for inference there, in the one order they compose: fold
-// the BatchNorms (if fold_batchnorm), then bf16 (if bf16), then channels-last on a CUDA device
-// (unless channels_last_on_cuda is false). The daemon's scheduler and the offline commands both
+// conversions replace its weights), for inference there (eval mode), in the one order they
+// compose: fold the BatchNorms (if fold_batchnorm), then bf16 (if bf16), then channels-last on
+// a CUDA device (unless channels_last_on_cuda is false). The daemon's scheduler and the offline commands both
 // convert through this, so they draw the same sprites.
 void ConvertForInference(ContextUnet& net, const torch::Device& device, bool fold_batchnorm, bool bf16,
                          bool channels_last_on_cuda = true);

@@ -27,7 +27,6 @@ torch::Tensor Pinned(const torch::Tensor& host, torch::Device device) {
 
 // A CPU tensor's copy on device (see Pinned); on a CPU device, host itself.
 torch::Tensor HostToDevice(const torch::Tensor& host, torch::Device device) {
-  if (!device.is_cuda()) return host.to(device);
   return Pinned(host, device).to(device, host.scalar_type(), /*non_blocking=*/true);
 }
 }  // namespace

@@ -51,7 +51,6 @@ BatchScheduler::BatchScheduler(std::string model_name, LoadedModel model, torch:
       fill_rows_(device.is_cpu() && limits.cpu_batch_rows > 0 ? std::min(limits.cpu_batch_rows, limits.max_batch_rows)
                                                                : limits.max_batch_rows) {
   net_->to(device_);
-  net_->eval();
   // The scheduler owns this network (the registry hands it over), so folding cannot surprise a saver.
   ConvertForInference(net_, device_, limits_.fold_batchnorm, limits_.bf16);
   if (limits_.cuda_graphs && device_.is_cuda() && StepGraphs::CompiledWithCuda()) {
