@@ -21,6 +21,14 @@ if [ "${1:-}" = "--prepare" ]; then
   mkdir -p .gpu/debs .gpu/data .gpu/evalcache
   (cd .gpu/debs && apt-get download libspdlog-dev libspdlog1.10 libfmt-dev libfmt9 nlohmann-json3-dev \
      libcli11-dev libpng-dev libpng16-16 zlib1g-dev zlib1g)
+  # The daemon and spritectl (gRPC, Protobuf, cpp-httplib, GoogleTest for CMake's checks), so the
+  # run also builds and serves there; without this folder it builds the offline spritediffd alone.
+  mkdir -p .gpu/debs-server
+  (cd .gpu/debs-server && apt-get download libgrpc29 libgrpc++1.51 libgrpc-dev libgrpc++-dev \
+     protobuf-compiler-grpc protobuf-compiler libprotoc32 libprotobuf32 libprotobuf-lite32 libprotobuf-dev \
+     libabsl20220623 libabsl-dev libc-ares2 libc-ares-dev libre2-9 libre2-dev libssl3 libssl-dev \
+     libcpp-httplib0.11 libcpp-httplib-dev libbrotli1 libbrotli-dev libgif7 libgif-dev libgtest-dev libgmock-dev \
+     pkgconf pkgconf-bin libpkgconf3)
   cp -r ../shared/data/dcss-sprites .gpu/data/
   [ -d "${EVAL_CACHE:-state/eval-cache}" ] && cp -r "${EVAL_CACHE:-state/eval-cache}"/. .gpu/evalcache/
   du -sh .gpu
@@ -44,6 +52,14 @@ g++ --version | head -1; cmake --version | head -1; command -v ninja nvcc
 DEPS=/tmp/spritediff-deps
 mkdir -p $DEPS
 for f in .gpu/debs/*.deb; do dpkg -x "$f" $DEPS; done
+SERVER=OFF
+if ls .gpu/debs-server/*.deb > /dev/null 2>&1; then
+  for f in .gpu/debs-server/*.deb; do dpkg -x "$f" $DEPS; done
+  SERVER=ON
+  # cpp-httplib is found through pkg-config: only the unpacked .pc files, their paths under $DEPS.
+  export PKG_CONFIG_LIBDIR=$DEPS/usr/lib/x86_64-linux-gnu/pkgconfig:$DEPS/usr/share/pkgconfig PKG_CONFIG_SYSROOT_DIR=$DEPS
+  export PATH=$DEPS/usr/bin:$PATH
+fi
 TORCH_DIR=$(python3 -c 'import torch, os; print(os.path.dirname(torch.__file__))')
 export LD_LIBRARY_PATH=$DEPS/usr/lib/x86_64-linux-gnu:$TORCH_DIR/lib:${LD_LIBRARY_PATH:-}
 CUDA_ROOT=$(dirname "$(dirname "$(command -v nvcc || echo /usr/local/cuda/bin/nvcc)")")
@@ -52,14 +68,17 @@ BIN=build-gpu/bin/spritediffd
 LOGS=/tmp/spritediff-logs   # build logs stay there; their errors are printed (8 files come back)
 mkdir -p $LOGS
 GEN="Unix Makefiles"; command -v ninja > /dev/null && GEN=Ninja
-cmake_build() {  # $1: ON|OFF for SPRITEDIFF_DISTRIBUTED
-  cmake -S . -B build-gpu -G "$GEN" -DCMAKE_BUILD_TYPE=Release -DSPRITEDIFF_OFFLINE_ONLY=ON \
+cmake_build() {  # $1: ON|OFF for SPRITEDIFF_DISTRIBUTED; $2: ON for the daemon and spritectl too
+  local targets="spritediffd"; [ "${2:-OFF}" = ON ] && targets="spritediffd spritectl"
+  rm -f build-gpu/CMakeCache.txt
+  cmake -S . -B build-gpu -G "$GEN" -DCMAKE_BUILD_TYPE=Release -DSPRITEDIFF_OFFLINE_ONLY=$([ "${2:-OFF}" = ON ] && echo OFF || echo ON) \
+    -DSPRITEDIFF_TCMALLOC=OFF -DPKG_CONFIG_EXECUTABLE=$DEPS/usr/bin/pkgconf \
     -DSPRITEDIFF_DISTRIBUTED="$1" -DCMAKE_PREFIX_PATH="$TORCH_DIR/share/cmake;$DEPS/usr" \
     -DCUDAToolkit_ROOT="$CUDA_ROOT" -DCMAKE_CUDA_COMPILER="$CUDA_ROOT/bin/nvcc" > $LOGS/cmake.log 2>&1 \
     || { tail -30 $LOGS/cmake.log; return 2; }
   grep -i "spritediff:\|cuda\|warn" $LOGS/cmake.log | head -12
   local keep="-k"; [ "$GEN" = Ninja ] && keep="-k 0"
-  cmake --build build-gpu -j "$JOBS" --target spritediffd -- $keep > $LOGS/build.log 2>&1 \
+  cmake --build build-gpu -j "$JOBS" --target $targets -- $keep > $LOGS/build.log 2>&1 \
     || { grep "error:" $LOGS/build.log | sort -u | head -20; grep -B2 -A8 "error" $LOGS/build.log | head -60; return 1; }
 }
 
@@ -85,9 +104,14 @@ manual_build() {  # no CMake: g++ straight against the wheel's headers and libra
 # PyTorch's wheels (2.11 at least) ship no Gloo headers, which c10d's ProcessGroupGloo.hpp needs.
 DIST=OFF; [ -f "$TORCH_DIR/include/gloo/algorithm.h" ] && DIST=ON
 rm -f "$BIN"  # a warm machine keeps build-gpu/: never report a binary this run did not build
-el "build (CMake, SPRITEDIFF_DISTRIBUTED=$DIST)"
-cmake_build $DIST
-rc=$?
+rc=1
+if [ $SERVER = ON ]; then
+  el "build with the daemon (CMake, SPRITEDIFF_DISTRIBUTED=OFF)"
+  cmake_build OFF ON
+  rc=$?
+  [ $rc = 0 ] || el "the daemon's build failed (rc $rc): the offline spritediffd alone"
+fi
+[ $rc = 0 ] || { el "build (CMake, SPRITEDIFF_DISTRIBUTED=$DIST)"; cmake_build $DIST; rc=$?; }
 if [ $rc != 0 ]; then
   if [ $rc = 1 ] && [ $DIST = ON ]; then
     el "build failed with c10d: again with SPRITEDIFF_DISTRIBUTED=OFF"
@@ -113,6 +137,53 @@ for v in "${VARIANTS[@]}"; do
   el "bench $v"
   timeout 90 $BIN --threads 8 --device cuda bench $BENCH_ARGS $v
 done
+
+# The daemon on cuda:0 as a user runs it (build/bin, the shipped config, "device": "auto"): the
+# same request answered by it and by a CPU daemon (fp32) compared pixel by pixel, then the
+# serving figures and the open-loop sweep (CAP_CLIENTS max_batch_rows: a GPU fills to it).
+if [ -x build-gpu/bin/spritectl ] && [ "$(left)" -gt 200 ]; then
+  rm -rf build && ln -s build-gpu build
+  el "daemon on cuda and on the CPU: the same request"
+  sed 's/"precision": *"auto"/"precision": "fp32"/' configs/default.json > /tmp/cpu-fp32.json
+  build/bin/spritediffd --threads 8 serve --port 50061 --metrics-port 0 > $OUT/daemon-cuda.log 2>&1 &
+  gpu_pid=$!
+  build/bin/spritediffd --threads 8 --device cpu --config /tmp/cpu-fp32.json serve --port 50062 --metrics-port 0 \
+    > /tmp/daemon-cpu.log 2>&1 &
+  cpu_pid=$!
+  for port in 50061 50062; do
+    for _ in $(seq 150); do build/bin/spritectl health --server 127.0.0.1:$port --connect-timeout 0.2 > /dev/null 2>&1 && break; sleep 0.2; done
+  done
+  for port in 50061 50062; do
+    for label in hero food; do
+      timeout 60 build/bin/spritectl sample --server 127.0.0.1:$port --label $label --count 16 --seed 7 --quiet \
+        --out /tmp/sprites-$port-$label/ || echo "sample on port $port failed: $?"
+      timeout 60 build/bin/spritectl sample --server 127.0.0.1:$port --label $label --count 4 --seed 7 --quiet \
+        --sampler ddpm --out /tmp/sprites-$port-$label-ddpm/ || echo "ddpm sample on port $port failed: $?"
+    done
+  done
+  python3 - <<'PY'
+import glob, os
+import numpy as np
+from PIL import Image
+worst = 0
+for d in sorted(glob.glob('/tmp/sprites-50061-*')):
+    other = d.replace('50061', '50062')
+    names = sorted(f for f in os.listdir(d) if f.endswith('.png') and 'grid' not in f)
+    diffs = []
+    for f in names:
+        a = np.asarray(Image.open(os.path.join(d, f)).convert('RGB'), dtype=np.int16)
+        b = np.asarray(Image.open(os.path.join(other, f)).convert('RGB'), dtype=np.int16)
+        diffs.append(int(np.abs(a - b).max()))
+    worst = max([worst] + diffs)
+    print(f"{os.path.basename(d)}: {len(names)} sprites, max pixel difference cuda vs cpu fp32 per sprite {diffs}")
+print(f"daemon cuda vs cpu fp32: max pixel difference {worst}/255")
+PY
+  grep -i "device\|graph\|warn\|error" $OUT/daemon-cuda.log | head -8
+  kill $gpu_pid $cpu_pid; wait $gpu_pid $cpu_pid 2> /dev/null
+  el "bench-serving on cuda"
+  THREADS=8 timeout 150 scripts/bench-serving.sh 2>&1 | grep -v '^{' | tail -14
+  [ "$(left)" -gt 150 ] && { el "bench-load on cuda"; THREADS=8 CAP_CLIENTS=64 DURATION=20 timeout $(( $(left) - 40 )) scripts/bench-load.sh; }
+fi
 
 EVAL="--data .gpu/data/dcss-sprites --cache-dir .gpu/evalcache --per-class 100"
 el "eval models/sprites16 (its defaults)"
