@@ -109,8 +109,11 @@ void SetThreadIntraOpThreads(int threads) {
   using SetFn = void (*)(int);
   static const auto omp_set = reinterpret_cast<SetFn>(dlsym(RTLD_DEFAULT, "omp_set_num_threads"));
   // MKL (CUDA builds of libtorch) keeps a per-thread count of its own that outranks OpenMP's.
+  // Its C entry point is MKL_Set_Num_Threads_Local (mkl_service.h defines the lowercase name
+  // to it); the lowercase symbol is the Fortran interface, which takes a pointer: called with
+  // an int, it crashed the daemon's scheduler thread on PyTorch 2.11's libtorch (2026-11-26).
   using MklSetFn = int (*)(int);
-  static const auto mkl_set_local = reinterpret_cast<MklSetFn>(dlsym(RTLD_DEFAULT, "mkl_set_num_threads_local"));
+  static const auto mkl_set_local = reinterpret_cast<MklSetFn>(dlsym(RTLD_DEFAULT, "MKL_Set_Num_Threads_Local"));
   if (omp_set != nullptr) omp_set(threads);
   if (mkl_set_local != nullptr) mkl_set_local(threads);
   const bool mkl_unset = at::globalContext().hasMKL() && mkl_set_local == nullptr;

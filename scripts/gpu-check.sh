@@ -125,6 +125,30 @@ fi
 ldd $BIN | grep -E "torch|c10|cuda" | head
 el "built"
 
+# The daemon must start: where it dies at once, a backtrace (cuda-gdb debugs host code too) and
+# what PyTorch's libraries export of the libraries the daemon also loads (protobuf, absl).
+if [ -x build-gpu/bin/spritectl ]; then
+  timeout 20 build-gpu/bin/spritediffd --threads 2 --device cpu serve --port 50069 --metrics-port 0 > /tmp/smoke.log 2>&1
+  rc=$?
+  if [ $rc != 124 ]; then
+    el "the daemon exited with $rc within 20 s"; tail -5 /tmp/smoke.log
+    for lib in libtorch_cpu.so libtorch.so libc10.so libtorch_cuda.so; do
+      echo "$lib exports: protobuf $(nm -D --defined-only $TORCH_DIR/lib/$lib | grep -c 'google8protobuf') absl $(nm -D --defined-only $TORCH_DIR/lib/$lib | grep -c 'absl')"
+    done
+    find $TORCH_DIR/include -name common.h -path '*protobuf/stubs*' -exec grep -H "define GOOGLE_PROTOBUF_VERSION " {} \;
+    command -v cuda-gdb > /dev/null && timeout 60 cuda-gdb -batch -ex run -ex bt -ex "info sharedlibrary" --args \
+      build-gpu/bin/spritediffd --threads 2 --device cpu serve --port 50069 --metrics-port 0 2>&1 | grep -v "^\[New Thread\|^\[Thread" | head -80
+    for pre in libprotobuf.so.32 "libprotobuf.so.32 libgrpc++.so.1.51 libgrpc.so.29"; do
+      LD_PRELOAD=$(for l in $pre; do printf '%s ' "$DEPS/usr/lib/x86_64-linux-gnu/$l"; done) timeout 10 \
+        build-gpu/bin/spritediffd --threads 2 --device cpu serve --port 50069 --metrics-port 0 > /tmp/smoke2.log 2>&1
+      echo "with LD_PRELOAD of $pre: exit $? (124 = still running after 10 s)"
+    done
+    [ -n "${STOP_IF_DAEMON_FAILS:-}" ] && exit 3
+  else
+    el "the daemon started and ran for 20 s"
+  fi
+fi
+
 BENCH_ARGS="--model models/sprites16 --batches 1,64 --ddim-batch 1,64 --repeats 20"
 timeout 150 $BIN --threads 8 --device cuda bench $BENCH_ARGS --train-batch 100 --check-cpu 40
 el "bench done"
