@@ -1,12 +1,17 @@
 #!/usr/bin/env bash
 # One prepared run on a GPU machine lent through the `device` tool (issues 12 and 15):
-#   1. builds the offline spritediffd (SPRITEDIFF_OFFLINE_ONLY: core, common, commands) against
-#      the machine's CUDA libtorch (its PyTorch's), with Debian's spdlog/fmt/nlohmann-json/CLI11/
-#      libpng .debs unpacked beside it;
+#   1. builds spritediffd and spritectl against the machine's CUDA libtorch (its PyTorch's), with
+#      Debian 12's .debs (spdlog, fmt, nlohmann-json, CLI11, libpng; gRPC, Protobuf, cpp-httplib
+#      and theirs from .gpu/debs-server) unpacked beside it; without .gpu/debs-server, or where
+#      that build fails, the offline spritediffd alone (SPRITEDIFF_OFFLINE_ONLY); then starts the
+#      daemon for 20 s and, where it dies, prints a backtrace (cuda-gdb);
 #   2. bench on cuda: batch-1 step time (pipelined and waited for) and DDIM rows/s eager vs CUDA
 #      graphs (plain, BatchNorm folded, NCHW, cuDNN's autotuner), training images/s, and the
 #      same fixed seeds on GPU (eager, graphs) and CPU, max pixel difference;
-#   3. measures the bundled model with the quality meter (spritediffd eval) and, with TRAIN_OUT and
+#   3. with the daemon built: the same requests (DDIM and DDPM, fixed seeds) to a daemon on cuda:0
+#      and one on the CPU (fp32), max pixel difference, then bench-serving.sh and bench-load.sh
+#      (CAP_CLIENTS 64, 20 s a level) against the daemon on cuda:0;
+#   4. measures the bundled model with the quality meter (spritediffd eval) and, with TRAIN_OUT and
 #      TRAIN_ARGS set, trains a model on the GPU and measures it.
 # Everything it prints goes to $OUT/gpu-check.log; weights and the training state come back
 # under $OUT (16 MiB a file: the state is split). Prepare the carried folder first, here:

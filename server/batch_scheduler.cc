@@ -188,22 +188,15 @@ int BatchScheduler::FillRowsLocked() const {
   // A head that fits nowhere but an empty batch gains nothing from a fuller one, and the rows
   // behind it would overtake it into a batch past cpu_batch_rows.
   if (running_rows_ + head > limits_.max_batch_rows) return fill_rows_;
-  // Rows the running requests free within cpu_batch_wait_steps steps, or within the head's own
-  // step count where that is more (a request's rows finish together with its last one; a
-  // cancelled or expired one is retired at the next step). Waiting k <= s steps for a place and
-  // then running its s steps in a batch of cpu_batch_rows costs the head no more than running
-  // them now in a batch twice as full, whose steps take 1.8x as long on a 2-core CPU, and spares
-  // the running rows that slowdown; under overload every head waits, so the batch stays at
-  // cpu_batch_rows and the excess is refused (max_queue_wait_s) instead of slowing all.
-  const int head_steps = queue_.front()->rows.empty() ? 0 : queue_.front()->rows.front().steps;
-  const int wait_steps = std::max(limits_.cpu_batch_wait_steps, head_steps);
+  // Rows the running requests free within cpu_batch_wait_steps steps (a request's rows finish
+  // together with its last one; a cancelled or expired one is retired at the next step).
   const auto now = SteadyClock::now();
   int freed = 0;
   for (const Running& r : running_) {
     int left = 0;
     for (const SampleRow& row : r.rows) left = std::max(left, row.steps_total() - row.steps_done());
     const bool ending = r.job->cancelled.load() || (r.job->deadline && now > *r.job->deadline);
-    if (ending || left <= wait_steps) freed += static_cast<int>(r.rows.size());
+    if (ending || left <= limits_.cpu_batch_wait_steps) freed += static_cast<int>(r.rows.size());
   }
   // Waits when a place within cpu_batch_rows frees up in time, or the batch empties in time (a
   // head bigger than cpu_batch_rows then gets the empty batch, as without this rule).

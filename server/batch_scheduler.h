@@ -85,10 +85,9 @@ struct SchedulerLimits {
   // GPUs, where a step of 64 rows costs about what one costs, fill to max_batch_rows.
   int cpu_batch_rows = 0;
   // On a CPU device with cpu_batch_rows set: the queue's first request waits for a place within
-  // cpu_batch_rows only when the running requests free one within this many steps, or within
-  // its own step count where that is more; else (behind big, long requests) it joins at the next
-  // step, up to max_batch_rows, as on a GPU. 0 = it always waits for a place within
-  // cpu_batch_rows. As AppConfig's.
+  // cpu_batch_rows only when the running requests free one within this many steps; else (behind
+  // big, long requests) it joins at the next step, up to max_batch_rows, as on a GPU. 0 = it
+  // always waits for a place within cpu_batch_rows. As AppConfig's.
   int cpu_batch_wait_steps = 4;
   int max_queued_rows = 1024;
   int threads = 1;  // intra-op threads of the scheduler thread

@@ -237,8 +237,7 @@ TEST(Scheduler, OnACpuTheBatchFillsToCpuBatchRows) {
     s.Stop();
   }
   // With cpu_batch_wait_steps, a request behind a running one that frees no place within that
-  // many steps, nor within the request's own steps, joins the batch at once (up to
-  // max_batch_rows), as on a GPU ...
+  // many steps joins the batch at once (up to max_batch_rows), as on a GPU ...
   auto cpu_fill = [] {
     SchedulerLimits limits = Limits(8, 16);
     limits.cpu_batch_rows = 2;
@@ -250,24 +249,9 @@ TEST(Scheduler, OnACpuTheBatchFillsToCpuBatchRows) {
     auto first = std::make_shared<Probe>(), second = std::make_shared<Probe>();
     ASSERT_TRUE(s.Submit(LongJob("first", 2, first)).ok());
     ASSERT_TRUE(WaitStats(s, [](const SchedulerStats& st) { return st.running_rows == 2 && st.steps > 0; }));
-    ASSERT_TRUE(s.Submit(MakeJob("second", 1, 50, SamplerKind::kDdim, second)).ok());
+    ASSERT_TRUE(s.Submit(LongJob("second", 1, second)).ok());
     ASSERT_TRUE(WaitStats(s, [](const SchedulerStats& st) { return st.running_rows == 3 && st.queued_rows == 0; }));
     EXPECT_EQ(first->DoneCalls(), 0);  // joined while the first request still ran
-    s.Stop();
-  }
-  // ... but one whose own steps outlast what the running request has left waits for its place
-  // (the rule that keeps an overloaded batch at cpu_batch_rows) ...
-  {
-    BatchScheduler s("tiny", m, torch::kCPU, cpu_fill());
-    auto first = std::make_shared<Probe>(), second = std::make_shared<Probe>();
-    ASSERT_TRUE(s.Submit(MakeJob("first", 2, 40, SamplerKind::kDdim, first)).ok());
-    ASSERT_TRUE(s.Submit(MakeJob("second", 1, 60, SamplerKind::kDdim, second)).ok());
-    ASSERT_TRUE(first->WaitDone());
-    ASSERT_TRUE(second->WaitDone());
-    EXPECT_TRUE(second->outcome.status.ok()) << second->outcome.status.message();
-    const SchedulerStats st = s.stats();
-    EXPECT_EQ(st.steps, 100);                  // forty steps of the first request, then sixty of the second
-    EXPECT_EQ(st.rows_stepped, 2 * 40 + 60);   // never three rows in one step
     s.Stop();
   }
   // ... one behind a request that ends within them waits: for a place within cpu_batch_rows (a
