@@ -86,8 +86,10 @@ struct SchedulerLimits {
   int cpu_batch_rows = 0;
   // On a CPU device with cpu_batch_rows set: the queue's first request waits for a place within
   // cpu_batch_rows only when the running requests free one within this many steps; else (behind
-  // big, long requests) it joins at the next step, up to max_batch_rows, as on a GPU. 0 = it
-  // always waits for a place within cpu_batch_rows. As AppConfig's.
+  // big, long requests) it joins at the next step, up to max_batch_rows, as on a GPU, except
+  // while the scheduler is refusing requests (one within kOverloadWindow): past capacity a
+  // bigger batch would only slow every accepted request. 0 = it always waits for a place within
+  // cpu_batch_rows. As AppConfig's.
   int cpu_batch_wait_steps = 4;
   int max_queued_rows = 1024;
   int threads = 1;  // intra-op threads of the scheduler thread
@@ -106,6 +108,10 @@ struct SchedulerLimits {
   // grows without bound. 0 = off (only max_queued_rows bounds the queue).
   double max_queue_wait_s = 0;
 };
+
+// How long after refusing a request (RESOURCE_EXHAUSTED: max_queue_wait_s, max_queued_rows) the
+// scheduler counts as overloaded: on a CPU the batch then stays within cpu_batch_rows.
+inline constexpr std::chrono::seconds kOverloadWindow{5};
 
 struct SchedulerStats {
   int64_t steps = 0;           // batched forwards run
@@ -146,7 +152,8 @@ class BatchScheduler {
   // Moves queued jobs that fit into `admitted` (rows are built outside the lock).
   void TakeAdmissibleLocked(std::vector<std::shared_ptr<SampleJob>>& admitted) REQUIRES(mu_);
   // The rows admission fills the batch to now: fill_rows_, or max_batch_rows when the queue's
-  // first request would wait past cpu_batch_wait_steps for a place (loop thread: reads running_).
+  // first request would wait past cpu_batch_wait_steps for a place and nothing was refused
+  // within kOverloadWindow (loop thread: reads running_).
   int FillRowsLocked() const REQUIRES(mu_);
   void Admit(std::vector<std::shared_ptr<SampleJob>>& admitted);
   void RetireCancelledAndExpired();
@@ -176,6 +183,7 @@ class BatchScheduler {
   int queued_rows_ GUARDED_BY(mu_) = 0;
   double queued_work_ GUARDED_BY(mu_) = 0;       // forward rows x steps of the queued jobs
   double work_per_s_ GUARDED_BY(mu_) = 0;        // forward rows x steps per second, smoothed over steps
+  std::optional<SteadyClock::time_point> last_refusal_ GUARDED_BY(mu_);  // the latest RESOURCE_EXHAUSTED
   bool stopping_ GUARDED_BY(mu_) = false;
   Status stop_reason_ GUARDED_BY(mu_);
   bool wake_ GUARDED_BY(mu_) = false;

@@ -254,6 +254,29 @@ TEST(Scheduler, OnACpuTheBatchFillsToCpuBatchRows) {
     EXPECT_EQ(first->DoneCalls(), 0);  // joined while the first request still ran
     s.Stop();
   }
+  // ... but not within kOverloadWindow of a refusal: past capacity the batch stays at
+  // cpu_batch_rows ...
+  {
+    SchedulerLimits limits = cpu_fill();
+    limits.max_queue_wait_s = 0.001;
+    BatchScheduler s("tiny", m, torch::kCPU, limits);
+    auto running = std::make_shared<Probe>(), huge = std::make_shared<Probe>(), refused = std::make_shared<Probe>(),
+         later = std::make_shared<Probe>();
+    ASSERT_TRUE(s.Submit(LongJob("running", 2, running)).ok());
+    ASSERT_TRUE(WaitStats(s, [](const SchedulerStats& st) { return st.running_rows == 2 && st.steps > 2; }));
+    auto huge_job = LongJob("huge", 7, huge);  // 2 + 7 > max_batch_rows 8: waits for the empty batch
+    ASSERT_TRUE(s.Submit(huge_job).ok());
+    EXPECT_EQ(s.Submit(LongJob("refused", 1, refused)).code(), Status::Code::kResourceExhausted);
+    huge_job->cancelled.store(true);  // the queue empties
+    s.Wake();
+    ASSERT_TRUE(huge->WaitDone());
+    ASSERT_TRUE(s.Submit(LongJob("later", 1, later)).ok());  // nothing queued ahead: accepted
+    const int64_t steps = s.stats().steps;
+    ASSERT_TRUE(WaitStats(s, [&](const SchedulerStats& st) { return st.steps >= steps + 3; }));
+    EXPECT_EQ(s.stats().running_rows, 2);  // without the refusal it would have joined (3 rows)
+    EXPECT_EQ(s.stats().queued_rows, 1);
+    s.Stop();
+  }
   // ... one behind a request that ends within them waits: for a place within cpu_batch_rows (a
   // 1-row head), or for the empty batch (a 3-row head, bigger than cpu_batch_rows) ...
   for (int head : {1, 3}) {
