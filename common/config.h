@@ -23,7 +23,8 @@ struct AppConfig {
                                  // many rows (an empty batch takes any request); 0 = max_batch_rows
   int cpu_batch_wait_steps = 4;  // on a CPU with cpu_batch_rows set, a new request waits for a
                                  // place only if the running requests free one within this many
-                                 // steps, else it joins up to max_batch_rows; 0 = always waits
+                                 // steps, else it joins up to max_batch_rows (not within 5 s of a
+                                 // refused request: overload); 0 = always waits
   int max_queued_rows = 1024;    // rows waiting for admission; past it, RESOURCE_EXHAUSTED
   int max_rows_per_request = 64; // upper bound of SampleRequest.count
   std::string fold_batchnorm = "false";  // serve with BatchNorms folded into their convolutions
