@@ -4,7 +4,7 @@
 #      Debian 12's .debs (spdlog, fmt, nlohmann-json, CLI11, libpng; gRPC, Protobuf, cpp-httplib
 #      and theirs from .gpu/debs-server) unpacked beside it; without .gpu/debs-server, or where
 #      that build fails, the offline spritediffd alone (SPRITEDIFF_OFFLINE_ONLY); then starts the
-#      daemon for 20 s and, where it dies, prints a backtrace (cuda-gdb);
+#      daemon and, where it does not answer its health check, prints a backtrace (cuda-gdb);
 #   2. bench on cuda: batch-1 step time (pipelined and waited for) and DDIM rows/s eager vs CUDA
 #      graphs (plain, BatchNorm folded, NCHW, cuDNN's autotuner), training images/s, and the
 #      same fixed seeds on GPU (eager, graphs) and CPU, max pixel difference;
@@ -130,27 +130,31 @@ fi
 ldd $BIN | grep -E "torch|c10|cuda" | head
 el "built"
 
-# The daemon must start: where it dies at once, a backtrace (cuda-gdb debugs host code too) and
-# what PyTorch's libraries export of the libraries the daemon also loads (protobuf, absl).
+# Waits up to 30 s for the daemon on port $1 (pid $2) to answer its health check; fails at once
+# if that process has ended.
+wait_health() {
+  for _ in $(seq 150); do
+    build-gpu/bin/spritectl health --server 127.0.0.1:$1 --connect-timeout 0.2 > /dev/null 2>&1 && return 0
+    kill -0 "$2" 2> /dev/null || return 1
+    sleep 0.2
+  done
+  return 1
+}
+
+# The daemon must start: where it does not answer, its log and a backtrace (cuda-gdb debugs
+# host code too; its first run here found the scheduler thread calling MKL's Fortran entry).
 if [ -x build-gpu/bin/spritectl ]; then
-  timeout 20 build-gpu/bin/spritediffd --threads 2 --device cpu serve --port 50069 --metrics-port 0 > /tmp/smoke.log 2>&1
-  rc=$?
-  if [ $rc != 124 ]; then
-    el "the daemon exited with $rc within 20 s"; tail -5 /tmp/smoke.log
-    for lib in libtorch_cpu.so libtorch.so libc10.so libtorch_cuda.so; do
-      echo "$lib exports: protobuf $(nm -D --defined-only $TORCH_DIR/lib/$lib | grep -c 'google8protobuf') absl $(nm -D --defined-only $TORCH_DIR/lib/$lib | grep -c 'absl')"
-    done
-    find $TORCH_DIR/include -name common.h -path '*protobuf/stubs*' -exec grep -H "define GOOGLE_PROTOBUF_VERSION " {} \;
-    command -v cuda-gdb > /dev/null && timeout 60 cuda-gdb -batch -ex run -ex bt -ex "info sharedlibrary" --args \
-      build-gpu/bin/spritediffd --threads 2 --device cpu serve --port 50069 --metrics-port 0 2>&1 | grep -v "^\[New Thread\|^\[Thread" | head -80
-    for pre in libprotobuf.so.32 "libprotobuf.so.32 libgrpc++.so.1.51 libgrpc.so.29"; do
-      LD_PRELOAD=$(for l in $pre; do printf '%s ' "$DEPS/usr/lib/x86_64-linux-gnu/$l"; done) timeout 10 \
-        build-gpu/bin/spritediffd --threads 2 --device cpu serve --port 50069 --metrics-port 0 > /tmp/smoke2.log 2>&1
-      echo "with LD_PRELOAD of $pre: exit $? (124 = still running after 10 s)"
-    done
-    [ -n "${STOP_IF_DAEMON_FAILS:-}" ] && exit 3
+  build-gpu/bin/spritediffd --threads 2 --device cpu serve --port 50069 --metrics-port 0 > /tmp/smoke.log 2>&1 &
+  smoke=$!
+  if wait_health 50069 $smoke; then
+    el "the daemon started and answered"
+    kill $smoke; wait $smoke 2> /dev/null
   else
-    el "the daemon started and ran for 20 s"
+    kill $smoke 2> /dev/null; wait $smoke 2> /dev/null
+    el "the daemon did not answer (exit $?)"; tail -5 /tmp/smoke.log
+    command -v cuda-gdb > /dev/null && timeout 60 cuda-gdb -batch -ex run -ex bt --args \
+      build-gpu/bin/spritediffd --threads 2 --device cpu serve --port 50069 --metrics-port 0 2>&1 | grep -v "^\[New Thread\|^\[Thread" | head -40
+    [ -n "${STOP_IF_DAEMON_FAILS:-}" ] && exit 3
   fi
 fi
 
@@ -179,9 +183,8 @@ if [ -x build-gpu/bin/spritectl ] && [ "$(left)" -gt 200 ]; then
   build/bin/spritediffd --threads 8 --device cpu --config /tmp/cpu-fp32.json serve --port 50062 --metrics-port 0 \
     > /tmp/daemon-cpu.log 2>&1 &
   cpu_pid=$!
-  for port in 50061 50062; do
-    for _ in $(seq 150); do build/bin/spritectl health --server 127.0.0.1:$port --connect-timeout 0.2 > /dev/null 2>&1 && break; sleep 0.2; done
-  done
+  wait_health 50061 $gpu_pid || echo "the daemon on cuda did not answer; its log: $OUT/daemon-cuda.log"
+  wait_health 50062 $cpu_pid || echo "the daemon on the CPU did not answer; its log: /tmp/daemon-cpu.log"
   for port in 50061 50062; do
     for label in hero food; do
       timeout 60 build/bin/spritectl sample --server 127.0.0.1:$port --label $label --count 16 --seed 7 --quiet \
