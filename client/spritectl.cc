@@ -415,6 +415,7 @@ void OpenLoop(const Args& a, const v1::SampleRequest& base) {
     grpc::StatusCode code = grpc::StatusCode::OK;
     double ms = 0;
     int64_t sprites = 0;
+    double queued_ms = 0, run_ms = 0;  // the server's own split of an answered request
   };
   std::vector<std::unique_ptr<v1::Sprites::Stub>> stubs;
   for (int c = 0; c < a.channels; ++c) stubs.push_back(BenchStub(a.c));
@@ -448,7 +449,8 @@ void OpenLoop(const Args& a, const v1::SampleRequest& base) {
     std::thread([&, slot, req = std::move(req)] {
       const SampleCall call = RunSample(stub, req, a.c.timeout_s);
       std::lock_guard<std::mutex> lock(mu);
-      outcomes[slot] = {call.status.error_code(), call.total_ms, call.result.images_size()};
+      outcomes[slot] = {call.status.error_code(), call.total_ms, call.result.images_size(), call.result.queued_ms(),
+                        call.result.run_ms()};
       if (--inflight == 0) idle.notify_all();
     }).detach();
   }
@@ -457,12 +459,14 @@ void OpenLoop(const Args& a, const v1::SampleRequest& base) {
     idle.wait(lock, [&] { return inflight == 0; });
   }
   const double wall = std::chrono::duration<double>(Clock::now() - start).count();
-  std::vector<double> ok_ms, refused_ms;
+  std::vector<double> ok_ms, refused_ms, queued_ms, run_ms;
   std::map<std::string, int> errors;
   int64_t sprites = 0;
   for (const Outcome& o : outcomes) {
     if (o.code == grpc::StatusCode::OK) {
       ok_ms.push_back(o.ms);
+      queued_ms.push_back(o.queued_ms);
+      run_ms.push_back(o.run_ms);
       sprites += o.sprites;
     } else {
       errors[CodeName(o.code)]++;
@@ -488,6 +492,8 @@ void OpenLoop(const Args& a, const v1::SampleRequest& base) {
       {"wall_s", wall},
       {"sprites", sprites},
       {"latency_ms", latency},
+      {"server_queued_ms", Percentiles(queued_ms, {50, 99})},
+      {"server_run_ms", Percentiles(run_ms, {50, 99})},
       {"refused_ms", refusal},
   };
   if (a.json) {
@@ -498,6 +504,10 @@ void OpenLoop(const Args& a, const v1::SampleRequest& base) {
     std::printf("goodput      %.2f requests/s (%.1f%% of arrivals answered OK)\n", goodput, 100.0 * answered_ok);
     std::printf("latency ms   p50 %.1f  p95 %.1f  p99 %.1f\n", latency["p50"].get<double>(), latency["p95"].get<double>(),
                 latency["p99"].get<double>());
+    const nlohmann::json& queued = report["server_queued_ms"];
+    const nlohmann::json& run = report["server_run_ms"];
+    std::printf("in server    queued p50 %.1f  p99 %.1f, running p50 %.1f  p99 %.1f ms\n", queued["p50"].get<double>(),
+                queued["p99"].get<double>(), run["p50"].get<double>(), run["p99"].get<double>());
     std::printf("refused      %zu (RESOURCE_EXHAUSTED), answered in p99 %.1f ms\n", refused_ms.size(),
                 refusal["p99"].get<double>());
     if (dropped > 0) {

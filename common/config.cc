@@ -24,6 +24,7 @@ Status AppConfig::Validate() const {
                           range("max_batch_rows", max_batch_rows, 1, 4096),
                           range("cpu_batch_rows", cpu_batch_rows, 0, 4096),
                           range("cpu_batch_wait_steps", cpu_batch_wait_steps, 0, 100000),
+                          range("cpu_overload_batch_rows", cpu_overload_batch_rows, 0, 4096),
                           range("max_queued_rows", max_queued_rows, 1, 1 << 20),
                           range("max_rows_per_request", max_rows_per_request, 1, 4096),
                           range("max_frames_per_request", max_frames_per_request, 1, 100000),
@@ -202,7 +203,7 @@ Result<AppConfig> LoadConfig(const std::string& path) {
     const json j = json::parse(*text);
     if (!j.is_object()) return Status::InvalidArgument(path + ": config must be a JSON object");
     static const char* known[] = {"bind", "port", "metrics_port", "models_dir", "default_model", "device", "threads",
-                                  "max_batch_rows", "cpu_batch_rows", "cpu_batch_wait_steps", "max_queued_rows", "max_rows_per_request", "fold_batchnorm", "cuda_graphs", "max_queue_wait_s", "precision", "training_precision",
+                                  "max_batch_rows", "cpu_batch_rows", "cpu_batch_wait_steps", "cpu_overload_batch_rows", "max_queued_rows", "max_rows_per_request", "fold_batchnorm", "cuda_graphs", "max_queue_wait_s", "precision", "training_precision",
                                   "max_frames_per_request", "max_pending_frames", "shutdown_grace_s", "data_root",
                                   "state_dir", "max_concurrent_jobs", "training_threads",
                                   "resume_interrupted_jobs", "max_queued_jobs", "max_n_feat_x_image_size", "max_epochs_x_images", "finished_job_retention_h", "auth_token_file", "tls_cert_file",
@@ -226,6 +227,7 @@ Result<AppConfig> LoadConfig(const std::string& path) {
     read.Read("max_batch_rows", &c.max_batch_rows);
     read.Read("cpu_batch_rows", &c.cpu_batch_rows);
     read.Read("cpu_batch_wait_steps", &c.cpu_batch_wait_steps);
+    read.Read("cpu_overload_batch_rows", &c.cpu_overload_batch_rows);
     read.Read("max_queued_rows", &c.max_queued_rows);
     read.Read("max_rows_per_request", &c.max_rows_per_request);
     read.Read("max_frames_per_request", &c.max_frames_per_request);

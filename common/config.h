@@ -25,6 +25,8 @@ struct AppConfig {
                                  // place only if the running requests free one within this many
                                  // steps, else it joins up to max_batch_rows (not within 5 s of a
                                  // refused request: overload); 0 = always waits
+  int cpu_overload_batch_rows = 0;  // on a CPU, the rows the batch fills to within 5 s of a
+                                    // refused request (overload); 0 = cpu_batch_rows
   int max_queued_rows = 1024;    // rows waiting for admission; past it, RESOURCE_EXHAUSTED
   int max_rows_per_request = 64; // upper bound of SampleRequest.count
   std::string fold_batchnorm = "false";  // serve with BatchNorms folded into their convolutions
@@ -33,7 +35,7 @@ struct AppConfig {
                                          // only, where it takes 18 kernels from each step; on a
                                          // CPU it measured no steady gain (core/runtime.h)
   double max_queue_wait_s = 0;   // refuse a request whose estimated wait for a place in the batch
-                                 // (queued work / measured rate) is longer; 0 = off (the shipped
+                                 // (from the steps left ahead of it) is longer; 0 = off (the shipped
                                  // configs/default.json sets it)
   std::string precision = "fp32";  // inference: fp32 | bf16 | auto (bf16 on a CPU with native
                                    // bf16, core/runtime.h)

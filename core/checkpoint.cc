@@ -4,6 +4,7 @@
 #include <filesystem>
 #include <fstream>
 #include <sstream>
+#include <tuple>
 
 #include "common/file_util.h"
 #include "common/image.h"
@@ -33,6 +34,18 @@ Result<json> ReadModelJson(const fs::path& dir) {
 std::string WeightsNamed(const json& j) {
   const auto it = j.is_object() ? j.find("weights") : j.end();
   return it != j.end() && it->is_string() ? it->get<std::string>() : std::string();
+}
+
+// An integer field of model.json into *out: a JSON integer that fits an int (get<int>() alone
+// would truncate 64.5 and wrap 4294967360 to 64, loading a model that no file describes).
+Status ReadIntField(const json& parent, const std::string& name, const char* key, int* out) {
+  const json& v = parent.at(key);
+  const bool fits = v.is_number_unsigned() ? v.get<uint64_t>() <= static_cast<uint64_t>(INT32_MAX)
+                                           : v.is_number_integer() && v.get<int64_t>() >= INT32_MIN &&
+                                                 v.get<int64_t>() <= INT32_MAX;
+  if (!fits) return Status::InvalidArgument(name + "." + key + " must be an integer, got " + v.dump());
+  *out = v.get<int>();
+  return Status::Ok();
 }
 
 }  // namespace
@@ -94,12 +107,16 @@ Result<ModelInfo> ModelInfoFromJson(const json& j, const std::string& where) {
     ModelInfo info;
     info.name = j.value("name", "");
     const json& a = j.at("architecture");
-    info.arch.in_channels = a.at("in_channels").get<int>();
-    info.arch.n_feat = a.at("n_feat").get<int>();
-    info.arch.n_cfeat = a.at("n_cfeat").get<int>();
-    info.arch.height = a.at("height").get<int>();
     const json& s = j.at("schedule");
-    info.schedule.timesteps = s.at("timesteps").get<int>();
+    for (const auto& [parent, name, key, out] :
+         {std::tuple{&a, "architecture", "in_channels", &info.arch.in_channels},
+          std::tuple{&a, "architecture", "n_feat", &info.arch.n_feat},
+          std::tuple{&a, "architecture", "n_cfeat", &info.arch.n_cfeat},
+          std::tuple{&a, "architecture", "height", &info.arch.height},
+          std::tuple{&s, "schedule", "timesteps", &info.schedule.timesteps}}) {
+      Status read = ReadIntField(*parent, name, key, out);
+      if (!read.ok()) return Status::InvalidArgument(where + ": " + read.message());
+    }
     info.schedule.beta1 = s.at("beta1").get<double>();
     info.schedule.beta2 = s.at("beta2").get<double>();
     info.labels = j.at("labels").get<std::vector<std::string>>();

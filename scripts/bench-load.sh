@@ -46,18 +46,18 @@ else
   echo "capacity (closed loop, $CAP_CLIENTS clients x $CAP_REQUESTS requests): $capacity requests/s  $closed"
 fi
 echo
-printf "| load | offered req/s | goodput req/s | goodput/offered | p50 ms | p99 ms | refused | refusal p99 ms | other errors |\n"
-printf "|---|---|---|---|---|---|---|---|---|\n"
+printf "| load | offered req/s | goodput req/s | goodput/offered | p50 ms | p99 ms | queued p99 ms | running p99 ms | refused | refusal p99 ms | other errors |\n"
+printf "|---|---|---|---|---|---|---|---|---|---|---|\n"
 for pct in $LEVELS; do
   rate=$(awk -v c="$capacity" -v p="$pct" 'BEGIN { printf "%.3f", c * p / 100 }')
   out=$($BIN/spritectl bench --server "$SERVER" $MIX --rate "$rate" --duration "$DURATION" --mix-seed "$pct" --json || true)
   echo "$out" >>"$LOG.runs"
   refused=$(sed -n 's/.*"RESOURCE_EXHAUSTED": *\([0-9]*\).*/\1/p' <<<"$out"); refused=${refused:-0}
   errors=$(sed -n 's/.*"errors": *\({[^}]*}\).*/\1/p' <<<"$out")
-  printf "| %s%% | %.2f | %.2f | %.3f | %.0f | %.0f | %s | %.1f | %s |\n" "$pct" "$(field "$out" offered_rps)" \
+  printf "| %s%% | %.2f | %.2f | %.3f | %.0f | %.0f | %.0f | %.0f | %s | %.1f | %s |\n" "$pct" "$(field "$out" offered_rps)" \
     "$(field "$out" goodput_rps)" "$(awk -v g="$(field "$out" goodput_rps)" -v o="$(field "$out" offered_rps)" \
     'BEGIN { printf "%.3f", (o > 0 ? g / o : 0) }')" "$(sub "$out" latency_ms p50)" "$(sub "$out" latency_ms p99)" \
-    "$refused" "$(sub "$out" refused_ms p99)" "$errors"
+    "$(sub "$out" server_queued_ms p99)" "$(sub "$out" server_run_ms p99)" "$refused" "$(sub "$out" refused_ms p99)" "$errors"
 done
 echo
 echo "raw runs: $LOG.runs"

@@ -17,6 +17,21 @@ struct QueuedRows {
   int overtaken = 0;  // updated by PickAdmissions
 };
 
+// A request as the wait estimate sees it: its rows, and the denoising steps it has left (all of
+// them for a queued one).
+struct RowsAndSteps {
+  int rows = 0;
+  int steps_left = 0;
+};
+
+// Seconds until a request of `rows` rows that arrives now gets a place in the batch: `running`
+// free their rows as their last steps end; `queued` (arrival order) are admitted as places within
+// fill_rows free (an empty batch takes any request), then run their steps; every step takes
+// step_s. Overtaking is left out: it only brings small requests forward, so for them this errs
+// long. What max_queue_wait_s is compared with.
+double EstimateWaitForPlace(const std::vector<RowsAndSteps>& running, const std::vector<RowsAndSteps>& queued,
+                            int rows, int fill_rows, double step_s);
+
 // Indexes into queue (ascending) of the requests to admit now; raises `overtaken` of every
 // request that a later admitted one passed.
 std::vector<size_t> PickAdmissions(std::vector<QueuedRows>& queue, int running_rows, int max_batch_rows,

@@ -31,11 +31,11 @@ Result<std::vector<std::string>> EncodeRows(const torch::Tensor& cpu) {
   return out;
 }
 
-// A job's work in forward rows x steps: what the admission estimate counts.
-double JobWork(const SampleJob& job) {
-  double work = 0;
-  for (const RowSpec& r : job.rows) work += static_cast<double>(r.steps) * (r.guidance != 1.0 ? 2 : 1);
-  return work;
+// The steps a job runs (its rows run together and end with its longest one).
+int JobSteps(const SampleJob& job) {
+  int steps = 0;
+  for (const RowSpec& r : job.rows) steps = std::max(steps, r.steps);
+  return steps;
 }
 
 }  // namespace
@@ -49,7 +49,9 @@ BatchScheduler::BatchScheduler(std::string model_name, LoadedModel model, torch:
       device_(device),
       limits_(limits),
       fill_rows_(device.is_cpu() && limits.cpu_batch_rows > 0 ? std::min(limits.cpu_batch_rows, limits.max_batch_rows)
-                                                               : limits.max_batch_rows) {
+                                                               : limits.max_batch_rows),
+      overload_rows_(device.is_cpu() && limits.cpu_overload_batch_rows > 0 ? std::min(limits.cpu_overload_batch_rows, fill_rows_)
+                                                                        : fill_rows_) {
   net_->to(device_);
   // The scheduler owns this network (the registry hands it over), so folding cannot surprise a saver.
   ConvertForInference(net_, device_, limits_.fold_batchnorm, limits_.bf16);
@@ -64,7 +66,6 @@ BatchScheduler::~BatchScheduler() { Stop(); }
 
 Status BatchScheduler::Submit(std::shared_ptr<SampleJob> job) {
   const int rows = static_cast<int>(job->rows.size());
-  const double work = JobWork(*job);
   {
     MutexLock lock(mu_);
     if (stopping_) return stop_reason_;
@@ -74,31 +75,41 @@ Status BatchScheduler::Submit(std::shared_ptr<SampleJob> job) {
                                        model_name_ + "', limit max_queued_rows=" +
                                        std::to_string(limits_.max_queued_rows) + "; retry later");
     }
-    // With room in the batch (within fill_rows_, the CPU fill where one is set) the request
-    // starts at the next step; else it waits for the work queued ahead of it to drain at the
-    // measured rate (rows finishing free their places).
+    // With room in the batch (within fill_rows_, the CPU fill where one is set; overload_rows_
+    // while overloaded) the request starts at the next step; else it waits for places to free.
     // Two signs of a wait past the limit: the oldest queued request has already waited that
-    // long (measured), or the work queued ahead would take that long at the measured rate
-    // (estimated; catches a burst before anything has aged).
-    if (limits_.max_queue_wait_s > 0 && !queue_.empty() &&
-        running_rows_ + queued_rows_ + rows > fill_rows_) {
-      const double waited_s = std::chrono::duration<double>(SteadyClock::now() - queue_.front()->arrived).count();
-      const double ahead_s = work_per_s_ > 0 ? queued_work_ / work_per_s_ : 0;
-      if (waited_s > limits_.max_queue_wait_s || ahead_s > limits_.max_queue_wait_s) {
+    // long (measured), or the running and queued requests free a place that late (estimated
+    // from their steps left and the measured step time; catches a burst before anything has
+    // aged). Below capacity an empty queue admits at once (on a CPU the first request in it may
+    // join past cpu_batch_rows); while overloaded it does not, so the estimate also holds for
+    // the request that arrives at a full batch.
+    const bool overloaded = OverloadedLocked();
+    const int fill = overloaded ? overload_rows_ : fill_rows_;
+    if (limits_.max_queue_wait_s > 0 && (overloaded || !queue_.empty()) && running_rows_ + queued_rows_ + rows > fill) {
+      const double waited_s =
+          queue_.empty() ? 0 : std::chrono::duration<double>(SteadyClock::now() - queue_.front()->arrived).count();
+      std::vector<RowsAndSteps> ahead;
+      ahead.reserve(queue_.size());
+      for (const auto& queued : queue_) ahead.push_back({static_cast<int>(queued->rows.size()), JobSteps(*queued)});
+      const double wait_s = EstimateWaitForPlace(running_left_, ahead, rows, fill, step_s_);
+      if (waited_s > limits_.max_queue_wait_s || wait_s > limits_.max_queue_wait_s) {
         char msg[320];
-        std::snprintf(msg, sizeof(msg), "server busy: model '%s' has queued work ahead (the oldest queued request "
-                      "has waited %.1f s, an estimated %.1f s of work is queued), limit max_queue_wait_s=%g; "
-                      "retry later", model_name_.c_str(), waited_s, ahead_s, limits_.max_queue_wait_s);
+        std::snprintf(msg, sizeof(msg), "server busy: model '%s' would give this request a place in %.1f s (the "
+                      "oldest queued request has waited %.1f s), limit max_queue_wait_s=%g; retry later",
+                      model_name_.c_str(), wait_s, waited_s, limits_.max_queue_wait_s);
         last_refusal_ = SteadyClock::now();
         return Status::ResourceExhausted(msg);
       }
     }
     queue_.push_back(std::move(job));
     queued_rows_ += rows;
-    queued_work_ += work;
   }
   cv_.NotifyOne();
   return Status::Ok();
+}
+
+bool BatchScheduler::OverloadedLocked() const {
+  return last_refusal_ && SteadyClock::now() - *last_refusal_ < kOverloadWindow;
 }
 
 void BatchScheduler::Wake() {
@@ -185,17 +196,19 @@ void BatchScheduler::Answer(const std::shared_ptr<SampleJob>& job, JobOutcome ou
 }
 
 int BatchScheduler::FillRowsLocked() const {
+  // Refusing requests means the load is past what the daemon serves. Joining past
+  // cpu_batch_rows would then keep the batch near max_batch_rows and slow every accepted
+  // request (at 120% of capacity one sweep's p50 went from 1.6 to 2.5 s when it did); a batch
+  // held at cpu_overload_batch_rows runs each step faster for little less throughput (README,
+  // "Open-loop load"), so accepted requests keep about the latency they have below capacity,
+  // and the excess queues, and is refused, instead. Below capacity nothing is refused.
+  if (OverloadedLocked()) return overload_rows_;
   if (fill_rows_ >= limits_.max_batch_rows || limits_.cpu_batch_wait_steps <= 0 || queue_.empty()) return fill_rows_;
   const int head = static_cast<int>(queue_.front()->rows.size());
   // A head that fits nowhere but an empty batch gains nothing from a fuller one, and the rows
   // behind it would overtake it into a batch past cpu_batch_rows.
   if (running_rows_ + head > limits_.max_batch_rows) return fill_rows_;
-  // Refusing requests means the load is past what the daemon serves: joining past
-  // cpu_batch_rows would then keep the batch near max_batch_rows and slow every accepted
-  // request (at 120% of capacity one sweep's p50 went from 1.6 to 2.5 s when it did), so the
-  // excess queues, and is refused, instead. Below capacity nothing is refused and this waits.
   const auto now = SteadyClock::now();
-  if (last_refusal_ && now - *last_refusal_ < kOverloadWindow) return fill_rows_;
   // Rows the running requests free within cpu_batch_wait_steps steps (a request's rows finish
   // together with its last one; a cancelled or expired one is retired at the next step).
   int freed = 0;
@@ -221,7 +234,7 @@ void BatchScheduler::TakeAdmissibleLocked(std::vector<std::shared_ptr<SampleJob>
     const int rows = static_cast<int>(queue_[*it]->rows.size());
     running_rows_ += rows;
     queued_rows_ -= rows;
-    queued_work_ = std::max(0.0, queued_work_ - JobWork(*queue_[*it]));
+    running_left_.push_back({rows, JobSteps(*queue_[*it])});
     admitted.push_back(std::move(queue_[*it]));
     queue_.erase(queue_.begin() + static_cast<std::ptrdiff_t>(*it));
   }
@@ -302,12 +315,10 @@ void BatchScheduler::StepOnce() {
     if (job.include_x0 && job.frame_every > 0 && next % job.frame_every == 0) want_x0 = true;
     for (SampleRow& row : r.rows) rows.push_back(&row);
   }
-  double forward_rows = 0;  // the rows of this step's forward, the guided rows' unconditional halves included
-  for (const SampleRow* row : rows) forward_rows += row->spec().guidance != 1.0 ? 2 : 1;
   const auto step_start = SteadyClock::now();
   try {
     DenoiseStep(net_, schedule_, rows, want_x0, graphs_.get());
-    WaitForDevice(device_);  // the step time, and the rate max_queue_wait_s works from, are the device's
+    WaitForDevice(device_);  // the step time, which max_queue_wait_s's estimate works from, is the device's
     if (graphs_ != nullptr && !graphs_warned_ && !graphs_->capture_error().empty()) {
       spdlog::warn("model '{}': {}; denoising steps run eagerly from now on", model_name_, graphs_->capture_error());
       graphs_warned_ = true;
@@ -323,9 +334,12 @@ void BatchScheduler::StepOnce() {
     MutexLock lock(mu_);
     stats_.steps++;
     stats_.rows_stepped += static_cast<int64_t>(rows.size());
-    if (seconds > 0) {
-      const double rate = forward_rows / seconds;
-      work_per_s_ = work_per_s_ > 0 ? 0.8 * work_per_s_ + 0.2 * rate : rate;
+    step_s_ = step_s_ > 0 ? 0.8 * step_s_ + 0.2 * seconds : seconds;
+    running_left_.clear();
+    for (const Running& r : running_) {
+      int left = 0;
+      for (const SampleRow& row : r.rows) left = std::max(left, row.steps_total() - row.steps_done());
+      running_left_.push_back({static_cast<int>(r.rows.size()), left});
     }
   }
   for (size_t i = 0; i < running_.size();) {
@@ -412,7 +426,6 @@ void BatchScheduler::Iterate() {
     for (auto it = queue_.begin(); it != queue_.end();) {
       if ((*it)->cancelled.load() || ((*it)->deadline && now > *(*it)->deadline)) {
         queued_rows_ -= static_cast<int>((*it)->rows.size());
-        queued_work_ = std::max(0.0, queued_work_ - JobWork(**it));
         dropped.push_back(*it);
         it = queue_.erase(it);
       } else {
@@ -467,7 +480,6 @@ void BatchScheduler::Loop() {
     MutexLock lock(mu_);
     queued.swap(queue_);
     queued_rows_ = 0;
-    queued_work_ = 0;
     stats_.queued_rows = 0;
   }
   for (auto& job : queued) {

@@ -27,12 +27,13 @@
 #include <thread>
 #include <vector>
 
-#include "core/step_graphs.h"
 #include "common/mutex.h"
 #include "common/status.h"
 #include "common/thread_annotations.h"
 #include "core/checkpoint.h"
 #include "core/sampler.h"
+#include "core/step_graphs.h"
+#include "server/admission.h"
 
 namespace spritediff {
 
@@ -91,6 +92,11 @@ struct SchedulerLimits {
   // bigger batch would only slow every accepted request. 0 = it always waits for a place within
   // cpu_batch_rows. As AppConfig's.
   int cpu_batch_wait_steps = 4;
+  // On a CPU device, the rows the batch fills to within kOverloadWindow of a refusal (0 =
+  // cpu_batch_rows; at most cpu_batch_rows). A smaller batch steps faster: past capacity the
+  // accepted requests then keep about their latency below it, and a little more is refused.
+  // As AppConfig's.
+  int cpu_overload_batch_rows = 0;
   int max_queued_rows = 1024;
   int threads = 1;  // intra-op threads of the scheduler thread
   int max_overtakes = 4;  // times a request that does not fit may be overtaken by later ones
@@ -103,14 +109,15 @@ struct SchedulerLimits {
   // requests instead of growing with every step. The config's max_pending_frames.
   int max_frames_in_delivery = 4;
   // Refuse (RESOURCE_EXHAUSTED) a request that would wait longer than this for a place in the
-  // batch: the work queued ahead of it (forward rows x steps) over the rate the batch has been
-  // processing it at. Overload is then answered at once instead of by a queue whose latency
-  // grows without bound. 0 = off (only max_queued_rows bounds the queue).
+  // batch: when the running and queued requests free one, from their steps left and the
+  // measured step time (EstimateWaitForPlace), or when the oldest queued request has already
+  // waited longer. Overload is then answered at once instead of by a queue whose latency grows
+  // without bound. 0 = off (only max_queued_rows bounds the queue).
   double max_queue_wait_s = 0;
 };
 
 // How long after refusing a request (RESOURCE_EXHAUSTED: max_queue_wait_s, max_queued_rows) the
-// scheduler counts as overloaded: on a CPU the batch then stays within cpu_batch_rows.
+// scheduler counts as overloaded: on a CPU the batch then stays within cpu_overload_batch_rows.
 inline constexpr std::chrono::seconds kOverloadWindow{5};
 
 struct SchedulerStats {
@@ -151,10 +158,12 @@ class BatchScheduler {
   void Iterate();
   // Moves queued jobs that fit into `admitted` (rows are built outside the lock).
   void TakeAdmissibleLocked(std::vector<std::shared_ptr<SampleJob>>& admitted) REQUIRES(mu_);
-  // The rows admission fills the batch to now: fill_rows_, or max_batch_rows when the queue's
-  // first request would wait past cpu_batch_wait_steps for a place and nothing was refused
-  // within kOverloadWindow (loop thread: reads running_).
+  // The rows admission fills the batch to now: overload_rows_ within kOverloadWindow of a
+  // refusal; else fill_rows_, or max_batch_rows when the queue's first request would wait past
+  // cpu_batch_wait_steps for a place (loop thread: reads running_).
   int FillRowsLocked() const REQUIRES(mu_);
+  // A request was refused within kOverloadWindow.
+  bool OverloadedLocked() const REQUIRES(mu_);
   void Admit(std::vector<std::shared_ptr<SampleJob>>& admitted);
   void RetireCancelledAndExpired();
   void StepOnce();
@@ -176,13 +185,18 @@ class BatchScheduler {
   // Rows admission fills the batch to: cpu_batch_rows on a CPU, else max_batch_rows; on a CPU,
   // FillRowsLocked raises it to max_batch_rows while no place frees within cpu_batch_wait_steps.
   const int fill_rows_;
+  // Rows admission fills the batch to while overloaded: cpu_overload_batch_rows on a CPU where
+  // set (at most fill_rows_), else fill_rows_.
+  const int overload_rows_;
 
   mutable Mutex mu_;
   CondVar cv_;
   std::deque<std::shared_ptr<SampleJob>> queue_ GUARDED_BY(mu_);
   int queued_rows_ GUARDED_BY(mu_) = 0;
-  double queued_work_ GUARDED_BY(mu_) = 0;       // forward rows x steps of the queued jobs
-  double work_per_s_ GUARDED_BY(mu_) = 0;        // forward rows x steps per second, smoothed over steps
+  // What the wait estimate (EstimateWaitForPlace) starts from: the running requests' rows and
+  // steps left after the latest step, plus those admitted since; a step's seconds, smoothed.
+  std::vector<RowsAndSteps> running_left_ GUARDED_BY(mu_);
+  double step_s_ GUARDED_BY(mu_) = 0;
   std::optional<SteadyClock::time_point> last_refusal_ GUARDED_BY(mu_);  // the latest RESOURCE_EXHAUSTED
   bool stopping_ GUARDED_BY(mu_) = false;
   Status stop_reason_ GUARDED_BY(mu_);

@@ -100,6 +100,7 @@ void AddServeCommand(CLI::App& app, const CommonOptions& common) {
     limits.max_batch_rows = config.max_batch_rows;
     limits.cpu_batch_rows = config.cpu_batch_rows;
     limits.cpu_batch_wait_steps = config.cpu_batch_wait_steps;
+    limits.cpu_overload_batch_rows = config.cpu_overload_batch_rows;
     limits.max_queued_rows = config.max_queued_rows;
     limits.threads = threads;
     Result<bool> fold = ResolveFoldBatchNorm(config.fold_batchnorm, *device);

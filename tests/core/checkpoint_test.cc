@@ -91,6 +91,30 @@ TEST_F(CheckpointTest, ArchitectureMismatchListsTheShapes) {
       << loaded.status().message();
 }
 
+TEST_F(CheckpointTest, ArchitectureFieldsMustBeIntegersThatFitAnInt) {
+  ContextUnet net(info_.arch);
+  ASSERT_TRUE(SaveModel(dir_.string(), info_, net).ok());
+  nlohmann::json j;
+  {
+    std::ifstream in(dir_ / "model.json");
+    j = nlohmann::json::parse(in);
+  }
+  const int n_feat = j["architecture"]["n_feat"].get<int>();
+  // 2^32 + n_feat wraps to n_feat in an int; a float truncates to it: both must be refused.
+  for (const nlohmann::json& bad : {nlohmann::json(n_feat + 0.5), nlohmann::json((uint64_t{1} << 32) + n_feat),
+                                    nlohmann::json(std::to_string(n_feat)), nlohmann::json(-(int64_t{1} << 40))}) {
+    nlohmann::json edited = j;
+    edited["architecture"]["n_feat"] = bad;
+    std::ofstream(dir_ / "model.json", std::ios::trunc) << edited.dump();
+    Result<LoadedModel> loaded = LoadModel(dir_.string());
+    ASSERT_FALSE(loaded.ok()) << bad.dump();
+    EXPECT_NE(loaded.status().message().find("architecture.n_feat must be an integer"), std::string::npos)
+        << loaded.status().message();
+  }
+  std::ofstream(dir_ / "model.json", std::ios::trunc) << j.dump();
+  EXPECT_TRUE(LoadModel(dir_.string()).ok());
+}
+
 TEST_F(CheckpointTest, BadModelJsonIsRejected) {
   EXPECT_EQ(LoadModel(dir_.string()).status().code(), Status::Code::kNotFound);
   fs::create_directories(dir_);

@@ -1,5 +1,6 @@
 // The admission rule alone: arrival order, overtaking of a request that does not fit, and the
-// bound on overtaking (after max_overtakes nothing passes it, so it cannot starve).
+// bound on overtaking (after max_overtakes nothing passes it, so it cannot starve); and the wait
+// for a place that max_queue_wait_s is compared with.
 #include <gtest/gtest.h>
 
 #include "server/admission.h"
@@ -62,6 +63,36 @@ TEST(Admission, OvertakingIsBoundedSoTheBigRequestIsNotStarved) {
 TEST(Admission, ZeroOvertakesMeansStrictArrivalOrder) {
   auto q = Queue({6, 1});
   EXPECT_TRUE(PickAdmissions(q, 4, 8, 0).empty());
+}
+
+// Worked by hand: steps of 0.1 s, a batch of 4 rows.
+TEST(WaitForPlace, RoomNowMeansNoWait) {
+  EXPECT_DOUBLE_EQ(EstimateWaitForPlace({{2, 50}}, {}, 2, 4, 0.1), 0.0);
+  EXPECT_DOUBLE_EQ(EstimateWaitForPlace({}, {}, 9, 4, 0.1), 0.0);  // an empty batch takes any request
+}
+
+TEST(WaitForPlace, WaitsForTheFirstRunningRequestsThatFreeEnoughRows) {
+  // 4 rows full: 1 row ends after 3 steps, 2 after 10, 1 after 40. One row needs the first end,
+  // three rows the first two.
+  const std::vector<RowsAndSteps> running = {{2, 10}, {1, 40}, {1, 3}};
+  EXPECT_DOUBLE_EQ(EstimateWaitForPlace(running, {}, 1, 4, 0.1), 0.3);
+  EXPECT_DOUBLE_EQ(EstimateWaitForPlace(running, {}, 3, 4, 0.1), 1.0);
+  EXPECT_DOUBLE_EQ(EstimateWaitForPlace(running, {}, 4, 4, 0.1), 4.0);  // all of them
+}
+
+TEST(WaitForPlace, QueuedRequestsTakeTheFreedPlacesFirstAndThenRunTheirSteps) {
+  // The 1-row place freed after 3 steps goes to the queued request, which then runs 5 steps;
+  // the newcomer gets the place it frees (3 + 5 = 8 steps), before the 2 rows end at 10.
+  EXPECT_DOUBLE_EQ(EstimateWaitForPlace({{2, 10}, {1, 40}, {1, 3}}, {{1, 5}}, 1, 4, 0.1), 0.8);
+  // Two queued 2-row requests: the first takes the rows freed at 3 and 10, the second those
+  // freed at 40 (with the first's 2 still running), the newcomer waits for the first to end.
+  EXPECT_DOUBLE_EQ(EstimateWaitForPlace({{2, 10}, {1, 40}, {1, 3}}, {{2, 50}, {2, 50}}, 1, 4, 0.1), 6.0);
+}
+
+TEST(WaitForPlace, ScalesWithTheStepTime) {
+  const std::vector<RowsAndSteps> running = {{4, 25}};
+  EXPECT_DOUBLE_EQ(EstimateWaitForPlace(running, {}, 1, 4, 0.02), 0.5);
+  EXPECT_DOUBLE_EQ(EstimateWaitForPlace(running, {}, 1, 4, 0.04), 1.0);
 }
 
 }  // namespace

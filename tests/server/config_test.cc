@@ -45,6 +45,10 @@ TEST(Config, RefusesOutOfRangeFieldsByName) {
   ASSERT_FALSE(s.ok());
   EXPECT_NE(s.message().find("cpu_batch_rows must be in [0, 4096], got -1"), std::string::npos) << s.message();
   config.cpu_batch_rows = 32;
+  config.cpu_overload_batch_rows = 4097;
+  s = config.Validate();
+  EXPECT_NE(s.message().find("cpu_overload_batch_rows must be in [0, 4096], got 4097"), std::string::npos) << s.message();
+  config.cpu_overload_batch_rows = 24;
   config.cpu_batch_wait_steps = -1;
   s = config.Validate();
   ASSERT_FALSE(s.ok());
@@ -72,6 +76,7 @@ TEST(Config, TheShippedConfigLoadsAndBoundsQueueWait) {
   EXPECT_EQ(shipped->max_batch_rows, 64);
   EXPECT_EQ(shipped->cpu_batch_rows, 32);  // on a CPU: see README, "Open-loop load"
   EXPECT_EQ(shipped->cpu_batch_wait_steps, 4);  // joins behind big requests at the next step
+  EXPECT_EQ(shipped->cpu_overload_batch_rows, 24);  // past capacity: faster steps for accepted requests
   EXPECT_EQ(shipped->fold_batchnorm, "auto");  // folded on a GPU only
   EXPECT_EQ(shipped->precision, "auto");
   EXPECT_EQ(shipped->training_precision, "auto");

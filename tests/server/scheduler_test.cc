@@ -199,6 +199,33 @@ TEST(Scheduler, RefusesARequestWhoseEstimatedWaitPassesMaxQueueWait) {
   EXPECT_EQ(queued->DoneCalls(), 1);  // answered by Stop
 }
 
+// Below capacity a request that finds the queue empty is admitted whatever the batch holds (on
+// a CPU it may join past cpu_batch_rows); within kOverloadWindow of a refusal the estimate also
+// holds for it: a full batch of long requests frees no place in time, so it is refused too.
+TEST(Scheduler, WhileOverloadedARequestAtAFullBatchIsRefusedEvenWithAnEmptyQueue) {
+  const LoadedModel m = TinyModel(kLongT);
+  SchedulerLimits limits = Limits(2, 100);
+  limits.max_queue_wait_s = 0.001;
+  BatchScheduler s("tiny", m, torch::kCPU, limits);
+  auto running = std::make_shared<Probe>(), queued = std::make_shared<Probe>(), refused = std::make_shared<Probe>(),
+       again = std::make_shared<Probe>();
+  ASSERT_TRUE(s.Submit(LongJob("running", 2, running)).ok());
+  ASSERT_TRUE(WaitStats(s, [](const SchedulerStats& st) { return st.running_rows == 2 && st.steps > 2; }));
+  auto queued_job = LongJob("queued", 2, queued);
+  ASSERT_TRUE(s.Submit(queued_job).ok());  // an empty queue, nothing refused yet: admitted to wait
+  const Status busy = s.Submit(MakeJob("refused", 1, 5, SamplerKind::kDdim, refused));
+  ASSERT_EQ(busy.code(), Status::Code::kResourceExhausted) << busy.message();
+  queued_job->cancelled.store(true);  // the queue empties; the batch stays full
+  s.Wake();
+  ASSERT_TRUE(queued->WaitDone());
+  const Status again_status = s.Submit(MakeJob("again", 1, 5, SamplerKind::kDdim, again));
+  EXPECT_EQ(again_status.code(), Status::Code::kResourceExhausted) << again_status.message();
+  EXPECT_NE(again_status.message().find("would give this request a place in"), std::string::npos)
+      << again_status.message();
+  s.Stop();
+  EXPECT_EQ(again->DoneCalls(), 0);
+}
+
 TEST(Scheduler, WithoutMaxQueueWaitOnlyTheRowLimitRefuses) {
   auto queued = std::make_shared<Probe>(), last = std::make_shared<Probe>();
   EXPECT_TRUE(QueueBehindAFullBatch(0, queued, last).ok());  // max_queue_wait_s 0: off
@@ -254,27 +281,57 @@ TEST(Scheduler, OnACpuTheBatchFillsToCpuBatchRows) {
     EXPECT_EQ(first->DoneCalls(), 0);  // joined while the first request still ran
     s.Stop();
   }
-  // ... but not within kOverloadWindow of a refusal: past capacity the batch stays at
-  // cpu_batch_rows ...
+  // ... but not within kOverloadWindow of a refusal (here max_queued_rows'): past capacity the
+  // batch stays at cpu_batch_rows ...
   {
-    SchedulerLimits limits = cpu_fill();
-    limits.max_queue_wait_s = 0.001;
-    BatchScheduler s("tiny", m, torch::kCPU, limits);
+    BatchScheduler s("tiny", m, torch::kCPU, cpu_fill());  // max_queued_rows 16, no max_queue_wait_s
     auto running = std::make_shared<Probe>(), huge = std::make_shared<Probe>(), refused = std::make_shared<Probe>(),
          later = std::make_shared<Probe>();
     ASSERT_TRUE(s.Submit(LongJob("running", 2, running)).ok());
     ASSERT_TRUE(WaitStats(s, [](const SchedulerStats& st) { return st.running_rows == 2 && st.steps > 2; }));
     auto huge_job = LongJob("huge", 7, huge);  // 2 + 7 > max_batch_rows 8: waits for the empty batch
     ASSERT_TRUE(s.Submit(huge_job).ok());
-    EXPECT_EQ(s.Submit(LongJob("refused", 1, refused)).code(), Status::Code::kResourceExhausted);
+    EXPECT_EQ(s.Submit(LongJob("refused", 10, refused)).code(), Status::Code::kResourceExhausted);  // 17 > 16
     huge_job->cancelled.store(true);  // the queue empties
     s.Wake();
     ASSERT_TRUE(huge->WaitDone());
-    ASSERT_TRUE(s.Submit(LongJob("later", 1, later)).ok());  // nothing queued ahead: accepted
+    ASSERT_TRUE(s.Submit(LongJob("later", 1, later)).ok());
     const int64_t steps = s.stats().steps;
     ASSERT_TRUE(WaitStats(s, [&](const SchedulerStats& st) { return st.steps >= steps + 3; }));
     EXPECT_EQ(s.stats().running_rows, 2);  // without the refusal it would have joined (3 rows)
     EXPECT_EQ(s.stats().queued_rows, 1);
+    s.Stop();
+  }
+  // ... and with cpu_overload_batch_rows, within that window it fills only to those rows.
+  {
+    SchedulerLimits limits = Limits(8, 6);
+    limits.cpu_batch_rows = 4;
+    limits.cpu_overload_batch_rows = 2;
+    limits.cpu_batch_wait_steps = 0;
+    BatchScheduler s("tiny", m, torch::kCPU, limits);
+    auto a = std::make_shared<Probe>(), b = std::make_shared<Probe>(), refused = std::make_shared<Probe>(),
+         d = std::make_shared<Probe>();
+    auto a_job = LongJob("a", 2, a), b_job = LongJob("b", 1, b);
+    ASSERT_TRUE(s.Submit(a_job).ok());
+    ASSERT_TRUE(WaitStats(s, [](const SchedulerStats& st) { return st.running_rows == 2 && st.steps > 0; }));
+    ASSERT_TRUE(s.Submit(b_job).ok());  // nothing refused yet: 2 + 1 <= cpu_batch_rows 4, joins
+    ASSERT_TRUE(WaitStats(s, [](const SchedulerStats& st) { return st.running_rows == 3 && st.queued_rows == 0; }));
+    EXPECT_EQ(s.Submit(LongJob("refused", 7, refused)).code(), Status::Code::kResourceExhausted);  // 7 > 6 queued
+    ASSERT_TRUE(s.Submit(LongJob("d", 1, d)).ok());  // 3 + 1 fits 4 rows, not 2: waits
+    int64_t steps = s.stats().steps;
+    ASSERT_TRUE(WaitStats(s, [&](const SchedulerStats& st) { return st.steps >= steps + 3; }));
+    EXPECT_EQ(s.stats().running_rows, 3);
+    EXPECT_EQ(s.stats().queued_rows, 1);
+    b_job->cancelled.store(true);  // 2 rows run: 2 + 1 is still past 2
+    s.Wake();
+    ASSERT_TRUE(b->WaitDone());
+    steps = s.stats().steps;
+    ASSERT_TRUE(WaitStats(s, [&](const SchedulerStats& st) { return st.steps >= steps + 3; }));
+    EXPECT_EQ(s.stats().running_rows, 2);
+    EXPECT_EQ(s.stats().queued_rows, 1);
+    a_job->cancelled.store(true);  // the batch empties: it runs
+    s.Wake();
+    ASSERT_TRUE(WaitStats(s, [](const SchedulerStats& st) { return st.running_rows == 1 && st.queued_rows == 0; }));
     s.Stop();
   }
   // ... one behind a request that ends within them waits: for a place within cpu_batch_rows (a
