@@ -23,10 +23,12 @@ class CheckpointTest : public ::testing::Test {
   }
   void TearDown() override { fs::remove_all(dir_); }
 
-  std::string WeightsFile() {
+  nlohmann::json ModelJson() const {
     std::ifstream in(dir_ / "model.json");
-    return (dir_ / nlohmann::json::parse(in)["weights"].get<std::string>()).string();
+    return nlohmann::json::parse(in);
   }
+  void WriteModelJson(const nlohmann::json& j) const { std::ofstream(dir_ / "model.json", std::ios::trunc) << j.dump(); }
+  std::string WeightsFile() const { return (dir_ / ModelJson()["weights"].get<std::string>()).string(); }
 
   fs::path dir_;
   ModelInfo info_;
@@ -78,13 +80,9 @@ TEST_F(CheckpointTest, TruncatedWeightsGiveAClearError) {
 TEST_F(CheckpointTest, ArchitectureMismatchListsTheShapes) {
   ContextUnet net(info_.arch);
   ASSERT_TRUE(SaveModel(dir_.string(), info_, net).ok());
-  nlohmann::json j;
-  {
-    std::ifstream in(dir_ / "model.json");
-    j = nlohmann::json::parse(in);
-  }
+  nlohmann::json j = ModelJson();
   j["architecture"]["n_feat"] = 24;
-  std::ofstream(dir_ / "model.json") << j.dump();
+  WriteModelJson(j);
   Result<LoadedModel> loaded = LoadModel(dir_.string());
   ASSERT_FALSE(loaded.ok());
   EXPECT_NE(loaded.status().message().find("init_conv.conv1.0.weight has shape"), std::string::npos)
@@ -94,24 +92,20 @@ TEST_F(CheckpointTest, ArchitectureMismatchListsTheShapes) {
 TEST_F(CheckpointTest, ArchitectureFieldsMustBeIntegersThatFitAnInt) {
   ContextUnet net(info_.arch);
   ASSERT_TRUE(SaveModel(dir_.string(), info_, net).ok());
-  nlohmann::json j;
-  {
-    std::ifstream in(dir_ / "model.json");
-    j = nlohmann::json::parse(in);
-  }
+  const nlohmann::json j = ModelJson();
   const int n_feat = j["architecture"]["n_feat"].get<int>();
   // 2^32 + n_feat wraps to n_feat in an int; a float truncates to it: both must be refused.
   for (const nlohmann::json& bad : {nlohmann::json(n_feat + 0.5), nlohmann::json((uint64_t{1} << 32) + n_feat),
                                     nlohmann::json(std::to_string(n_feat)), nlohmann::json(-(int64_t{1} << 40))}) {
     nlohmann::json edited = j;
     edited["architecture"]["n_feat"] = bad;
-    std::ofstream(dir_ / "model.json", std::ios::trunc) << edited.dump();
+    WriteModelJson(edited);
     Result<LoadedModel> loaded = LoadModel(dir_.string());
     ASSERT_FALSE(loaded.ok()) << bad.dump();
     EXPECT_NE(loaded.status().message().find("architecture.n_feat must be an integer"), std::string::npos)
         << loaded.status().message();
   }
-  std::ofstream(dir_ / "model.json", std::ios::trunc) << j.dump();
+  WriteModelJson(j);
   EXPECT_TRUE(LoadModel(dir_.string()).ok());
 }
 
