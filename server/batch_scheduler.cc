@@ -142,7 +142,10 @@ void BatchScheduler::Stop(Status reason) {
 
 SchedulerStats BatchScheduler::stats() const {
   MutexLock lock(mu_);
-  return stats_;
+  SchedulerStats st = stats_;
+  st.overloaded = OverloadedLocked();
+  st.step_seconds = step_s_;
+  return st;
 }
 
 void BatchScheduler::Post(std::function<void()> task) {

@@ -127,6 +127,9 @@ struct SchedulerStats {
   int64_t frames_skipped = 0;  // frames not made because their request had max_frames_in_delivery waiting
   int queued_rows = 0;
   int running_rows = 0;
+  bool overloaded = false;  // a request was refused within kOverloadWindow (the batch fills to
+                            // cpu_overload_batch_rows on a CPU; max_queue_wait_s judges every request)
+  double step_seconds = 0;  // a denoising step's time, smoothed: what max_queue_wait_s's estimate uses
 };
 
 class BatchScheduler {

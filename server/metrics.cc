@@ -146,6 +146,18 @@ std::string MetricsServer::Render() const {
     Line(&out, "spritediff_running_rows", "model=\"" + Escape(m->name) + "\"",
          static_cast<double>(m->scheduler->stats().running_rows));
   }
+  out += "# HELP spritediff_scheduler_overloaded 1 within 5 s of a request refused with RESOURCE_EXHAUSTED (the CPU batch then fills to cpu_overload_batch_rows), else 0.\n"
+         "# TYPE spritediff_scheduler_overloaded gauge\n";
+  for (const auto& m : models) {
+    Line(&out, "spritediff_scheduler_overloaded", "model=\"" + Escape(m->name) + "\"",
+         m->scheduler->stats().overloaded ? 1 : 0);
+  }
+  out += "# HELP spritediff_scheduler_step_seconds A denoising step's time, smoothed over steps (max_queue_wait_s's estimate uses it).\n"
+         "# TYPE spritediff_scheduler_step_seconds gauge\n";
+  for (const auto& m : models) {
+    Line(&out, "spritediff_scheduler_step_seconds", "model=\"" + Escape(m->name) + "\"",
+         m->scheduler->stats().step_seconds);
+  }
   std::map<std::string, int> by_state;
   for (const auto& state : {"QUEUED", "RUNNING", "SUCCEEDED", "FAILED", "CANCELLED", "INTERRUPTED"}) by_state[state] = 0;
   for (const v1::Job& job : jobs_.List()) {

@@ -34,6 +34,9 @@ TEST(MetricsTest, ScrapeShowsRequestsByStatusAndSchedulerCounters) {
   EXPECT_NE(text.find("spritediff_scheduler_steps_total{model=\"tiny\"} 3"), std::string::npos) << text;
   EXPECT_NE(text.find("spritediff_scheduler_rows_stepped_total{model=\"tiny\"} 6"), std::string::npos) << text;
   EXPECT_NE(text.find("spritediff_scheduler_frames_skipped_total{model=\"tiny\"} 0"), std::string::npos) << text;
+  EXPECT_NE(text.find("spritediff_scheduler_overloaded{model=\"tiny\"} 0"), std::string::npos) << text;
+  EXPECT_NE(text.find("spritediff_scheduler_step_seconds{model=\"tiny\"} "), std::string::npos) << text;
+  EXPECT_EQ(text.find("spritediff_scheduler_step_seconds{model=\"tiny\"} 0\n"), std::string::npos) << text;  // steps ran
   EXPECT_NE(text.find("spritediff_training_jobs{state=\"RUNNING\"} 0"), std::string::npos) << text;
   stub.reset();
   EXPECT_EQ(d.Stop(), 0) << d.Log();

@@ -213,8 +213,11 @@ TEST(Scheduler, WhileOverloadedARequestAtAFullBatchIsRefusedEvenWithAnEmptyQueue
   ASSERT_TRUE(WaitStats(s, [](const SchedulerStats& st) { return st.running_rows == 2 && st.steps > 2; }));
   auto queued_job = LongJob("queued", 2, queued);
   ASSERT_TRUE(s.Submit(queued_job).ok());  // an empty queue, nothing refused yet: admitted to wait
+  EXPECT_FALSE(s.stats().overloaded);
+  EXPECT_GT(s.stats().step_seconds, 0.0);
   const Status busy = s.Submit(MakeJob("refused", 1, 5, SamplerKind::kDdim, refused));
   ASSERT_EQ(busy.code(), Status::Code::kResourceExhausted) << busy.message();
+  EXPECT_TRUE(s.stats().overloaded);
   queued_job->cancelled.store(true);  // the queue empties; the batch stays full
   s.Wake();
   ASSERT_TRUE(queued->WaitDone());
