@@ -130,16 +130,9 @@ fi
 ldd $BIN | grep -E "torch|c10|cuda" | head
 el "built"
 
-# Waits up to 30 s for the daemon on port $1 (pid $2) to answer its health check; fails at once
-# if that process has ended.
-wait_health() {
-  for _ in $(seq 150); do
-    build-gpu/bin/spritectl health --server 127.0.0.1:$1 --connect-timeout 0.2 > /dev/null 2>&1 && return 0
-    kill -0 "$2" 2> /dev/null || return 1
-    sleep 0.2
-  done
-  return 1
-}
+# wait_health PORT PID: up to 30 s for the daemon to answer, with this build's spritectl.
+. scripts/daemon-lib.sh
+SPRITECTL=build-gpu/bin/spritectl
 
 # The daemon must start: where it does not answer, its log and a backtrace (cuda-gdb debugs
 # host code too; its first run here found the scheduler thread calling MKL's Fortran entry).

@@ -38,6 +38,13 @@ int JobSteps(const SampleJob& job) {
   return steps;
 }
 
+// The steps a running request has left (its rows end together, with its longest one).
+int StepsLeft(const std::vector<SampleRow>& rows) {
+  int left = 0;
+  for (const SampleRow& row : rows) left = std::max(left, row.steps_total() - row.steps_done());
+  return left;
+}
+
 }  // namespace
 
 BatchScheduler::BatchScheduler(std::string model_name, LoadedModel model, torch::Device device,
@@ -216,8 +223,7 @@ int BatchScheduler::FillRowsLocked() const {
   // together with its last one; a cancelled or expired one is retired at the next step).
   int freed = 0;
   for (const Running& r : running_) {
-    int left = 0;
-    for (const SampleRow& row : r.rows) left = std::max(left, row.steps_total() - row.steps_done());
+    const int left = StepsLeft(r.rows);
     const bool ending = r.job->cancelled.load() || (r.job->deadline && now > *r.job->deadline);
     if (ending || left <= limits_.cpu_batch_wait_steps) freed += static_cast<int>(r.rows.size());
   }
@@ -339,11 +345,7 @@ void BatchScheduler::StepOnce() {
     stats_.rows_stepped += static_cast<int64_t>(rows.size());
     step_s_ = step_s_ > 0 ? 0.8 * step_s_ + 0.2 * seconds : seconds;
     running_left_.clear();
-    for (const Running& r : running_) {
-      int left = 0;
-      for (const SampleRow& row : r.rows) left = std::max(left, row.steps_total() - row.steps_done());
-      running_left_.push_back({static_cast<int>(r.rows.size()), left});
-    }
+    for (const Running& r : running_) running_left_.push_back({static_cast<int>(r.rows.size()), StepsLeft(r.rows)});
   }
   for (size_t i = 0; i < running_.size();) {
     Running& r = running_[i];
