@@ -6,6 +6,7 @@
 #include <sstream>
 #include <tuple>
 
+#include "common/client_text.h"
 #include "common/file_util.h"
 #include "common/image.h"
 
@@ -43,7 +44,7 @@ Status ReadIntField(const json& parent, const std::string& name, const char* key
   const bool fits = v.is_number_unsigned() ? v.get<uint64_t>() <= static_cast<uint64_t>(INT32_MAX)
                                            : v.is_number_integer() && v.get<int64_t>() >= INT32_MIN &&
                                                  v.get<int64_t>() <= INT32_MAX;
-  if (!fits) return Status::InvalidArgument(name + "." + key + " must be an integer, got " + v.dump());
+  if (!fits) return Status::InvalidArgument(name + "." + key + " must be an integer, got " + Echo(v.dump()));
   *out = v.get<int>();
   return Status::Ok();
 }

@@ -105,6 +105,14 @@ TEST_F(CheckpointTest, ArchitectureFieldsMustBeIntegersThatFitAnInt) {
     EXPECT_NE(loaded.status().message().find("architecture.n_feat must be an integer"), std::string::npos)
         << loaded.status().message();
   }
+  // A value is echoed bounded, not at its size.
+  nlohmann::json huge = j;
+  huge["architecture"]["n_feat"] = std::string(500000, 'x');
+  WriteModelJson(huge);
+  Result<LoadedModel> refused = LoadModel(dir_.string());
+  ASSERT_FALSE(refused.ok());
+  EXPECT_NE(refused.status().message().find("architecture.n_feat must be an integer"), std::string::npos);
+  EXPECT_LT(refused.status().message().size(), 1000u);
   WriteModelJson(j);
   EXPECT_TRUE(LoadModel(dir_.string()).ok());
 }
