@@ -10,17 +10,20 @@
 #include <condition_variable>
 #include <cstdio>
 #include <filesystem>
+#include <iomanip>
 #include <iostream>
 #include <map>
 #include <mutex>
 #include <random>
 #include <sstream>
+#include <system_error>
 #include <thread>
 
 #include "client/cli_common.h"
 #include "client/gif_writer.h"
 #include "client/train_commands.h"
 #include "common/labels.h"
+#include "common/file_util.h"
 #include "common/image.h"
 #include "grpc/health/v1/health.grpc.pb.h"
 #include "spritediff/v1/sprites.grpc.pb.h"
@@ -405,7 +408,7 @@ nlohmann::json Percentiles(const std::vector<double>& v, std::initializer_list<i
 // (requests answered OK per second of arrivals), latency percentiles of the answered requests,
 // and how fast refusals came.
 template <typename Args>
-void OpenLoop(const Args& a, const v1::SampleRequest& base) {
+void OpenLoop(const Args& a, const v1::SampleRequest& base, uint32_t default_steps) {
   if (a.rate * a.duration > kMaxOpenLoopArrivals) {
     Fail("--rate x --duration must be at most " + std::to_string(static_cast<int64_t>(kMaxOpenLoopArrivals)) +
          " expected arrivals, got " +
@@ -416,6 +419,10 @@ void OpenLoop(const Args& a, const v1::SampleRequest& base) {
     double ms = 0;
     int64_t sprites = 0;
     double queued_ms = 0, run_ms = 0;  // the server's own split of an answered request
+    double sent_s = 0;                 // arrival time, from the start of the run
+    uint32_t steps = 0;                // as the server ran it; for a failed call as asked
+    float guidance = 0;                // likewise (0: asked for the model's default)
+    bool sent = true;                  // false: no thread could be started for it
   };
   std::vector<std::unique_ptr<v1::Sprites::Stub>> stubs;
   for (int c = 0; c < a.channels; ++c) stubs.push_back(BenchStub(a.c));
@@ -446,13 +453,23 @@ void OpenLoop(const Args& a, const v1::SampleRequest& base) {
       outcomes.emplace_back();
     }
     v1::Sprites::Stub& stub = *stubs[slot % stubs.size()];
-    std::thread([&, slot, req = std::move(req)] {
-      const SampleCall call = RunSample(stub, req, a.c.timeout_s);
+    try {
+      std::thread([&, slot, t, req = std::move(req)] {
+        const SampleCall call = RunSample(stub, req, a.c.timeout_s);
+        const bool ok = call.status.ok();
+        std::lock_guard<std::mutex> lock(mu);
+        outcomes[slot] = {call.status.error_code(), call.total_ms, call.result.images_size(),
+                          call.result.queued_ms(), call.result.run_ms(), t,
+                          ok ? call.result.steps() : (req.steps() != 0 ? req.steps() : default_steps),
+                          ok ? call.result.guidance_scale() : req.guidance_scale()};
+        if (--inflight == 0) idle.notify_all();
+      }).detach();
+    } catch (const std::system_error&) {  // out of threads: the client, not the server, was the limit
       std::lock_guard<std::mutex> lock(mu);
-      outcomes[slot] = {call.status.error_code(), call.total_ms, call.result.images_size(), call.result.queued_ms(),
-                        call.result.run_ms()};
+      outcomes[slot].sent = false;
+      ++dropped;
       if (--inflight == 0) idle.notify_all();
-    }).detach();
+    }
   }
   {
     std::unique_lock<std::mutex> lock(mu);
@@ -460,11 +477,23 @@ void OpenLoop(const Args& a, const v1::SampleRequest& base) {
   }
   const double wall = std::chrono::duration<double>(Clock::now() - start).count();
   std::vector<double> ok_ms, refused_ms, queued_ms, run_ms;
+  std::map<uint32_t, std::vector<double>> ok_ms_by_steps;  // the mix's long requests set the tail
   std::map<std::string, int> errors;
   int64_t sprites = 0;
+  std::ostringstream csv;
+  csv << std::fixed << std::setprecision(3)
+      << "sent_s,steps,guidance,status,latency_ms,server_queued_ms,server_run_ms\n";
   for (const Outcome& o : outcomes) {
-    if (o.code == grpc::StatusCode::OK) {
+    if (!o.sent) continue;
+    const bool ok = o.code == grpc::StatusCode::OK;
+    csv << o.sent_s << ',' << o.steps << ',';
+    if (o.guidance > 0) csv << o.guidance;  // empty: the model's default (a failed call never learnt it)
+    csv << ',' << CodeName(o.code) << ',' << o.ms << ',';
+    if (ok) csv << o.queued_ms << ',' << o.run_ms;  // the server's split exists for answered calls only
+    csv << '\n';
+    if (ok) {
       ok_ms.push_back(o.ms);
+      ok_ms_by_steps[o.steps].push_back(o.ms);
       queued_ms.push_back(o.queued_ms);
       run_ms.push_back(o.run_ms);
       sprites += o.sprites;
@@ -496,6 +525,15 @@ void OpenLoop(const Args& a, const v1::SampleRequest& base) {
       {"server_run_ms", Percentiles(run_ms, {50, 99})},
       {"refused_ms", refusal},
   };
+  nlohmann::json by_steps = nlohmann::json::object();
+  for (const auto& [steps, ms] : ok_ms_by_steps) {
+    by_steps[std::to_string(steps)] = {{"ok", ms.size()}, {"latency_ms", Percentiles(ms, {50, 99})}};
+  }
+  report["by_steps"] = by_steps;
+  if (!a.requests_csv.empty()) {
+    const spritediff::Status written = spritediff::WriteFileAtomic(a.requests_csv, csv.str());
+    if (!written.ok()) Fail("--requests-csv: " + written.message());
+  }
   if (a.json) {
     std::cout << report.dump() << "\n";
   } else {
@@ -508,6 +546,10 @@ void OpenLoop(const Args& a, const v1::SampleRequest& base) {
     const nlohmann::json& run = report["server_run_ms"];
     std::printf("in server    queued p50 %.1f  p99 %.1f, running p50 %.1f  p99 %.1f ms\n", queued["p50"].get<double>(),
                 queued["p99"].get<double>(), run["p50"].get<double>(), run["p99"].get<double>());
+    for (const auto& [steps, ms] : ok_ms_by_steps) {
+      std::printf("  %4u steps  %zu answered, latency p50 %.1f  p99 %.1f ms\n", steps, ms.size(), Percentile(ms, 50),
+                  Percentile(ms, 99));
+    }
     std::printf("refused      %zu (RESOURCE_EXHAUSTED), answered in p99 %.1f ms\n", refused_ms.size(),
                 refusal["p99"].get<double>());
     if (dropped > 0) {
@@ -533,6 +575,7 @@ void BenchCommand(CLI::App& app) {
     uint64_t mix_seed = 1;
     int channels = 8;
     int max_inflight = 512;
+    std::string requests_csv;
   };
   auto a = std::make_shared<Args>();
   auto* cmd = app.add_subcommand("bench", "load generator: concurrent clients, throughput and latency percentiles");
@@ -559,13 +602,16 @@ void BenchCommand(CLI::App& app) {
       ->check(CLI::Range(1, 1024))->capture_default_str();
   cmd->add_option("--max-inflight", a->max_inflight, "open loop: calls open at once; an arrival past it is not sent "
                   "and is reported as client_dropped")->check(CLI::Range(1, 4096))->capture_default_str();
+  cmd->add_option("--requests-csv", a->requests_csv, "open loop: also write one line per sent request (arrival "
+                  "time, steps, guidance, status, latency and the server's queued/run split) to this file");
   cmd->callback([a] {
     v1::SampleRequest base = BuildRequest(a->r);
     // Fail fast, with a clear message, when the server is not there.
     auto probe = v1::Sprites::NewStub(Connect(a->c));
-    base.set_frame_every(static_cast<uint32_t>(std::min(a->frame_every, ResolveSteps(*probe, a->r, a->c))));
+    const int steps = ResolveSteps(*probe, a->r, a->c);
+    base.set_frame_every(static_cast<uint32_t>(std::min(a->frame_every, steps)));
     if (a->rate > 0) {
-      OpenLoop(*a, base);
+      OpenLoop(*a, base, static_cast<uint32_t>(steps));
       return;
     }
     std::mutex mu;

@@ -50,7 +50,8 @@ printf "| load | offered req/s | goodput req/s | goodput/offered | p50 ms | p99 
 printf "|---|---|---|---|---|---|---|---|---|---|---|\n"
 for pct in $LEVELS; do
   rate=$(awk -v c="$capacity" -v p="$pct" 'BEGIN { printf "%.3f", c * p / 100 }')
-  out=$($BIN/spritectl bench --server "$SERVER" $MIX --rate "$rate" --duration "$DURATION" --mix-seed "$pct" --json || true)
+  out=$($BIN/spritectl bench --server "$SERVER" $MIX --rate "$rate" --duration "$DURATION" --mix-seed "$pct" --json \
+    --requests-csv "$LOG.$pct.csv" || true)
   echo "$out" >>"$LOG.runs"
   refused=$(sed -n 's/.*"RESOURCE_EXHAUSTED": *\([0-9]*\).*/\1/p' <<<"$out"); refused=${refused:-0}
   errors=$(sed -n 's/.*"errors": *\({[^}]*}\).*/\1/p' <<<"$out")
@@ -60,4 +61,19 @@ for pct in $LEVELS; do
     "$(sub "$out" server_queued_ms p99)" "$(sub "$out" server_run_ms p99)" "$refused" "$(sub "$out" refused_ms p99)" "$errors"
 done
 echo
-echo "raw runs: $LOG.runs"
+# Latency by steps: the mix's 50-step requests set the tail, and a level's median moves with
+# the share of each kind answered.
+printf "| load | 10 steps: answered, p50 / p99 ms | 25 steps | 50 steps |\n|---|---|---|---|\n"
+i=0
+for pct in $LEVELS; do
+  i=$((i + 1))
+  line=$(sed -n "${i}p" "$LOG.runs")
+  printf "| %s%% |" "$pct"
+  for steps in 10 25 50; do
+    part=$(sed -n "s/.*\"by_steps\": *{.*\"$steps\": *{\([^}]*}[^}]*\)}.*/\1/p" <<<"$line")
+    printf " %s, %.0f / %.0f |" "$(field "$part" ok)" "$(sub "$part" latency_ms p50)" "$(sub "$part" latency_ms p99)"
+  done
+  echo
+done
+echo
+echo "raw runs: $LOG.runs (one line per level); per request: $LOG.<level>.csv"

@@ -104,12 +104,16 @@ Status BatchScheduler::Submit(std::shared_ptr<SampleJob> job) {
         std::snprintf(msg, sizeof(msg), "server busy: model '%s' would give this request a place in %.1f s (the "
                       "oldest queued request has waited %.1f s), limit max_queue_wait_s=%g; retry later",
                       model_name_.c_str(), wait_s, waited_s, limits_.max_queue_wait_s);
-        last_refusal_ = SteadyClock::now();
+        // A request bigger than the overload fill waits for an empty batch whatever the load, so
+        // its refusal is no sign of overload: counting it would keep a daemon below capacity in
+        // overload for as long as such requests keep coming.
+        if (rows <= overload_rows_) last_refusal_ = SteadyClock::now();
         return Status::ResourceExhausted(msg);
       }
     }
     queue_.push_back(std::move(job));
     queued_rows_ += rows;
+    stats_.queued_rows = queued_rows_;
   }
   cv_.NotifyOne();
   return Status::Ok();
@@ -336,16 +340,26 @@ void BatchScheduler::StepOnce() {
     spdlog::error("model {}: denoising step failed: {}", model_name_, e.what());
     for (Running& r : running_) FinishRunning(r, Status::Internal(std::string("denoising step failed: ") + e.what()));
     running_.clear();
+    RefreshRunningLeft();
     return;
   }
   {
     const double seconds = std::chrono::duration<double>(SteadyClock::now() - step_start).count();
+    // A step that captured a CUDA graph, or the first one (lazy initialisation), is no sample of
+    // the step time; one sample moves the estimate at most to 4x (a burst that fills the batch
+    // still raises it within a few steps).
+    const int captured = graphs_ != nullptr ? graphs_->captured_graphs() : 0;
+    const bool first = steps_seen_++ == 0;
+    const bool sample = !first && captured == graphs_seen_;
+    graphs_seen_ = captured;
+    std::vector<RowsAndSteps> left;
+    left.reserve(running_.size());
+    for (const Running& r : running_) left.push_back({static_cast<int>(r.rows.size()), StepsLeft(r.rows)});
     MutexLock lock(mu_);
     stats_.steps++;
     stats_.rows_stepped += static_cast<int64_t>(rows.size());
-    step_s_ = step_s_ > 0 ? 0.8 * step_s_ + 0.2 * seconds : seconds;
-    running_left_.clear();
-    for (const Running& r : running_) running_left_.push_back({static_cast<int>(r.rows.size()), StepsLeft(r.rows)});
+    if (sample) step_s_ = step_s_ > 0 ? 0.8 * step_s_ + 0.2 * std::min(seconds, 4 * step_s_) : seconds;
+    running_left_ = std::move(left);
   }
   for (size_t i = 0; i < running_.size();) {
     Running& r = running_[i];
@@ -449,7 +463,16 @@ void BatchScheduler::Iterate() {
   }
   Admit(admitted);
   RetireCancelledAndExpired();
+  RefreshRunningLeft();
   if (!running_.empty()) StepOnce();
+}
+
+void BatchScheduler::RefreshRunningLeft() {
+  std::vector<RowsAndSteps> left;
+  left.reserve(running_.size());
+  for (const Running& r : running_) left.push_back({static_cast<int>(r.rows.size()), StepsLeft(r.rows)});
+  MutexLock lock(mu_);
+  running_left_ = std::move(left);
 }
 
 void BatchScheduler::Loop() {
@@ -475,6 +498,7 @@ void BatchScheduler::Loop() {
       spdlog::error("model {}: scheduler step failed: {}", model_name_, e.what());
       for (Running& r : running_) FinishRunning(r, Status::Internal(std::string("sampling failed: ") + e.what()));
       running_.clear();
+      RefreshRunningLeft();
     }
   }
   // Stopping: nothing is left behind without an answer.

@@ -169,6 +169,10 @@ class BatchScheduler {
   bool OverloadedLocked() const REQUIRES(mu_);
   void Admit(std::vector<std::shared_ptr<SampleJob>>& admitted);
   void RetireCancelledAndExpired();
+  // Rebuilds running_left_ from running_: after every change to the running set (admission,
+  // retirement, a failed start or step), not only after a step, so that the wait estimate never
+  // counts requests that have left (with none running no step would refresh it).
+  void RefreshRunningLeft();
   void StepOnce();
   void FinishRunning(Running& r, Status status);
   // Hands on_done to the delivery thread; `rows` ([N, C, H, W] on the CPU) are encoded there.
@@ -207,6 +211,8 @@ class BatchScheduler {
   SchedulerStats stats_ GUARDED_BY(mu_);
 
   std::vector<Running> running_;  // owned by the loop thread
+  int graphs_seen_ = 0;           // loop thread: CUDA graphs captured before the latest step
+  int64_t steps_seen_ = 0;        // loop thread: steps run (the first is no sample of the step time)
   int running_rows_ GUARDED_BY(mu_) = 0;  // rows of running_ and of jobs being admitted
   Mutex stop_mu_;                         // serialises Stop()
   std::thread thread_;

@@ -229,6 +229,62 @@ TEST(Scheduler, WhileOverloadedARequestAtAFullBatchIsRefusedEvenWithAnEmptyQueue
   EXPECT_EQ(again->DoneCalls(), 0);
 }
 
+// The wait estimate must forget requests that leave without a step: cancelled ones, when
+// nothing else runs, used to stay in it, and an idle daemon within the overload window then
+// refused a request bigger than the overload fill because of them (renewing the window).
+TEST(Scheduler, RequestsThatLeaveWithoutAStepLeaveTheWaitEstimate) {
+  const LoadedModel m = TinyModel(kLongT);
+  SchedulerLimits limits = Limits(8, 16);
+  limits.cpu_batch_rows = 2;
+  limits.cpu_overload_batch_rows = 1;
+  limits.cpu_batch_wait_steps = 0;
+  limits.max_queue_wait_s = 0.001;
+  BatchScheduler s("tiny", m, torch::kCPU, limits);
+  auto running = std::make_shared<Probe>(), queued = std::make_shared<Probe>(), refused = std::make_shared<Probe>(),
+       fresh = std::make_shared<Probe>();
+  auto running_job = LongJob("running", 2, running), queued_job = LongJob("queued", 1, queued);
+  ASSERT_TRUE(s.Submit(running_job).ok());
+  ASSERT_TRUE(WaitStats(s, [](const SchedulerStats& st) { return st.running_rows == 2 && st.steps > 2; }));
+  ASSERT_TRUE(s.Submit(queued_job).ok());
+  ASSERT_EQ(s.Submit(MakeJob("refused", 1, 5, SamplerKind::kDdim, refused)).code(), Status::Code::kResourceExhausted);
+  ASSERT_TRUE(s.stats().overloaded);
+  running_job->cancelled.store(true);
+  queued_job->cancelled.store(true);
+  s.Wake();
+  ASSERT_TRUE(running->WaitDone());
+  ASSERT_TRUE(queued->WaitDone());
+  ASSERT_TRUE(WaitStats(s, [](const SchedulerStats& st) { return st.running_rows == 0 && st.queued_rows == 0; }));
+  ASSERT_TRUE(s.stats().overloaded);  // still within the window
+  // 2 rows > the overload fill of 1: judged by the estimate, which must see an empty batch.
+  const Status answer = s.Submit(MakeJob("fresh", 2, 5, SamplerKind::kDdim, fresh));
+  ASSERT_TRUE(answer.ok()) << answer.message();
+  EXPECT_TRUE(fresh->WaitDone());
+  EXPECT_EQ(fresh->DoneCalls(), 1);
+  s.Stop();
+}
+
+// A request bigger than the overload fill waits for an empty batch whatever the load, so its
+// refusal does not put the daemon into overload; a refused request that fits the fill does.
+TEST(Scheduler, OnlyRefusalsOfRequestsThatFitTheOverloadFillStartOverload) {
+  const LoadedModel m = TinyModel(kLongT);
+  SchedulerLimits limits = Limits(8, 16);
+  limits.cpu_batch_rows = 4;
+  limits.cpu_overload_batch_rows = 1;
+  limits.cpu_batch_wait_steps = 0;
+  limits.max_queue_wait_s = 0.001;
+  BatchScheduler s("tiny", m, torch::kCPU, limits);
+  auto running = std::make_shared<Probe>(), queued = std::make_shared<Probe>(), big = std::make_shared<Probe>(),
+       small = std::make_shared<Probe>();
+  ASSERT_TRUE(s.Submit(LongJob("running", 3, running)).ok());
+  ASSERT_TRUE(WaitStats(s, [](const SchedulerStats& st) { return st.running_rows == 3 && st.steps > 2; }));
+  ASSERT_TRUE(s.Submit(LongJob("queued", 2, queued)).ok());  // 3 + 2 > 4: waits
+  EXPECT_EQ(s.Submit(MakeJob("big", 2, 5, SamplerKind::kDdim, big)).code(), Status::Code::kResourceExhausted);
+  EXPECT_FALSE(s.stats().overloaded);
+  EXPECT_EQ(s.Submit(MakeJob("small", 1, 5, SamplerKind::kDdim, small)).code(), Status::Code::kResourceExhausted);
+  EXPECT_TRUE(s.stats().overloaded);
+  s.Stop();
+}
+
 TEST(Scheduler, WithoutMaxQueueWaitOnlyTheRowLimitRefuses) {
   auto queued = std::make_shared<Probe>(), last = std::make_shared<Probe>();
   EXPECT_TRUE(QueueBehindAFullBatch(0, queued, last).ok());  // max_queue_wait_s 0: off
