@@ -76,7 +76,7 @@ TEST(Config, TheShippedConfigLoadsAndBoundsQueueWait) {
   EXPECT_EQ(shipped->max_batch_rows, 64);
   EXPECT_EQ(shipped->cpu_batch_rows, 32);  // on a CPU: see README, "Open-loop load"
   EXPECT_EQ(shipped->cpu_batch_wait_steps, 4);  // joins behind big requests at the next step
-  EXPECT_EQ(shipped->cpu_overload_batch_rows, 24);  // past capacity: faster steps for accepted requests
+  EXPECT_EQ(shipped->cpu_overload_batch_rows, 12);  // past capacity: faster steps for accepted requests
   EXPECT_EQ(shipped->fold_batchnorm, "auto");  // folded on a GPU only
   EXPECT_EQ(shipped->precision, "auto");
   EXPECT_EQ(shipped->training_precision, "auto");
