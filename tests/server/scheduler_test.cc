@@ -229,17 +229,23 @@ TEST(Scheduler, WhileOverloadedARequestAtAFullBatchIsRefusedEvenWithAnEmptyQueue
   EXPECT_EQ(again->DoneCalls(), 0);
 }
 
+// A CPU scheduler whose batch fills to cpu_batch_rows, and to 1 row within the overload
+// window, that refuses any request with a wait ahead of it (max_queue_wait_s 1 ms).
+SchedulerLimits OverloadOfOneRow(int cpu_batch_rows) {
+  SchedulerLimits limits = Limits(8, 16);
+  limits.cpu_batch_rows = cpu_batch_rows;
+  limits.cpu_overload_batch_rows = 1;
+  limits.cpu_batch_wait_steps = 0;
+  limits.max_queue_wait_s = 0.001;
+  return limits;
+}
+
 // The wait estimate must forget requests that leave without a step: cancelled ones, when
 // nothing else runs, used to stay in it, and an idle daemon within the overload window then
 // refused a request bigger than the overload fill because of them (renewing the window).
 TEST(Scheduler, RequestsThatLeaveWithoutAStepLeaveTheWaitEstimate) {
   const LoadedModel m = TinyModel(kLongT);
-  SchedulerLimits limits = Limits(8, 16);
-  limits.cpu_batch_rows = 2;
-  limits.cpu_overload_batch_rows = 1;
-  limits.cpu_batch_wait_steps = 0;
-  limits.max_queue_wait_s = 0.001;
-  BatchScheduler s("tiny", m, torch::kCPU, limits);
+  BatchScheduler s("tiny", m, torch::kCPU, OverloadOfOneRow(2));
   auto running = std::make_shared<Probe>(), queued = std::make_shared<Probe>(), refused = std::make_shared<Probe>(),
        fresh = std::make_shared<Probe>();
   auto running_job = LongJob("running", 2, running), queued_job = LongJob("queued", 1, queued);
@@ -267,12 +273,7 @@ TEST(Scheduler, RequestsThatLeaveWithoutAStepLeaveTheWaitEstimate) {
 // refusal does not put the daemon into overload; a refused request that fits the fill does.
 TEST(Scheduler, OnlyRefusalsOfRequestsThatFitTheOverloadFillStartOverload) {
   const LoadedModel m = TinyModel(kLongT);
-  SchedulerLimits limits = Limits(8, 16);
-  limits.cpu_batch_rows = 4;
-  limits.cpu_overload_batch_rows = 1;
-  limits.cpu_batch_wait_steps = 0;
-  limits.max_queue_wait_s = 0.001;
-  BatchScheduler s("tiny", m, torch::kCPU, limits);
+  BatchScheduler s("tiny", m, torch::kCPU, OverloadOfOneRow(4));
   auto running = std::make_shared<Probe>(), queued = std::make_shared<Probe>(), big = std::make_shared<Probe>(),
        small = std::make_shared<Probe>();
   ASSERT_TRUE(s.Submit(LongJob("running", 3, running)).ok());
