@@ -248,6 +248,7 @@ void BatchScheduler::TakeAdmissibleLocked(std::vector<std::shared_ptr<SampleJob>
     running_rows_ += rows;
     queued_rows_ -= rows;
     running_left_.push_back({rows, JobSteps(*queue_[*it])});
+    running_left_jobs_.push_back(queue_[*it].get());
     admitted.push_back(std::move(queue_[*it]));
     queue_.erase(queue_.begin() + static_cast<std::ptrdiff_t>(*it));
   }
@@ -279,6 +280,12 @@ void BatchScheduler::FinishRunning(Running& r, Status status) {
     MutexLock lock(mu_);
     running_rows_ -= static_cast<int>(r.job->rows.size());
     stats_.running_rows = running_rows_;
+    for (size_t i = 0; i < running_left_jobs_.size(); ++i) {
+      if (running_left_jobs_[i] != r.job.get()) continue;
+      running_left_.erase(running_left_.begin() + static_cast<std::ptrdiff_t>(i));
+      running_left_jobs_.erase(running_left_jobs_.begin() + static_cast<std::ptrdiff_t>(i));
+      break;
+    }
     if (status.ok()) stats_.jobs_done++;
   }
   JobOutcome outcome;
@@ -340,7 +347,6 @@ void BatchScheduler::StepOnce() {
     spdlog::error("model {}: denoising step failed: {}", model_name_, e.what());
     for (Running& r : running_) FinishRunning(r, Status::Internal(std::string("denoising step failed: ") + e.what()));
     running_.clear();
-    RefreshRunningLeft();
     return;
   }
   {
@@ -353,13 +359,19 @@ void BatchScheduler::StepOnce() {
     const bool sample = !first && captured == graphs_seen_;
     graphs_seen_ = captured;
     std::vector<RowsAndSteps> left;
+    std::vector<const SampleJob*> jobs;
     left.reserve(running_.size());
-    for (const Running& r : running_) left.push_back({static_cast<int>(r.rows.size()), StepsLeft(r.rows)});
+    jobs.reserve(running_.size());
+    for (const Running& r : running_) {
+      left.push_back({static_cast<int>(r.rows.size()), StepsLeft(r.rows)});
+      jobs.push_back(r.job.get());
+    }
     MutexLock lock(mu_);
     stats_.steps++;
     stats_.rows_stepped += static_cast<int64_t>(rows.size());
     if (sample) step_s_ = step_s_ > 0 ? 0.8 * step_s_ + 0.2 * std::min(seconds, 4 * step_s_) : seconds;
     running_left_ = std::move(left);
+    running_left_jobs_ = std::move(jobs);
   }
   for (size_t i = 0; i < running_.size();) {
     Running& r = running_[i];
@@ -463,16 +475,7 @@ void BatchScheduler::Iterate() {
   }
   Admit(admitted);
   RetireCancelledAndExpired();
-  RefreshRunningLeft();
   if (!running_.empty()) StepOnce();
-}
-
-void BatchScheduler::RefreshRunningLeft() {
-  std::vector<RowsAndSteps> left;
-  left.reserve(running_.size());
-  for (const Running& r : running_) left.push_back({static_cast<int>(r.rows.size()), StepsLeft(r.rows)});
-  MutexLock lock(mu_);
-  running_left_ = std::move(left);
 }
 
 void BatchScheduler::Loop() {
@@ -498,7 +501,6 @@ void BatchScheduler::Loop() {
       spdlog::error("model {}: scheduler step failed: {}", model_name_, e.what());
       for (Running& r : running_) FinishRunning(r, Status::Internal(std::string("sampling failed: ") + e.what()));
       running_.clear();
-      RefreshRunningLeft();
     }
   }
   // Stopping: nothing is left behind without an answer.

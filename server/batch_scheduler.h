@@ -169,10 +169,6 @@ class BatchScheduler {
   bool OverloadedLocked() const REQUIRES(mu_);
   void Admit(std::vector<std::shared_ptr<SampleJob>>& admitted);
   void RetireCancelledAndExpired();
-  // Rebuilds running_left_ from running_: after every change to the running set (admission,
-  // retirement, a failed start or step), not only after a step, so that the wait estimate never
-  // counts requests that have left (with none running no step would refresh it).
-  void RefreshRunningLeft();
   void StepOnce();
   void FinishRunning(Running& r, Status status);
   // Hands on_done to the delivery thread; `rows` ([N, C, H, W] on the CPU) are encoded there.
@@ -202,7 +198,11 @@ class BatchScheduler {
   int queued_rows_ GUARDED_BY(mu_) = 0;
   // What the wait estimate (EstimateWaitForPlace) starts from: the running requests' rows and
   // steps left after the latest step, plus those admitted since; a step's seconds, smoothed.
+  // Each entry's request: FinishRunning drops it under the same lock as its rows, so the
+  // estimate never counts a request that has left (cancelled, failed to start, a failed step),
+  // even when no step follows to rebuild it.
   std::vector<RowsAndSteps> running_left_ GUARDED_BY(mu_);
+  std::vector<const SampleJob*> running_left_jobs_ GUARDED_BY(mu_);
   double step_s_ GUARDED_BY(mu_) = 0;
   std::optional<SteadyClock::time_point> last_refusal_ GUARDED_BY(mu_);  // the latest RESOURCE_EXHAUSTED
   bool stopping_ GUARDED_BY(mu_) = false;
