@@ -355,8 +355,7 @@ void BatchScheduler::StepOnce() {
     // the step time; one sample moves the estimate at most to 4x (a burst that fills the batch
     // still raises it within a few steps).
     const int captured = graphs_ != nullptr ? graphs_->captured_graphs() : 0;
-    const bool first = steps_seen_++ == 0;
-    const bool sample = !first && captured == graphs_seen_;
+    const bool captured_now = captured != graphs_seen_;
     graphs_seen_ = captured;
     std::vector<RowsAndSteps> left;
     std::vector<const SampleJob*> jobs;
@@ -367,6 +366,7 @@ void BatchScheduler::StepOnce() {
       jobs.push_back(r.job.get());
     }
     MutexLock lock(mu_);
+    const bool sample = stats_.steps > 0 && !captured_now;
     stats_.steps++;
     stats_.rows_stepped += static_cast<int64_t>(rows.size());
     if (sample) step_s_ = step_s_ > 0 ? 0.8 * step_s_ + 0.2 * std::min(seconds, 4 * step_s_) : seconds;

@@ -212,7 +212,6 @@ class BatchScheduler {
 
   std::vector<Running> running_;  // owned by the loop thread
   int graphs_seen_ = 0;           // loop thread: CUDA graphs captured before the latest step
-  int64_t steps_seen_ = 0;        // loop thread: steps run (the first is no sample of the step time)
   int running_rows_ GUARDED_BY(mu_) = 0;  // rows of running_ and of jobs being admitted
   Mutex stop_mu_;                         // serialises Stop()
   std::thread thread_;
