@@ -530,10 +530,6 @@ void OpenLoop(const Args& a, const v1::SampleRequest& base, uint32_t default_ste
     by_steps[std::to_string(steps)] = {{"ok", ms.size()}, {"latency_ms", Percentiles(ms, {50, 99})}};
   }
   report["by_steps"] = by_steps;
-  if (!a.requests_csv.empty()) {
-    const spritediff::Status written = spritediff::WriteFileAtomic(a.requests_csv, csv.str());
-    if (!written.ok()) Fail("--requests-csv: " + written.message());
-  }
   if (a.json) {
     std::cout << report.dump() << "\n";
   } else {
@@ -557,6 +553,12 @@ void OpenLoop(const Args& a, const v1::SampleRequest& base, uint32_t default_ste
                   static_cast<long long>(dropped), a.max_inflight);
     }
     std::printf("errors       %s\n", errors.empty() ? "none" : nlohmann::json(errors).dump().c_str());
+  }
+  // Written after the report is out, so that a bad path costs the file, not the run's figures.
+  if (!a.requests_csv.empty()) {
+    std::fflush(stdout);
+    const spritediff::Status written = spritediff::WriteFileAtomic(a.requests_csv, csv.str());
+    if (!written.ok()) Fail("--requests-csv: " + written.message());
   }
 }
 
