@@ -25,6 +25,8 @@
 #include "common/labels.h"
 #include "common/file_util.h"
 #include "common/image.h"
+#include "common/palette.h"
+#include "common/sprite_sheet.h"
 #include "grpc/health/v1/health.grpc.pb.h"
 #include "spritediff/v1/sprites.grpc.pb.h"
 
@@ -88,6 +90,10 @@ struct RequestOptions {
   CLI::Option* eta_option = nullptr;       // counts whether --eta was given
   CLI::Option* guidance_option = nullptr;  // counts whether --guidance was given
   uint64_t seed = 0;
+  std::string palette;
+  std::vector<std::string> palette_colors;
+  bool dither = false;
+  std::string alpha;  // empty = the server's default (binary)
 };
 
 void AddRequestOptions(CLI::App* cmd, RequestOptions& o, int default_count) {
@@ -105,6 +111,12 @@ void AddRequestOptions(CLI::App* cmd, RequestOptions& o, int default_count) {
   o.guidance_option = cmd->add_option("--guidance", o.guidance, "classifier-free guidance scale in [0, 20]; "
                                       "1 = conditional only (default: the model's)")->check(CLI::Range(0.0, 20.0));
   cmd->add_option("--seed", o.seed, "seed of the first sprite (sprite i uses seed+i); 0 = random")->capture_default_str();
+  cmd->add_option("--palette", o.palette, "lock the sprites' colours to a named palette: " + spritediff::PaletteNames());
+  cmd->add_option("--palette-colors", o.palette_colors, "lock to your own palette: 2..256 colours #rrggbb, "
+                  "comma separated")->delimiter(',');
+  cmd->add_flag("--dither", o.dither, "Floyd-Steinberg dithering when locking to a palette");
+  cmd->add_option("--alpha", o.alpha, "RGBA models: binary (default; opaque or transparent, as pixel art) or soft")
+      ->check(CLI::IsMember({"binary", "soft"}));
 }
 
 v1::SampleRequest BuildRequest(const RequestOptions& o) {
@@ -121,18 +133,41 @@ v1::SampleRequest BuildRequest(const RequestOptions& o) {
   req.set_seed(o.seed);
   AddLabels(req, o.labels);
   if (!o.context.empty()) AddContext(req, o.context);
+  req.set_palette(o.palette);
+  for (const std::string& c : o.palette_colors) req.add_palette_colors(c);
+  req.set_dither(o.dither);
+  if (o.alpha == "binary") req.set_alpha(v1::ALPHA_MODE_BINARY);
+  if (o.alpha == "soft") req.set_alpha(v1::ALPHA_MODE_SOFT);
   return req;
 }
 
 Image DecodeOrFail(const std::string& png) {
   Result<Image> image = spritediff::DecodePng(png);
   if (!image.ok()) Fail("server sent an unreadable PNG: " + image.status().message());
-  return spritediff::CompositeOnBlack(*image);
+  return *image;
 }
 
-Image GridOf(const google::protobuf::RepeatedPtrField<std::string>& pngs, int upscale, int columns) {
+// --background: "checker" or "#rrggbb", for grids and GIFs of RGBA sprites.
+spritediff::Background ParseBackground(const std::string& text) {
+  spritediff::Background background;
+  if (text == "checker") return background;
+  Result<spritediff::Palette> solid = spritediff::ParsePaletteColors({text, text});
+  if (!solid.ok()) Fail("--background must be checker or #rrggbb, got '" + text + "'");
+  background.checkerboard = false;
+  std::copy(solid->colors[0].begin(), solid->colors[0].end(), background.rgb);
+  return background;
+}
+
+// The sprites of one event tiled into a grid; RGBA sprites over `background` (a checkerboard
+// by default, so a person sees what is transparent).
+Image GridOf(const google::protobuf::RepeatedPtrField<std::string>& pngs, int upscale, int columns,
+             spritediff::Background background = {}) {
   std::vector<Image> tiles;
-  for (const std::string& png : pngs) tiles.push_back(spritediff::UpscaleNearest(DecodeOrFail(png), upscale));
+  for (const std::string& png : pngs) {
+    const Image sprite = DecodeOrFail(png);
+    background.cell = std::max(1, sprite.width * upscale / 8);
+    tiles.push_back(spritediff::CompositeOn(spritediff::UpscaleNearest(sprite, upscale), background));
+  }
   Result<Image> grid = spritediff::MakeGrid(tiles, columns, upscale);
   if (!grid.ok()) Fail(grid.status().message());
   return *grid;
@@ -255,6 +290,8 @@ void SampleCommand(CLI::App& app) {
     int upscale = 4;
     int columns = 8;
     bool quiet = false;
+    bool sheet = false;
+    std::string background = "checker";
   };
   auto a = std::make_shared<Args>();
   auto* cmd = app.add_subcommand("sample", "make sprites; writes sprite-NNN.png, grid.png and with --gif denoise.gif");
@@ -273,7 +310,12 @@ void SampleCommand(CLI::App& app) {
       ->capture_default_str();
   cmd->add_option("--columns", a->columns, "sprites per grid row")->check(CLI::Range(1, 256))->capture_default_str();
   cmd->add_flag("--quiet", a->quiet, "no progress output");
+  cmd->add_flag("--sheet", a->sheet, "also write sheet.png (every sprite at native size, transparent gaps) and "
+                "sheet.json (TexturePacker JSON-hash atlas: x, y, w, h and the recipe of each sprite)");
+  cmd->add_option("--background", a->background, "what grid.png and the GIF show behind transparency: checker or "
+                  "#rrggbb")->capture_default_str();
   cmd->callback([a, timeout_option] {
+    const spritediff::Background background = ParseBackground(a->background);
     v1::SampleRequest req = BuildRequest(a->r);
     std::error_code ec;
     fs::create_directories(a->out, ec);
@@ -296,7 +338,7 @@ void SampleCommand(CLI::App& app) {
       if (ev.has_frame()) {
         ++frames;
         if (!a->quiet) progress.Update(static_cast<int>(ev.frame().step()), static_cast<int>(ev.frame().total_steps()));
-        if (a->gif) gif_frames.push_back(GridOf(ev.frame().images(), a->upscale, a->columns));
+        if (a->gif) gif_frames.push_back(GridOf(ev.frame().images(), a->upscale, a->columns, background));
       } else if (ev.has_result()) {
         result = ev.result();
       }
@@ -313,9 +355,40 @@ void SampleCommand(CLI::App& app) {
       Status w = spritediff::WriteFileAtomic((fs::path(a->out) / name).string(), result->images(i));
       if (!w.ok()) Fail(w.message());
     }
-    Image grid = GridOf(result->images(), a->upscale, a->columns);
+    Image grid = GridOf(result->images(), a->upscale, a->columns, background);
     Status w = spritediff::WritePng((fs::path(a->out) / "grid.png").string(), grid);
     if (!w.ok()) Fail(w.message());
+    if (a->sheet) {
+      std::vector<spritediff::SheetSprite> sprites;
+      for (int i = 0; i < result->images_size(); ++i) {
+        char name[64];
+        std::snprintf(name, sizeof(name), "sprite-%03d.png", i);
+        // What makes this one sprite again: the request with count 1 and this sprite's seed.
+        nlohmann::json recipe = {{"model", result->model()},
+                                 {"seed", result->seeds(i)},
+                                 {"sampler", SamplerLabel(result->sampler())},
+                                 {"steps", result->steps()},
+                                 {"eta", result->eta()},
+                                 {"guidance", result->guidance_scale()}};
+        nlohmann::json labels = nlohmann::json::object();
+        for (const auto& lw : req.labels()) labels[lw.label()] = lw.has_weight() ? lw.weight() : 1.0f;
+        if (!labels.empty()) recipe["labels"] = labels;
+        if (req.context_size() > 0) recipe["context"] = std::vector<float>(req.context().begin(), req.context().end());
+        if (result->channels() == 4) recipe["alpha"] = result->alpha() == v1::ALPHA_MODE_SOFT ? "soft" : "binary";
+        if (!result->palette().empty()) {
+          recipe["palette"] = result->palette();
+          if (req.palette_colors_size() > 0) {
+            recipe["palette_colors"] = std::vector<std::string>(req.palette_colors().begin(), req.palette_colors().end());
+          }
+          if (req.dither()) recipe["dither"] = true;
+        }
+        sprites.push_back({name, DecodeOrFail(result->images(i)), std::move(recipe)});
+      }
+      Result<spritediff::SpriteSheet> sheet = spritediff::MakeSpriteSheet(sprites, "sheet.png", a->columns);
+      if (!sheet.ok()) Fail(sheet.status().message());
+      w = spritediff::WriteSpriteSheet(*sheet, a->out, "sheet");
+      if (!w.ok()) Fail(w.message());
+    }
     if (a->gif) {
       gif_frames.push_back(grid);
       w = spritediff::WriteGif((fs::path(a->out) / "denoise.gif").string(), gif_frames, 8, 150);

@@ -103,7 +103,7 @@ void SubmitCommand(CLI::App* train) {
     Connection c;
     v1::JobSpec spec;
     std::string model_name, dataset, base_model, class_balance, precision;
-    uint32_t image_size = 0, n_feat = 0, epochs = 0, batch_size = 0, checkpoint_every = 0;
+    uint32_t image_size = 0, n_feat = 0, epochs = 0, batch_size = 0, checkpoint_every = 0, channels = 0;
     float lr = 0, context_dropout = -1, ema_decay = -1;
     uint64_t seed = 0;
     bool no_flip = false, watch = false, quiet = false;
@@ -118,6 +118,8 @@ void SubmitCommand(CLI::App* train) {
       ->required();
   cmd->add_option("--image-size", a->image_size, "16 or 32 (default 16, or the base model's)");
   cmd->add_option("--n-feat", a->n_feat, "network width (default 64, or the base model's)")->check(CLI::Range(1, 512));
+  cmd->add_option("--channels", a->channels, "3 (RGB on black) or 4 (RGBA, the sprites' own transparency); "
+                  "default 3, or the base model's")->check(CLI::IsMember({3, 4}));
   cmd->add_option("--epochs", a->epochs, "passes over the dataset (default 100)")->check(CLI::Range(1, 100000));
   cmd->add_option("--batch-size", a->batch_size, "images per step (default 64)")->check(CLI::Range(2, 4096));
   cmd->add_option("--lr", a->lr, "Adam learning rate, decayed linearly to 0 (default 1e-3)")->check(CLI::Range(1e-9, 1.0));
@@ -144,6 +146,7 @@ void SubmitCommand(CLI::App* train) {
     spec.set_dataset(a->dataset);
     spec.set_image_size(a->image_size);
     spec.set_n_feat(a->n_feat);
+    spec.set_channels(a->channels);
     spec.set_epochs(a->epochs);
     spec.set_batch_size(a->batch_size);
     if (a->lr > 0) spec.set_lr(a->lr);

@@ -49,17 +49,26 @@ std::string Fixed(double v, int digits) {
   return buf;
 }
 
+// Per class first: the headline is the worst class, and a class that drops modes or copies
+// training sprites is flagged in its row.
 void PrintClassTable(const QualityReport& r) {
-  std::printf("| class | images | accuracy | Frechet | real vs real | ratio | precision | recall |\n");
-  std::printf("|---|---|---|---|---|---|---|---|\n");
+  std::printf("| class | images | accuracy | Frechet | real | ratio | modes missed | min mode share | near-copies | "
+              "precision | recall |\n");
+  std::printf("|---|---|---|---|---|---|---|---|---|---|---|\n");
   for (const ClassQuality& c : r.classes) {
-    std::printf("| %s | %lld | %s | %s | %s | %s | %s | %s |\n", c.label.c_str(), static_cast<long long>(c.count),
-                Fixed(c.accuracy, 3).c_str(), Fixed(c.frechet, 2).c_str(), Fixed(c.frechet_real, 2).c_str(),
-                Fixed(c.frechet_ratio, 2).c_str(), Fixed(c.precision, 3).c_str(), Fixed(c.recall, 3).c_str());
+    std::printf("| %s | %lld | %s | %s | %s | %s | %d of %d%s | %s | %s%s | %s | %s |\n", c.label.c_str(),
+                static_cast<long long>(c.count), Fixed(c.accuracy, 3).c_str(), Fixed(c.frechet, 2).c_str(),
+                Fixed(c.frechet_real, 2).c_str(), Fixed(c.frechet_ratio, 2).c_str(), c.modes_missed, c.modes_judged,
+                c.drops_modes ? " **drops modes**" : "", Fixed(c.mode_share_min, 2).c_str(),
+                Fixed(100 * c.copy_share, 0).c_str(), c.copies ? "% **copies**" : "%", Fixed(c.precision, 3).c_str(),
+                Fixed(c.recall, 3).c_str());
   }
-  std::printf("| **overall** | %lld | %s | %s | %s | %s | %s | %s |\n", static_cast<long long>(r.count),
+  std::printf("| **pooled** | %lld | %s | %s | %s | %s | | | | %s | %s |\n", static_cast<long long>(r.count),
               Fixed(r.accuracy, 3).c_str(), Fixed(r.frechet, 2).c_str(), Fixed(r.frechet_real, 2).c_str(),
               Fixed(r.frechet_ratio, 2).c_str(), Fixed(r.precision, 3).c_str(), Fixed(r.recall, 3).c_str());
+  std::printf("\nworst class Frechet ratio %s (%s)%s\n", Fixed(r.worst_frechet_ratio, 2).c_str(),
+              r.worst_frechet_class.c_str(), r.flags.empty() ? "; no class flagged" : "");
+  for (const std::string& flag : r.flags) std::printf("flag: %s\n", flag.c_str());
 }
 
 // The sprites of a PNG grid: rows x cols equal cells, each holding one sprite upscaled by an
@@ -165,6 +174,7 @@ void AddEvalCommand(CLI::App& app, const CommonOptions& common) {
     int grid_cols = 10;
     int height = 0;
     int classifier_epochs = 100;
+    int channels = 0;
   };
   auto a = std::make_shared<Args>();
   auto* cmd = app.add_subcommand("eval", "the quality meter: classifier accuracy, Frechet ratio and precision/recall "
@@ -193,6 +203,8 @@ void AddEvalCommand(CLI::App& app, const CommonOptions& common) {
   cmd->add_option("--grid-cols", a->grid_cols, "for a PNG grid: sprites per row")->check(CLI::Range(1, 4096))
       ->capture_default_str();
   cmd->add_option("--height", a->height, "sprite size of --images (default: the model's)");
+  cmd->add_option("--channels", a->channels, "judge RGBA (4, alpha included) or composited on black (3); "
+                  "default: the model's channels, else 3")->check(CLI::IsMember({3, 4}));
   cmd->add_option("--classifier-epochs", a->classifier_epochs, "epochs of the classifier's (cached) training")
       ->check(CLI::Range(1, 10000))->capture_default_str();
   cmd->callback([a, &common, steps_opt, eta_opt, guidance_opt] {
@@ -267,6 +279,7 @@ void AddEvalCommand(CLI::App& app, const CommonOptions& common) {
     }
     if (options.data.empty()) Fail("--data is required (the model does not record its training data)");
     options.height = a->height > 0 ? a->height : (have_model ? model.info.arch.height : 16);
+    options.channels = a->channels > 0 ? a->channels : (have_model ? model.info.arch.in_channels : 3);
     options.cache_dir = a->cache_dir.empty() ? (fs::path(config.state_dir) / "eval-cache").string() : a->cache_dir;
     options.training.epochs = a->classifier_epochs;
     Result<QualityMeter> meter = QualityMeter::Open(options, [](const std::string& line) { spdlog::info("{}", line); });
@@ -283,7 +296,7 @@ void AddEvalCommand(CLI::App& app, const CommonOptions& common) {
       torch::Tensor images;
       std::vector<int64_t> classes;
       if (fs::is_directory(a->images)) {
-        Result<Dataset> set = LoadDataset(a->images, options.height);
+        Result<Dataset> set = LoadDataset(a->images, options.height, options.channels);
         if (!set.ok()) Fail("--images: " + set.status().message());
         const torch::Tensor ids = set->contexts.argmax(1);
         for (int64_t i = 0; i < ids.size(0); ++i) {
@@ -344,8 +357,9 @@ void AddEvalCommand(CLI::App& app, const CommonOptions& common) {
       Result<QualityReport> report = meter->Measure(set->images, set->classes);
       if (!report.ok()) Fail(report.status().message());
       const double per_s = set->images.size(0) / std::max(set->seconds, 1e-9);
-      spdlog::info("{}: accuracy {:.3f}, Frechet ratio {:.2f}, precision {:.3f}, recall {:.3f}, {:.2f} sprites/s",
-                   RowName(row), report->accuracy, report->frechet_ratio, report->precision, report->recall, per_s);
+      spdlog::info("{}: accuracy {:.3f}, worst class Frechet ratio {:.2f} ({}), pooled {:.2f}, {} flags, {:.2f} sprites/s",
+                   RowName(row), report->accuracy, report->worst_frechet_ratio, report->worst_frechet_class,
+                   report->frechet_ratio, report->flags.size(), per_s);
       json j = {{"sampler", SamplerName(row.sampler)}, {"steps", row.steps}, {"eta", row.eta},
                 {"guidance", row.guidance}, {"sprites_per_s", per_s}, {"report", QualityReportToJson(*report)}};
       out["rows"].push_back(j);
@@ -357,17 +371,18 @@ void AddEvalCommand(CLI::App& app, const CommonOptions& common) {
     }
     std::printf("model %s, %d sprites per class (seeds %llu..), judged against held-out real sprites of %s\n",
                 model_dir.c_str(), a->per_class, static_cast<unsigned long long>(a->seed), options.data.c_str());
-    std::printf("classifier held-out accuracy %.3f; Frechet ratio = FD of the sprites / FD of as many "
-                "held-out real sprites, both to the other half of the held-out sprites, all classes pooled "
-                "with matched class counts\n\n",
+    std::printf("classifier held-out accuracy %.3f; a class's Frechet ratio = FD of its sprites / FD of as many "
+                "held-out real sprites, both to the class's training-split sprites (1 = as close as unseen real "
+                "sprites); the headline is the worst class\n\n",
                 meter->held_out_accuracy());
     if (table.size() == 1) {
       std::printf("%s, %.2f sprites/s\n\n", table[0].first.c_str(), table[0].second.first);
       PrintClassTable(table[0].second.second);
       return;
     }
-    std::printf("| sampling | sprites/s | accuracy | worst class | Frechet ratio | precision | recall |\n");
-    std::printf("|---|---|---|---|---|---|---|\n");
+    std::printf("| sampling | sprites/s | accuracy | worst class accuracy | worst class Frechet ratio | pooled ratio | "
+                "flags | precision | recall |\n");
+    std::printf("|---|---|---|---|---|---|---|---|---|\n");
     auto print_row = [](const std::string& name, const std::string& rate, const QualityReport& r) {
       double worst = 1.0;
       std::string worst_label;
@@ -377,8 +392,12 @@ void AddEvalCommand(CLI::App& app, const CommonOptions& common) {
           worst_label = c.label;
         }
       }
-      std::printf("| %s | %s | %s | %s %s | %s | %s | %s |\n", name.c_str(), rate.c_str(), Fixed(r.accuracy, 3).c_str(),
-                  worst_label.c_str(), Fixed(worst, 2).c_str(), Fixed(r.frechet_ratio, 2).c_str(),
+      std::string flags;
+      for (const std::string& f : r.flags) flags += (flags.empty() ? "" : "; ") + f;
+      std::printf("| %s | %s | %s | %s %s | %s %s | %s | %s | %s | %s |\n", name.c_str(), rate.c_str(),
+                  Fixed(r.accuracy, 3).c_str(), worst_label.c_str(), Fixed(worst, 2).c_str(),
+                  r.worst_frechet_class.c_str(), Fixed(r.worst_frechet_ratio, 2).c_str(),
+                  Fixed(r.frechet_ratio, 2).c_str(), flags.empty() ? "-" : flags.c_str(),
                   Fixed(r.precision, 3).c_str(), Fixed(r.recall, 3).c_str());
     };
     print_row("real sprites (held-out query half)", "-", *real);

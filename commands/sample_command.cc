@@ -11,9 +11,11 @@
 
 #include "common/image.h"
 #include "common/labels.h"
+#include "common/sprite_sheet.h"
 #include "core/checkpoint.h"
 #include "core/sampler.h"
 #include "core/sampling_defaults.h"
+#include "core/sprite_finish.h"
 #include "core/step_graphs.h"
 
 namespace spritediff {
@@ -35,6 +37,12 @@ void AddSampleCommand(CLI::App& app, const CommonOptions& common) {
     std::string out;
     int upscale = 4;
     int per_label = 0;
+    std::string alpha = "binary";
+    std::string palette;
+    std::vector<std::string> palette_colors;
+    bool dither = false;
+    std::string background = "checker";
+    bool sheet = false;
   };
   auto a = std::make_shared<Args>();
   auto* cmd = app.add_subcommand("sample", "sample sprites offline and write PNGs");
@@ -55,7 +63,30 @@ void AddSampleCommand(CLI::App& app, const CommonOptions& common) {
   cmd->add_option("--out", a->out, "output directory")->required();
   cmd->add_option("--upscale", a->upscale, "nearest-neighbour factor of grid.png")->check(CLI::Range(1, 32))
       ->capture_default_str();
+  cmd->add_option("--alpha", a->alpha, "RGBA models: binary (pixel art's: opaque or transparent) or soft alpha")
+      ->check(CLI::IsMember({"binary", "soft"}))->capture_default_str();
+  cmd->add_option("--palette", a->palette, "lock the sprites' colours to a palette: " + PaletteNames());
+  cmd->add_option("--palette-colors", a->palette_colors, "lock to your own palette: 2..256 colours #rrggbb")
+      ->delimiter(',');
+  cmd->add_flag("--dither", a->dither, "Floyd-Steinberg dithering when locking to a palette");
+  cmd->add_option("--background", a->background, "what grid.png shows behind transparency: checker or #rrggbb")
+      ->capture_default_str();
+  cmd->add_flag("--sheet", a->sheet, "also write sheet.png (every sprite at native size, transparent gaps) and "
+                "sheet.json (TexturePacker JSON-hash atlas with each sprite's recipe)");
   cmd->callback([a, &common, eta_opt, guidance_opt] {
+    SpriteFinish finish;
+    if (!ParseAlphaMode(a->alpha, &finish.alpha)) Fail("--alpha must be binary or soft");
+    Result<std::optional<Palette>> palette = ResolvePalette(a->palette, a->palette_colors);
+    if (!palette.ok()) Fail("--" + palette.status().message());
+    finish.palette = *palette;
+    finish.dither = a->dither;
+    Background background;
+    if (a->background != "checker") {
+      Result<Palette> solid = ParsePaletteColors({a->background, a->background});
+      if (!solid.ok()) Fail("--background must be checker or #rrggbb, got '" + a->background + "'");
+      background.checkerboard = false;
+      std::copy(solid->colors[0].begin(), solid->colors[0].end(), background.rgb);
+    }
     AppConfig config = ResolveConfig(common);
     const std::string dir = ModelDir(a->model, config);
     const std::string device = PrepareCompute(config);
@@ -132,13 +163,43 @@ void AddSampleCommand(CLI::App& app, const CommonOptions& common) {
     if (graphs != nullptr && !graphs->capture_error().empty()) spdlog::warn("{}; sampled eagerly", graphs->capture_error());
     const double seconds = std::chrono::duration<double>(Clock::now() - start).count();
     std::vector<Image> tiles;
+    std::vector<SheetSprite> sheet_sprites;
     for (int i = 0; i < total; ++i) {
-      Image sprite = TensorToImage(x[i]);
+      Image sprite = FinishSprite(x[i], finish);
       char name[64];
       std::snprintf(name, sizeof(name), "sprite-%03d.png", i);
       Status s = WritePng((fs::path(a->out) / name).string(), sprite);
       if (!s.ok()) Fail(s.message());
-      tiles.push_back(UpscaleNearest(sprite, a->upscale));
+      // The checkerboard's squares are a quarter of a sprite's side after the upscale.
+      background.cell = std::max(1, info.arch.height * a->upscale / 8);
+      tiles.push_back(CompositeOn(UpscaleNearest(sprite, a->upscale), background));
+      if (a->sheet) {
+        nlohmann::json recipe = {{"model", info.name},
+                                 {"seed", specs[i].seed},
+                                 {"context", specs[i].context},
+                                 {"sampler", SamplerName(specs[i].sampler)},
+                                 {"steps", specs[i].steps},
+                                 {"eta", specs[i].eta},
+                                 {"guidance", specs[i].guidance}};
+        nlohmann::json labels = nlohmann::json::object();
+        for (size_t k = 0; k < info.labels.size(); ++k) {
+          if (specs[i].context[k] != 0.0f) labels[info.labels[k]] = specs[i].context[k];
+        }
+        recipe["labels"] = labels;
+        if (info.arch.in_channels == 4) recipe["alpha"] = AlphaModeName(finish.alpha);
+        if (finish.palette) {
+          recipe["palette"] = finish.palette->name;
+          if (finish.palette->name == "custom") recipe["palette_colors"] = a->palette_colors;
+          if (finish.dither) recipe["dither"] = true;
+        }
+        sheet_sprites.push_back({name, sprite, std::move(recipe)});
+      }
+    }
+    if (a->sheet) {
+      Result<SpriteSheet> sheet = MakeSpriteSheet(sheet_sprites, "sheet.png", a->per_label > 0 ? a->per_label : 0);
+      if (!sheet.ok()) Fail(sheet.status().message());
+      Status s = WriteSpriteSheet(*sheet, a->out, "sheet");
+      if (!s.ok()) Fail(s.message());
     }
     Result<Image> grid = MakeGrid(tiles, a->per_label > 0 ? a->per_label : std::min(total, 8), a->upscale);
     if (!grid.ok()) Fail(grid.status().message());

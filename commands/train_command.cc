@@ -38,6 +38,9 @@ void AddTrainCommand(CLI::App& app, const CommonOptions& common) {
   cmd->add_option("--name", cfg->name, "model name (default: last part of --out)");
   cmd->add_option("--n-feat", cfg->n_feat, "base width of the U-Net (multiple of 8)")->capture_default_str();
   cmd->add_option("--height", cfg->height, "image size in pixels: 16 or 32")->capture_default_str();
+  cmd->add_option("--channels", cfg->channels, "3: RGB composited onto black (the course's format); 4: RGBA, "
+                  "trained on the sprites' own transparency (premultiplied colour plus alpha)")
+      ->capture_default_str();
   cmd->add_option("--epochs", cfg->epochs, "passes over the data")->capture_default_str();
   cmd->add_option("--batch-size", cfg->batch_size, "images per optimizer step")->capture_default_str();
   cmd->add_option("--lr", cfg->lr, "initial Adam learning rate, decayed linearly to 0")->capture_default_str();
@@ -100,7 +103,7 @@ void AddTrainCommand(CLI::App& app, const CommonOptions& common) {
     c.bf16_convolutions = *bf16;
     std::ostringstream line;
     line << "spritediffd train --data " << c.data << " --out " << c.out << " --n-feat " << c.n_feat
-         << " --height " << c.height << " --epochs " << c.epochs << " --batch-size " << c.batch_size << " --lr "
+         << " --height " << c.height << " --channels " << c.channels << " --epochs " << c.epochs << " --batch-size " << c.batch_size << " --lr "
          << c.lr << " --seed " << c.seed << " --ema-decay " << c.ema_decay << " --context-dropout "
          << c.context_dropout << (c.flip ? "" : " --no-flip") << " --class-balance " << c.class_balance
          << (c.init_from.empty() ? "" : " --init-from " + c.init_from)

@@ -4,6 +4,7 @@
 
 #include <png.h>
 
+#include <algorithm>
 #include <cstdio>
 #include <cstring>
 
@@ -54,6 +55,34 @@ Image CompositeOnBlack(const Image& image) {
     for (int x = 0; x < image.width; ++x) {
       const int alpha = image.at(x, y, 3);
       for (int c = 0; c < 3; ++c) out.at(x, y, c) = static_cast<uint8_t>((image.at(x, y, c) * alpha + 127) / 255);
+    }
+  }
+  return out;
+}
+
+Image PremultiplyAlpha(const Image& image) {
+  if (image.channels != 4) return image;
+  Image out = image;
+  for (size_t p = 0; p < out.pixels.size(); p += 4) {
+    const int alpha = out.pixels[p + 3];
+    for (int c = 0; c < 3; ++c) out.pixels[p + c] = static_cast<uint8_t>((out.pixels[p + c] * alpha + 127) / 255);
+  }
+  return out;
+}
+
+Image CompositeOn(const Image& image, const Background& background) {
+  if (image.channels != 4) return image;
+  constexpr uint8_t kLight = 204, kDark = 153;  // the greys GIMP and Aseprite use
+  const int cell = std::max(1, background.cell);
+  Image out(image.width, image.height, 3);
+  for (int y = 0; y < image.height; ++y) {
+    for (int x = 0; x < image.width; ++x) {
+      const int alpha = image.at(x, y, 3);
+      const uint8_t grey = ((x / cell + y / cell) % 2 == 0) ? kLight : kDark;
+      for (int c = 0; c < 3; ++c) {
+        const int under = background.checkerboard ? grey : background.rgb[c];
+        out.at(x, y, c) = static_cast<uint8_t>((image.at(x, y, c) * alpha + under * (255 - alpha) + 127) / 255);
+      }
     }
   }
   return out;

@@ -36,6 +36,20 @@ Result<Image> DecodePng(const std::string& bytes, uint32_t max_side = kMaxPngSid
 // RGBA -> RGB with colour multiplied by alpha (black background). RGB passes through.
 Image CompositeOnBlack(const Image& image);
 
+// RGBA -> RGBA with each colour multiplied by its alpha (premultiplied): a transparent pixel
+// becomes (0, 0, 0, 0) whatever colour it carried, and box filtering then averages correctly.
+// The colour channels of the result equal CompositeOnBlack's. RGB passes through.
+Image PremultiplyAlpha(const Image& image);
+
+// RGBA -> RGB over a background: a checkerboard of `cell`-pixel squares in two greys (what
+// image editors show behind transparency), or one colour when `solid` is set. RGB passes through.
+struct Background {
+  bool checkerboard = true;
+  int cell = 4;                 // checkerboard square side, in output pixels
+  uint8_t rgb[3] = {0, 0, 0};   // the solid colour
+};
+Image CompositeOn(const Image& image, const Background& background);
+
 // Averages factor x factor blocks; width and height must be multiples of factor.
 Result<Image> BoxDownscale(const Image& image, int factor);
 

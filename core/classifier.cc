@@ -14,6 +14,7 @@ Status ClassifierConfig::Validate() const {
   if (height < 4 || height > 256 || height % 4 != 0) {
     return Status::InvalidArgument("classifier height must be a multiple of 4 in [4, 256]");
   }
+  if (channels != 3 && channels != 4) return Status::InvalidArgument("classifier channels must be 3 or 4");
   if (width < 8 || width % 8 != 0 || width > 512) return Status::InvalidArgument("classifier width must be 8..512, a multiple of 8");
   if (feature_dim < 2 || feature_dim > 4096) return Status::InvalidArgument("classifier feature_dim must be in [2, 4096]");
   return Status::Ok();
@@ -36,7 +37,7 @@ void AddStage(nn::Sequential& seq, int in, int out) {
 SpriteClassifierImpl::SpriteClassifierImpl(const ClassifierConfig& config) : config_(config) {
   const int w = config.width;
   nn::Sequential body;
-  AddStage(body, 3, w);
+  AddStage(body, config.channels, w);
   body->push_back(nn::AvgPool2d(nn::AvgPool2dOptions(2)));
   AddStage(body, w, 2 * w);
   body->push_back(nn::AvgPool2d(nn::AvgPool2dOptions(2)));

@@ -19,6 +19,7 @@ namespace spritediff {
 
 struct ClassifierConfig {
   int num_classes = 5;
+  int channels = 3;       // 3: RGB composited onto black; 4: premultiplied RGBA (core/dataset.h)
   int height = 16;        // square input, a multiple of 4
   int width = 32;         // channels of the first stage; 2x and 4x in the next two
   int feature_dim = 128;  // the penultimate (feature) layer
@@ -32,7 +33,7 @@ class SpriteClassifierImpl : public torch::nn::Module {
  public:
   explicit SpriteClassifierImpl(const ClassifierConfig& config);
 
-  // x: [B, 3, H, W] in [-1, 1]. Returns [B, feature_dim].
+  // x: [B, channels, H, W] in [-1, 1]. Returns [B, feature_dim].
   torch::Tensor features(const torch::Tensor& x);
   // Returns the logits [B, num_classes].
   torch::Tensor forward(const torch::Tensor& x);

@@ -26,11 +26,12 @@ bool HasPngExtension(const fs::path& p) {
 // pixel buffer exists (a 60-byte PNG may claim 16384x16384).
 constexpr uint32_t kMaxDatasetImageSide = 1024;
 
-// One image brought to [3, height, height] uint8 (composited onto black, box-downscaled).
-Result<Image> PrepareImage(const std::string& path, int height) {
+// One image brought to [height, height, channels] uint8: composited onto black (3 channels) or
+// premultiplied RGBA (4), box-downscaled.
+Result<Image> PrepareImage(const std::string& path, int height, int channels) {
   Result<Image> rgba = ReadPng(path, kMaxDatasetImageSide);
   if (!rgba.ok()) return rgba.status();
-  Image rgb = CompositeOnBlack(*rgba);
+  Image rgb = channels == 4 ? PremultiplyAlpha(*rgba) : CompositeOnBlack(*rgba);
   if (rgb.width != rgb.height) {
     return Status::InvalidArgument(path + ": image is " + std::to_string(rgb.width) + "x" +
                                    std::to_string(rgb.height) + ", expected a square");
@@ -78,7 +79,7 @@ Result<std::vector<std::string>> ReadLabelsTxt(const fs::path& file) {
   return labels;
 }
 
-Result<Dataset> LoadImageFolder(const fs::path& dir, int height) {
+Result<Dataset> LoadImageFolder(const fs::path& dir, int height, int channels) {
   Result<std::vector<std::string>> labels = ImageFolderLabels(dir.string());
   if (!labels.ok()) return labels.status();
   const int64_t k = static_cast<int64_t>(labels->size());
@@ -95,10 +96,10 @@ Result<Dataset> LoadImageFolder(const fs::path& dir, int height) {
   if (files.empty()) return Status::FailedPrecondition(dir.string() + ": no PNG files in its class folders");
 
   const int64_t n = static_cast<int64_t>(files.size());
-  torch::Tensor pixels = torch::empty({n, height, height, 3}, torch::kUInt8);
+  torch::Tensor pixels = torch::empty({n, height, height, channels}, torch::kUInt8);
   torch::Tensor contexts = torch::zeros({n, k}, torch::kFloat32);
   for (int64_t i = 0; i < n; ++i) {
-    Result<Image> image = PrepareImage(files[i].first, height);
+    Result<Image> image = PrepareImage(files[i].first, height, channels);
     if (!image.ok()) return image.status();
     std::memcpy(pixels[i].data_ptr<uint8_t>(), image->pixels.data(), image->pixels.size());
     contexts[i][files[i].second] = 1.0f;
@@ -199,7 +200,10 @@ Result<std::vector<std::string>> ImageFolderLabels(const std::string& dir_str) {
   return labels;
 }
 
-Result<Dataset> LoadDataset(const std::string& path, int height) {
+Result<Dataset> LoadDataset(const std::string& path, int height, int channels) {
+  if (channels != 3 && channels != 4) {
+    return Status::InvalidArgument("channels must be 3 (RGB) or 4 (RGBA), got " + std::to_string(channels));
+  }
   std::error_code ec;
   const fs::path dir(path);
   if (!fs::is_directory(dir, ec)) return Status::NotFound(path + ": not a directory");
@@ -209,8 +213,14 @@ Result<Dataset> LoadDataset(const std::string& path, int height) {
       if (entry.is_directory()) has_dirs = true;
       if (entry.path().extension() == ".npy") has_npy = true;
     }
-    if (has_npy) return LoadNpyPair(dir, height);
-    if (has_dirs) return LoadImageFolder(dir, height);
+    if (has_npy) {
+      if (channels == 4) {
+        return Status::InvalidArgument(path + ": the course's .npy pair has no alpha; a 4-channel (RGBA) model "
+                                       "needs an ImageFolder of PNGs");
+      }
+      return LoadNpyPair(dir, height);
+    }
+    if (has_dirs) return LoadImageFolder(dir, height, channels);
     return Status::FailedPrecondition(path + ": neither class folders (ImageFolder) nor .npy files");
   } catch (const fs::filesystem_error& e) {
     return Status::IoError(path + ": " + e.what());

@@ -12,12 +12,14 @@
 #include <filesystem>
 #include <fstream>
 #include <limits>
+#include <numeric>
 #include <random>
 #include <sstream>
 
 #include "core/checkpoint.h"
 #include "core/dataset.h"
 #include "core/sample_metrics.h"
+#include "core/sampler.h"
 
 namespace spritediff {
 
@@ -58,6 +60,7 @@ Result<json> MeterIdentity(const MeterOptions& o) {
               {"files", files.size()},
               {"files_hash", Fnv1a64(listing)},
               {"height", o.height},
+              {"channels", o.channels},
               {"held_out_fraction", o.held_out_fraction},
               {"split_seed", o.split_seed},
               {"width", o.width},
@@ -79,6 +82,84 @@ std::string Hex(uint64_t v) {
 
 torch::Tensor RowsOf(const torch::Tensor& classes, int64_t c) { return (classes == c).nonzero().flatten(); }
 
+// What a PNG of each image holds, in [-1, 1]: alpha finished binary (TensorToImage), then
+// premultiplied (4 channels) or composited onto black (3); [N, channels, H, W].
+torch::Tensor AsStored(const torch::Tensor& images, int channels) {
+  const torch::Tensor cpu = images.to(torch::kCPU, torch::kFloat32);
+  std::vector<torch::Tensor> out;
+  out.reserve(static_cast<size_t>(cpu.size(0)));
+  for (int64_t i = 0; i < cpu.size(0); ++i) {
+    const Image finished = TensorToImage(cpu[i], AlphaMode::kBinary);
+    Image stored = channels == 4 ? PremultiplyAlpha(finished) : CompositeOnBlack(finished);
+    if (stored.channels != channels) {  // a 3-channel image for an RGBA meter: opaque everywhere
+      Image rgba(stored.width, stored.height, 4);
+      for (int y = 0; y < stored.height; ++y)
+        for (int x = 0; x < stored.width; ++x) {
+          for (int c = 0; c < 3; ++c) rgba.at(x, y, c) = stored.at(x, y, c);
+          rgba.at(x, y, 3) = 255;
+        }
+      stored = rgba;
+    }
+    out.push_back(torch::from_blob(stored.pixels.data(), {stored.height, stored.width, stored.channels}, torch::kUInt8)
+                      .permute({2, 0, 1})
+                      .to(torch::kFloat32)
+                      .div(127.5)
+                      .sub(1.0));
+  }
+  return torch::stack(out);
+}
+
+// Pixel distance in 8-bit units, RMS over every channel value: [A, D] x [B, D] -> [A, B].
+torch::Tensor PixelDistances(const torch::Tensor& a, const torch::Tensor& b) {
+  return torch::cdist(a.to(torch::kFloat64), b.to(torch::kFloat64)).div(std::sqrt(static_cast<double>(a.size(1))))
+      .mul(127.5);
+}
+
+// k-means (k-means++ seeding, then Lloyd's iterations) of the rows of x [n, D]; [k, D] centres.
+torch::Tensor KMeans(const torch::Tensor& x_in, int k, uint64_t seed) {
+  const torch::Tensor x = x_in.to(torch::kFloat64);
+  const int64_t n = x.size(0);
+  std::mt19937_64 rng(seed);
+  std::uniform_real_distribution<double> uniform(0.0, 1.0);
+  std::vector<int64_t> chosen{static_cast<int64_t>(rng() % static_cast<uint64_t>(n))};
+  while (static_cast<int>(chosen.size()) < k) {
+    const torch::Tensor centres = x.index_select(0, torch::tensor(chosen, torch::kInt64));
+    const torch::Tensor d2 = torch::cdist(x, centres).pow(2).amin(1).contiguous();
+    const double total = d2.sum().item<double>();
+    if (!(total > 0)) break;  // fewer distinct points than k
+    double r = uniform(rng) * total;
+    const double* p = d2.data_ptr<double>();
+    int64_t pick = n - 1;
+    for (int64_t i = 0; i < n; ++i) {
+      r -= p[i];
+      if (r <= 0) {
+        pick = i;
+        break;
+      }
+    }
+    chosen.push_back(pick);
+  }
+  torch::Tensor centres = x.index_select(0, torch::tensor(chosen, torch::kInt64)).clone();
+  for (int iter = 0; iter < 50; ++iter) {
+    const torch::Tensor assign = torch::cdist(x, centres).argmin(1);
+    torch::Tensor next = centres.clone();
+    for (int64_t j = 0; j < centres.size(0); ++j) {
+      const torch::Tensor members = (assign == j).nonzero().flatten();
+      if (members.numel() > 0) next[j] = x.index_select(0, members).mean(0);
+    }
+    if (torch::equal(next, centres)) break;
+    centres = next;
+  }
+  return centres;
+}
+
+constexpr double kModeMinShare = 0.1;      // a cluster holding this share of a class's real sprites is a mode
+constexpr double kModeMissedFactor = 0.25;  // missed: generated share below this times the real share
+constexpr double kModeMinExpected = 4;      // judged only where this many generated sprites are expected
+constexpr double kCopyPercentile = 0.05;    // of held-out -> training-split distances: the near-copy threshold
+constexpr double kCopyFlagShare = 0.2;      // a class with more near-copies than this is flagged
+constexpr int kFrechetSubsets = 16;         // generated subsets of m_c averaged per class
+
 }  // namespace
 
 Status MeterOptions::Validate() const {
@@ -95,7 +176,11 @@ Status MeterOptions::Validate() const {
   }
   if (training.batch_size < 2 || training.batch_size > 4096) return Status::InvalidArgument("classifier batch size must be in [2, 4096]");
   if (knn_k < 1 || knn_k > 100) return Status::InvalidArgument("k must be in [1, 100]");
+  if (channels != 3 && channels != 4) {
+    return Status::InvalidArgument("channels must be 3 or 4, got " + std::to_string(channels));
+  }
   ClassifierConfig c;
+  c.channels = channels;
   c.height = height;
   c.width = width;
   c.feature_dim = feature_dim;
@@ -107,12 +192,16 @@ json QualityReportToJson(const QualityReport& r) {
   for (const ClassQuality& c : r.classes) {
     classes.push_back({{"label", c.label}, {"count", c.count}, {"fd_count", c.fd_count}, {"accuracy", c.accuracy},
                        {"frechet", c.frechet}, {"frechet_real", c.frechet_real}, {"frechet_ratio", c.frechet_ratio},
-                       {"precision", c.precision}, {"recall", c.recall}});
+                       {"precision", c.precision}, {"recall", c.recall}, {"modes", c.modes},
+                       {"modes_judged", c.modes_judged}, {"modes_missed", c.modes_missed},
+                       {"mode_share_min", c.mode_share_min}, {"drops_modes", c.drops_modes},
+                       {"copy_share", c.copy_share}, {"copied_sources", c.copied_sources}, {"copies", c.copies}});
   }
   // nlohmann writes NaN as null: "not measurable for this class".
   return json{{"count", r.count},         {"accuracy", r.accuracy},   {"frechet", r.frechet},
-              {"frechet_real", r.frechet_real}, {"frechet_ratio", r.frechet_ratio}, {"precision", r.precision},
-              {"recall", r.recall},       {"classes", classes}};
+              {"frechet_real", r.frechet_real}, {"frechet_ratio", r.frechet_ratio},
+              {"worst_frechet_ratio", r.worst_frechet_ratio}, {"worst_frechet_class", r.worst_frechet_class},
+              {"precision", r.precision}, {"recall", r.recall}, {"flags", r.flags}, {"classes", classes}};
 }
 
 int64_t QualityMeter::held_out_count(int c) const { return (held_out_classes_ == c).sum().item<int64_t>(); }
@@ -144,6 +233,7 @@ Result<QualityMeter> QualityMeter::Open(const MeterOptions& options, const Meter
       ClassifierConfig config;
       config.num_classes = static_cast<int>(meter.labels_.size());
       config.height = options.height;
+      config.channels = options.channels;
       config.width = options.width;
       config.feature_dim = options.feature_dim;
       meter.net_ = SpriteClassifier(config);
@@ -160,13 +250,17 @@ Result<QualityMeter> QualityMeter::Open(const MeterOptions& options, const Meter
       meter.loaded_from_cache_ = true;
       log("classifier loaded from cache " + meter.cache_path_ + " (held-out accuracy " +
           std::to_string(meter.held_out_accuracy_) + ")");
+      Result<Dataset> data = LoadDataset(options.data, options.height, options.channels);
+      if (!data.ok()) return Status(data.status());
+      Status real = meter.PrepareRealSets(*data);
+      if (!real.ok()) return real;
       return meter;
     } catch (const std::exception& e) {
       log(std::string("cache ") + meter.cache_path_ + " unusable (" + e.what() + "); retraining");
     }
   }
 
-  Result<Dataset> data = LoadDataset(options.data, options.height);
+  Result<Dataset> data = LoadDataset(options.data, options.height, options.channels);
   if (!data.ok()) return Status(data.status());
   const int64_t k = static_cast<int64_t>(data->labels.size());
   if (k < 2) return Status::FailedPrecondition("--data '" + options.data + "': the meter needs at least 2 classes");
@@ -178,6 +272,7 @@ Result<QualityMeter> QualityMeter::Open(const MeterOptions& options, const Meter
   ClassifierConfig config;
   config.num_classes = static_cast<int>(k);
   config.height = options.height;
+  config.channels = options.channels;
   config.width = options.width;
   config.feature_dim = options.feature_dim;
   log("training the meter's classifier on " + std::to_string(split.train.size()) + " images (" +
@@ -232,22 +327,47 @@ Result<QualityMeter> QualityMeter::Open(const MeterOptions& options, const Meter
   s = WriteFileAtomic(meta_path.string(), meta.dump(2) + "\n");
   if (!s.ok()) return s;
   log("classifier cached in " + meter.cache_path_);
+  s = meter.PrepareRealSets(*data);
+  if (!s.ok()) return s;
   return meter;
 }
 
-std::pair<torch::Tensor, torch::Tensor> QualityMeter::HeldOutHalves(int c) const {
-  const torch::Tensor rows = RowsOf(held_out_classes_, c);
-  std::vector<int64_t> idx(rows.data_ptr<int64_t>(), rows.data_ptr<int64_t>() + rows.numel());
-  std::mt19937_64 rng(options_.split_seed * 1000003ULL + static_cast<uint64_t>(c) + 11);
-  for (size_t i = idx.size(); i > 1; --i) std::swap(idx[i - 1], idx[rng() % i]);
-  const size_t q = idx.size() / 2;
-  const std::vector<int64_t> query(idx.begin(), idx.begin() + q), ref(idx.begin() + q, idx.end());
-  return {held_out_features_.index_select(0, torch::tensor(query, torch::kInt64)),
-          held_out_features_.index_select(0, torch::tensor(ref, torch::kInt64))};
+Status QualityMeter::PrepareRealSets(const Dataset& data) {
+  const int64_t k = static_cast<int64_t>(labels_.size());
+  const torch::Tensor classes = data.contexts.argmax(1);
+  const DataSplit split = SplitPerClass(classes, k, options_.held_out_fraction, options_.split_seed);
+  if (static_cast<int64_t>(split.held_out.size()) != held_out_features_.size(0)) {
+    return Status::FailedPrecondition("--data '" + options_.data + "' changed since its meter was cached");
+  }
+  // As a PNG holds them: 8-bit steps.
+  const torch::Tensor pixels = data.images.add(1.0).mul(127.5).round().div(127.5).sub(1.0).flatten(1);
+  real_pixels_ = pixels;
+  train_pixels_ = pixels.index_select(0, torch::tensor(split.train, torch::kInt64));
+  held_out_pixels_ = pixels.index_select(0, torch::tensor(split.held_out, torch::kInt64));
+  // The near-copy threshold: how close unseen real sprites come to the training split.
+  const torch::Tensor nearest = PixelDistances(held_out_pixels_, train_pixels_).amin(1);
+  const torch::Tensor sorted = std::get<0>(nearest.sort());
+  copy_threshold_ = sorted[static_cast<int64_t>(kCopyPercentile * (sorted.size(0) - 1))].item<double>();
+  // Each class's modes: k-means of its real features (both splits).
+  mode_centres_.assign(k, torch::Tensor());
+  mode_shares_.assign(k, {});
+  for (int64_t c = 0; c < k; ++c) {
+    const torch::Tensor feats = torch::cat({train_features_.index_select(0, RowsOf(train_classes_, c)),
+                                            held_out_features_.index_select(0, RowsOf(held_out_classes_, c))});
+    if (feats.size(0) < 4) continue;
+    const int modes = static_cast<int>(std::clamp<int64_t>(std::llround(feats.size(0) / 10.0), 2, 6));
+    mode_centres_[c] = KMeans(feats, modes, options_.split_seed * 7919 + static_cast<uint64_t>(c));
+    const torch::Tensor assign = torch::cdist(feats.to(torch::kFloat64), mode_centres_[c]).argmin(1);
+    for (int64_t j = 0; j < mode_centres_[c].size(0); ++j) {
+      mode_shares_[c].push_back((assign == j).sum().item<double>() / feats.size(0));
+    }
+  }
+  return Status::Ok();
 }
 
 Result<QualityReport> QualityMeter::MeasureFeatures(const torch::Tensor& features, const torch::Tensor& predicted,
-                                                    const std::vector<int64_t>& classes) const {
+                                                    const std::vector<int64_t>& classes, const torch::Tensor& pixels,
+                                                    const torch::Tensor& copy_pool) const {
   const int64_t k = static_cast<int64_t>(labels_.size());
   if (static_cast<int64_t>(classes.size()) != features.size(0)) {
     return Status::InvalidArgument("one class per image needed");
@@ -260,7 +380,9 @@ Result<QualityReport> QualityMeter::MeasureFeatures(const torch::Tensor& feature
   report.count = features.size(0);
   if (report.count == 0) return Status::InvalidArgument("no images to judge");
   report.accuracy = (predicted == cls).to(torch::kFloat64).mean().item<double>();
-  std::vector<torch::Tensor> pooled_real, pooled_gen, pooled_query, pooled_ref;
+  std::mt19937_64 rng(options_.split_seed * 104729 + 17);
+  std::vector<torch::Tensor> pooled_gen, pooled_held, pooled_train, pooled_real;
+  report.worst_frechet_ratio = kNaN;
   for (int64_t c = 0; c < k; ++c) {
     const torch::Tensor rows = RowsOf(cls, c);
     if (rows.numel() == 0) continue;
@@ -269,53 +391,94 @@ Result<QualityReport> QualityMeter::MeasureFeatures(const torch::Tensor& feature
     q.count = rows.numel();
     q.accuracy = (predicted.index_select(0, rows) == c).to(torch::kFloat64).mean().item<double>();
     const torch::Tensor gen = features.index_select(0, rows);
-    const torch::Tensor real = held_out_features_.index_select(0, RowsOf(held_out_classes_, c));
-    pooled_real.push_back(real);
-    const std::pair<torch::Tensor, torch::Tensor> halves = HeldOutHalves(static_cast<int>(c));
-    const torch::Tensor& query = halves.first;
-    const torch::Tensor& ref = halves.second;
-    pooled_ref.push_back(ref);
-    q.fd_count = std::min<int64_t>(q.count, query.size(0));
+    const torch::Tensor held = held_out_features_.index_select(0, RowsOf(held_out_classes_, c));
+    const torch::Tensor train = train_features_.index_select(0, RowsOf(train_classes_, c));
+    pooled_real.push_back(held);
+    q.fd_count = std::min<int64_t>(q.count, held.size(0));
     q.frechet = q.frechet_real = q.frechet_ratio = q.precision = q.recall = kNaN;
-    if (q.fd_count >= 1) {
-      pooled_gen.push_back(gen.slice(0, 0, q.fd_count));
-      pooled_query.push_back(query.slice(0, 0, q.fd_count));
-    }
-    if (q.fd_count >= 2 && ref.size(0) >= 2) {
-      Result<double> fd = FrechetDistance(gen.slice(0, 0, q.fd_count), ref);
-      Result<double> fd_real = FrechetDistance(query.slice(0, 0, q.fd_count), ref);
-      if (!fd.ok()) return fd.status();
+    if (q.fd_count >= 2 && train.size(0) >= 2) {
+      // Subsets of m_c generated sprites, each against the training split; the first also pools.
+      double sum = 0;
+      const int subsets = q.count > q.fd_count ? kFrechetSubsets : 1;
+      for (int s = 0; s < subsets; ++s) {
+        std::vector<int64_t> pick(static_cast<size_t>(q.count));
+        std::iota(pick.begin(), pick.end(), 0);
+        for (size_t i = 0; i < static_cast<size_t>(q.fd_count); ++i) {
+          std::swap(pick[i], pick[i + rng() % (pick.size() - i)]);
+        }
+        pick.resize(static_cast<size_t>(q.fd_count));
+        std::sort(pick.begin(), pick.end());
+        const torch::Tensor subset = gen.index_select(0, torch::tensor(pick, torch::kInt64));
+        if (s == 0) pooled_gen.push_back(subset);
+        Result<double> fd = FrechetDistance(subset, train);
+        if (!fd.ok()) return fd.status();
+        sum += *fd;
+      }
+      Result<double> fd_real = FrechetDistance(held.slice(0, 0, q.fd_count), train);
       if (!fd_real.ok()) return fd_real.status();
-      q.frechet = *fd;
+      pooled_held.push_back(held.slice(0, 0, q.fd_count));
+      pooled_train.push_back(train);
+      q.frechet = sum / subsets;
       q.frechet_real = *fd_real;
       q.frechet_ratio = q.frechet_real > 0 ? q.frechet / q.frechet_real : kNaN;
+      if (std::isfinite(q.frechet_ratio) &&
+          (!std::isfinite(report.worst_frechet_ratio) || q.frechet_ratio > report.worst_frechet_ratio)) {
+        report.worst_frechet_ratio = q.frechet_ratio;
+        report.worst_frechet_class = q.label;
+      }
     }
-    if (gen.size(0) > options_.knn_k && real.size(0) > options_.knn_k) {
-      Result<PrecisionRecall> pr = ManifoldPrecisionRecall(real, gen, options_.knn_k);
+    if (gen.size(0) > options_.knn_k && held.size(0) > options_.knn_k) {
+      Result<PrecisionRecall> pr = ManifoldPrecisionRecall(held, gen, options_.knn_k);
       if (!pr.ok()) return pr.status();
       q.precision = pr->precision;
       q.recall = pr->recall;
     }
+    // Modes: the generated sprites' shares of the real class's k-means clusters.
+    q.mode_share_min = kNaN;
+    if (mode_centres_.size() == static_cast<size_t>(k) && mode_centres_[c].defined()) {
+      const torch::Tensor assign = torch::cdist(gen.to(torch::kFloat64), mode_centres_[c]).argmin(1);
+      for (int64_t j = 0; j < mode_centres_[c].size(0); ++j) {
+        const double real_share = mode_shares_[c][static_cast<size_t>(j)];
+        if (real_share < kModeMinShare) continue;
+        ++q.modes;
+        if (real_share * q.count < kModeMinExpected) continue;
+        ++q.modes_judged;
+        const double share = (assign == j).sum().item<double>() / q.count;
+        const double relative = share / real_share;
+        if (!std::isfinite(q.mode_share_min) || relative < q.mode_share_min) q.mode_share_min = relative;
+        if (relative < kModeMissedFactor) ++q.modes_missed;
+      }
+      q.drops_modes = q.modes_missed > 0;
+    }
+    // Near-copies of real sprites, in pixels.
+    if (pixels.defined() && copy_pool.defined() && pixels.size(0) == features.size(0)) {
+      const auto [dist, source] = PixelDistances(pixels.index_select(0, rows), copy_pool).min(1);
+      const torch::Tensor copied = dist < copy_threshold_;
+      q.copy_share = copied.to(torch::kFloat64).mean().item<double>();
+      q.copied_sources = q.copy_share > 0 ? std::get<0>(torch::_unique(source.masked_select(copied))).numel() : 0;
+      q.copies = q.copy_share > kCopyFlagShare;
+    }
+    if (q.drops_modes) {
+      report.flags.push_back(q.label + " drops modes (" + std::to_string(q.modes_missed) + " of " +
+                             std::to_string(q.modes_judged) + " judged missed)");
+    }
+    if (q.copies) {
+      report.flags.push_back(q.label + " copies training sprites (" + std::to_string(std::lround(100 * q.copy_share)) +
+                             "% near-copies of " + std::to_string(q.copied_sources) + " sprites)");
+    }
     report.classes.push_back(q);
   }
-  // Overall: one Frechet distance over all classes at once, class-matched by composition (each
-  // class contributes the same number of generated and of held-out query sprites) against the
-  // reference halves of those classes. A mean of per-class distances would be ruled by the
-  // smallest class: with 6 held-out food sprites its covariance, and so its real-vs-real
-  // distance, is mostly noise.
+  // Pooled: every class at its m_c, against the training splits of those classes.
   report.frechet = report.frechet_real = report.frechet_ratio = kNaN;
-  // A class adds to pooled_ref before it adds to pooled_gen, so both are non-empty here.
-  const torch::Tensor gen_all = pooled_gen.empty() ? torch::Tensor() : torch::cat(pooled_gen);
-  const torch::Tensor ref = pooled_gen.empty() ? torch::Tensor() : torch::cat(pooled_ref);
-  // Like the per-class figures: NaN, not an error, when fewer than 2 sprites stand on a side.
-  if (gen_all.defined() && gen_all.size(0) >= 2 && ref.size(0) >= 2) {
-    Result<double> fd = FrechetDistance(gen_all, ref);
-    Result<double> fd_real = FrechetDistance(torch::cat(pooled_query), ref);
-    if (!fd.ok()) return fd.status();
-    if (!fd_real.ok()) return fd_real.status();
-    report.frechet = *fd;
-    report.frechet_real = *fd_real;
-    report.frechet_ratio = report.frechet_real > 0 ? report.frechet / report.frechet_real : kNaN;
+  if (!pooled_gen.empty()) {
+    const torch::Tensor train = torch::cat(pooled_train);
+    Result<double> fd = FrechetDistance(torch::cat(pooled_gen), train);
+    Result<double> fd_real = FrechetDistance(torch::cat(pooled_held), train);
+    if (fd.ok() && fd_real.ok()) {
+      report.frechet = *fd;
+      report.frechet_real = *fd_real;
+      report.frechet_ratio = report.frechet_real > 0 ? report.frechet / report.frechet_real : kNaN;
+    }
   }
   report.precision = report.recall = kNaN;
   const torch::Tensor all_real = torch::cat(pooled_real);
@@ -329,37 +492,39 @@ Result<QualityReport> QualityMeter::MeasureFeatures(const torch::Tensor& feature
 }
 
 Result<QualityReport> QualityMeter::Measure(const torch::Tensor& images, const std::vector<int64_t>& classes) const {
-  if (!images.defined() || images.dim() != 4 || images.size(1) != 3 || images.size(2) != options_.height ||
-      images.size(3) != options_.height) {
-    return Status::InvalidArgument("images must be [N, 3, " + std::to_string(options_.height) + ", " +
+  if (!images.defined() || images.dim() != 4 || (images.size(1) != 3 && images.size(1) != 4) ||
+      images.size(2) != options_.height || images.size(3) != options_.height) {
+    return Status::InvalidArgument("images must be [N, 3 or 4, " + std::to_string(options_.height) + ", " +
                                    std::to_string(options_.height) + "]");
   }
+  if (images.size(0) == 0) return Status::InvalidArgument("no images to judge");
   try {
-    // What a PNG of the sprite holds: clamped to [-1, 1], 8 bits per channel.
-    const torch::Tensor x = images.to(torch::kCPU, torch::kFloat32).clamp(-1.0, 1.0).add(1.0).mul(127.5).round()
-                                .div(127.5).sub(1.0);
+    const torch::Tensor x = AsStored(images, options_.channels);
     SpriteClassifier net = net_;
     ClassifierOutput out = RunClassifier(net, x);
-    return MeasureFeatures(out.features, out.predicted, classes);
+    return MeasureFeatures(out.features, out.predicted, classes, x.flatten(1), real_pixels_);
   } catch (const std::exception& e) {
     return Status::Internal(std::string("quality meter: ") + e.what());
   }
 }
 
 Result<QualityReport> QualityMeter::MeasureHeldOutReal(int64_t per_class) const {
-  std::vector<torch::Tensor> feats;
+  std::vector<torch::Tensor> feats, pixels;
   std::vector<int64_t> classes;
   for (int c = 0; c < static_cast<int>(labels_.size()); ++c) {
-    const torch::Tensor query = HeldOutHalves(c).first;
-    torch::Tensor f = query.slice(0, 0, std::min<int64_t>(per_class, query.size(0)));
-    feats.push_back(f);
-    classes.insert(classes.end(), f.size(0), c);
+    const torch::Tensor rows = RowsOf(held_out_classes_, c).slice(0, 0, per_class);
+    feats.push_back(held_out_features_.index_select(0, rows));
+    if (held_out_pixels_.defined()) pixels.push_back(held_out_pixels_.index_select(0, rows));
+    classes.insert(classes.end(), rows.numel(), c);
   }
   const torch::Tensor features = torch::cat(feats);
   SpriteClassifier net = net_;
   torch::NoGradGuard no_grad;
   const torch::Tensor predicted = net->logits_from_features(features).argmax(1);
-  return MeasureFeatures(features, predicted, classes);
+  // Real held-out sprites are checked for copies against the training split: the full set
+  // holds them themselves.
+  return MeasureFeatures(features, predicted, classes, pixels.empty() ? torch::Tensor() : torch::cat(pixels),
+                         train_pixels_);
 }
 
 Result<GeneratedSet> GenerateForMeter(const QualityMeter& meter, ContextUnet& net, const ModelConfig& arch,

@@ -1,24 +1,38 @@
 // The project's quality meter: judges sprites (generated, or any set of images) against a
-// dataset with a classifier trained on a fixed split of it (core/classifier.h). For images
-// that were meant to show class c it reports, per class and overall:
-//   accuracy   the fraction the classifier assigns to c;
-//   frechet    the Frechet distance of their classifier features to the reference half of
-//              the held-out real images of c (core/sample_metrics.h), and frechet_real, the
-//              same distance from the other (query) half of the held-out images of c (real vs
-//              real). Both use m_c = min(images given for c, query images of c) images, so
-//              sample-size bias cancels in the ratio. The baseline is held-out against held-out
-//              on purpose: the classifier was fitted to its training split, whose features sit
-//              closer to the class centres than unseen real sprites do, so a training-split
-//              baseline flattered real sprites and let a generator score below 1. The halves
-//              come from a seeded shuffle of each class's held-out images (the query half is
-//              the smaller one when the count is odd). Overall accuracy is over all images, and
-//              frechet_ratio = frechet / frechet_real (1 = as close as real sprites; overall: one
-//              distance over all classes pooled with matched class counts);
-//   precision/recall  the k-NN manifold estimate (k = 3) against the held-out images of c;
-//              overall, all images against all held-out images.
-// The classifier trains once per (dataset file list and sizes, image size, split, recipe) and
-// is cached with the held-out and training features in <cache_dir>/<fingerprint>/, so the
-// dataset may be read-only and later runs need not read its images at all.
+// dataset with a classifier trained on a fixed per-class split of it (core/classifier.h), and
+// reports per class first, because a pooled figure hides the class that fails. For images meant
+// to show class c:
+//   accuracy       the fraction the classifier assigns to c;
+//   frechet_ratio  how far their classifier features lie from the real sprites of c, relative
+//                  to unseen real sprites: with T_c the training-split features of c and H_c
+//                  the m_c held-out ones (which the classifier never saw, like generated ones),
+//                  frechet = mean over subsets of m_c generated sprites of FD(subset, T_c),
+//                  frechet_real = FD(H_c, T_c), ratio = frechet / frechet_real. Both sides
+//                  compare m_c sprites against the same T_c, so the small-sample bias of the
+//                  Frechet distance (large for food's 6 held-out sprites) is the same on both,
+//                  and 1 means "as close as real sprites the judge never saw". (The first
+//                  meter compared halves of the held-out split: 3 food sprites a side, whose
+//                  distance is noise, and its headline pooled all classes with matched counts,
+//                  so food's failure weighed 3 sprites of 50: it read 1.54 for the sprites an
+//                  independent judge scored 34, most of it food);
+//   modes          the real sprites of c (both splits) clustered by k-means in feature space
+//                  into k = clamp(n_c / 10, 2, 6) modes; a mode holding >= 10% of them is
+//                  missed when the share of generated sprites nearest to it is below a quarter
+//                  of its real share (judged only where its expected count is >= 4), and
+//                  drops_modes flags a class that misses one (generated food without the bones
+//                  that are a third of the real food sprites);
+//   copies         a generated sprite is a near-copy when its pixel distance (RMS over
+//                  8-bit channels, alpha included) to the nearest real sprite is below the
+//                  5th percentile of the distances of held-out real sprites to their nearest
+//                  training sprite; copy_share is the class's fraction of them (about 0.05
+//                  for real sprites by construction) and copies flags a class above 0.2;
+//   precision/recall  the k-NN manifold estimate (k = 3) against the held-out images of c.
+// Overall: accuracy over all images, worst_frechet_ratio the largest class ratio (the headline),
+// frechet_ratio one pooled distance with every class at its m_c, and flags naming each class
+// that drops modes or copies.
+// The classifier trains once per (dataset file list and sizes, image size, channels, split,
+// recipe) and is cached with the held-out and training features in <cache_dir>/<fingerprint>/;
+// the dataset's pixels are read at every Open (a few seconds) for the copy check.
 #pragma once
 
 #include <torch/torch.h>
@@ -39,6 +53,7 @@ namespace spritediff {
 struct MeterOptions {
   std::string data;                         // ImageFolder (or .npy) dataset directory
   int height = 16;                          // the model's image size; the loader resizes
+  int channels = 3;                         // 3: judged composited on black; 4: RGBA (alpha judged too)
   std::string cache_dir = "state/eval-cache";
   double held_out_fraction = 0.2;
   uint64_t split_seed = 1;
@@ -60,6 +75,14 @@ struct ClassQuality {
   double frechet_ratio = 0;
   double precision = 0;
   double recall = 0;
+  int modes = 0;              // real modes of at least 10% (see above)
+  int modes_judged = 0;       // of those, the ones with an expected count >= 4
+  int modes_missed = 0;
+  double mode_share_min = 0;  // smallest generated/real share over the judged modes (1 = matched)
+  bool drops_modes = false;
+  double copy_share = 0;      // fraction of near-copies of real sprites
+  int64_t copied_sources = 0; // distinct real sprites they copy
+  bool copies = false;
 };
 
 struct QualityReport {
@@ -69,8 +92,11 @@ struct QualityReport {
   double frechet = 0;        // all classes pooled, class-matched by composition
   double frechet_real = 0;   // the same for held-out real sprites (query half vs reference half)
   double frechet_ratio = 0;  // frechet / frechet_real
+  double worst_frechet_ratio = 0;   // the largest class ratio: the headline
+  std::string worst_frechet_class;
   double precision = 0;      // pooled
   double recall = 0;         // pooled
+  std::vector<std::string> flags;  // "food drops modes (1 of 3 missed)", "item copies (31%)"
 };
 
 nlohmann::json QualityReportToJson(const QualityReport& report);
@@ -93,20 +119,24 @@ class QualityMeter {
   int64_t held_out_count(int c) const;
   int64_t train_count(int c) const;
 
-  // images: [N, 3, H, W] in [-1, 1] (values are clamped and rounded to 8 bits first, as a
-  // PNG would hold them); classes: N indices into labels().
+  int channels() const { return options_.channels; }
+  // images: [N, channels, H, W] in [-1, 1] as a model makes them (values are finished as a PNG
+  // would hold them: clamped, alpha made binary, rounded to 8 bits); classes: N indices into
+  // labels(). A 4-channel image given to a 3-channel meter is composited onto black first.
   Result<QualityReport> Measure(const torch::Tensor& images, const std::vector<int64_t>& classes) const;
 
-  // Real vs real: the query half of the held-out images (at most per_class of each class),
-  // judged like generated ones: frechet_ratio is 1 by construction, and the accuracies are the
-  // classifier's on those unseen images.
+  // Real vs real: the held-out images (at most per_class of each class) judged like generated
+  // ones: frechet_ratio is 1 by construction where a class gives all its held-out images, and
+  // the accuracies, modes and copy shares are what real sprites score.
   Result<QualityReport> MeasureHeldOutReal(int64_t per_class) const;
 
  private:
+  // pixels: [N, C*H*W] flattened 8-bit-rounded images in [-1, 1], and copy_pool the real
+  // sprites (same layout) they are checked against for near-copies; undefined pixels: no check.
   Result<QualityReport> MeasureFeatures(const torch::Tensor& features, const torch::Tensor& predicted,
-                                        const std::vector<int64_t>& classes) const;
-  // The held-out features of class c in two halves of a seeded shuffle: {query, reference}.
-  std::pair<torch::Tensor, torch::Tensor> HeldOutHalves(int c) const;
+                                        const std::vector<int64_t>& classes, const torch::Tensor& pixels,
+                                        const torch::Tensor& copy_pool) const;
+  Status PrepareRealSets(const Dataset& data);
 
   MeterOptions options_;
   std::vector<std::string> labels_;
@@ -118,6 +148,11 @@ class QualityMeter {
   torch::Tensor train_features_, train_classes_;        // [T, D], [T]
   double held_out_accuracy_ = 0;
   std::vector<double> held_out_class_accuracy_;
+  // Pixels of every real sprite, flattened [N, C*H*W], held-out rows in held_out_rows_ order.
+  torch::Tensor real_pixels_, train_pixels_, held_out_pixels_;
+  double copy_threshold_ = 0;  // the 5th percentile of held-out -> training-split pixel distances
+  std::vector<torch::Tensor> mode_centres_;  // per class: [k, D] k-means centres of its real features
+  std::vector<std::vector<double>> mode_shares_;  // per class: the real share of each centre
 };
 
 // Sampler settings for an evaluation run: every class gets per_class sprites, sprite i of
@@ -130,7 +165,7 @@ struct EvalSampling {
 };
 
 struct GeneratedSet {
-  torch::Tensor images;          // [N, 3, H, W]
+  torch::Tensor images;          // [N, C, H, W]
   std::vector<int64_t> classes;  // meter class index of each image
   double seconds = 0;            // sampling wall time
 };

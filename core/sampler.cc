@@ -287,21 +287,39 @@ Result<std::vector<float>> ContextFromLabels(const std::vector<std::string>& mod
   return ctx;
 }
 
-Image TensorToImage(const torch::Tensor& chw) {
-  torch::Tensor u8 = chw.detach()
-                         .to(torch::kCPU, torch::kFloat32)
-                         .clamp(-1.0, 1.0)
-                         .add(1.0)
-                         .mul(127.5)
-                         .round()
-                         .to(torch::kUInt8)
-                         .permute({1, 2, 0})
-                         .contiguous();
+const char* AlphaModeName(AlphaMode mode) { return mode == AlphaMode::kSoft ? "soft" : "binary"; }
+
+bool ParseAlphaMode(const std::string& name, AlphaMode* mode) {
+  if (name == "binary") *mode = AlphaMode::kBinary;
+  else if (name == "soft") *mode = AlphaMode::kSoft;
+  else return false;
+  return true;
+}
+
+namespace {
+// Premultiplied RGB + alpha in [-1, 1] -> straight RGBA in [0, 1] (the rule in sampler.h).
+torch::Tensor FinishAlpha(const torch::Tensor& chw, AlphaMode mode) {
+  const torch::Tensor unit = chw.add(1.0).mul(0.5).clamp(0.0, 1.0);
+  const torch::Tensor premultiplied = unit.slice(0, 0, 3);
+  const torch::Tensor alpha = unit.slice(0, 3, 4);
+  const torch::Tensor finished = mode == AlphaMode::kBinary ? alpha.ge(0.5).to(torch::kFloat32) : alpha;
+  const torch::Tensor colour =
+      premultiplied.div(alpha.clamp_min(1.0 / 255.0)).clamp(0.0, 1.0).mul(finished.gt(0).to(torch::kFloat32));
+  return torch::cat({colour, finished}, 0);
+}
+}  // namespace
+
+Image TensorToImage(const torch::Tensor& chw, AlphaMode alpha) {
+  torch::Tensor x = chw.detach().to(torch::kCPU, torch::kFloat32);
+  const bool rgba = x.size(0) == 4;
+  torch::Tensor unit = rgba ? FinishAlpha(x, alpha) : x.clamp(-1.0, 1.0).add(1.0).mul(0.5);
+  torch::Tensor u8 = unit.mul(255.0).round().to(torch::kUInt8).permute({1, 2, 0}).contiguous();
   const int c = static_cast<int>(u8.size(2));
-  Image image(static_cast<int>(u8.size(1)), static_cast<int>(u8.size(0)), 3);
+  const int out_channels = rgba ? 4 : 3;
+  Image image(static_cast<int>(u8.size(1)), static_cast<int>(u8.size(0)), out_channels);
   const uint8_t* src = u8.data_ptr<uint8_t>();
   for (int64_t p = 0; p < u8.size(0) * u8.size(1); ++p) {
-    for (int k = 0; k < 3; ++k) image.pixels[p * 3 + k] = src[p * c + (c == 1 ? 0 : k)];
+    for (int k = 0; k < out_channels; ++k) image.pixels[p * out_channels + k] = src[p * c + (c == 1 ? 0 : k)];
   }
   return image;
 }

@@ -144,7 +144,18 @@ torch::Tensor SampleAll(ContextUnet& net, const NoiseSchedule& schedule, const s
 Result<std::vector<float>> ContextFromLabels(const std::vector<std::string>& model_labels,
                                              const std::vector<std::pair<std::string, float>>& mix);
 
-// [C, H, W] in [-1, 1] -> 8-bit RGB (clamped).
-Image TensorToImage(const torch::Tensor& chw);
+// How a 4-channel sprite's alpha is finished. Binary is pixel art's: a pixel is opaque where
+// the predicted alpha is at least one half, else fully transparent, so no pixel is partly
+// transparent. Soft keeps the predicted alpha, rounded to 8 bits.
+enum class AlphaMode { kBinary, kSoft };
+// "binary", "soft": the names requests and CLIs use.
+const char* AlphaModeName(AlphaMode mode);
+bool ParseAlphaMode(const std::string& name, AlphaMode* mode);
+
+// [C, H, W] in [-1, 1] -> 8-bit image (clamped). 1 or 3 channels give RGB. 4 channels
+// (premultiplied RGB and alpha, core/dataset.h) give straight RGBA: with p the premultiplied
+// colour and a the alpha, both mapped to [0, 1], a' = (a >= 1/2) for binary alpha or a for soft,
+// and the colour is p / a (clamped to [0, 1]) where a' > 0, 0 where the pixel is transparent.
+Image TensorToImage(const torch::Tensor& chw, AlphaMode alpha = AlphaMode::kBinary);
 
 }  // namespace spritediff

@@ -19,6 +19,7 @@ Status TrainConfig::Validate() const {
   if (data.empty()) return Status::InvalidArgument("--data is required");
   if (out.empty()) return Status::InvalidArgument("--out is required");
   if (height != 16 && height != 32) return Status::InvalidArgument("--height must be 16 or 32");
+  if (channels != 3 && channels != 4) return Status::InvalidArgument("--channels must be 3 (RGB) or 4 (RGBA)");
   if (epochs < 1 || epochs > 100000) return Status::InvalidArgument("--epochs must be in [1, 100000]");
   if (batch_size < 2 || batch_size > 4096) return Status::InvalidArgument("--batch-size must be in [2, 4096]");
   if (!(lr > 0 && lr <= 1)) return Status::InvalidArgument("--lr must be in (0, 1]");
@@ -46,6 +47,7 @@ Status TrainConfig::Validate() const {
   ModelConfig arch;
   arch.n_feat = n_feat;
   arch.height = height;
+  arch.in_channels = channels;
   return arch.Validate();
 }
 
@@ -243,7 +245,10 @@ Result<std::string> WriteSampleGrid(const std::string& dir, ContextUnet& ema, co
   }
   torch::Tensor x = SampleAll(ema, schedule, specs, device);
   std::vector<Image> tiles;
-  for (int64_t i = 0; i < x.size(0); ++i) tiles.push_back(UpscaleNearest(TensorToImage(x[i]), 4));
+  for (int64_t i = 0; i < x.size(0); ++i) {
+    // RGBA sprites on a checkerboard (8-pixel squares after the 4x upscale) so the eye sees alpha.
+    tiles.push_back(CompositeOn(UpscaleNearest(TensorToImage(x[i]), 4), Background{true, 8, {0, 0, 0}}));
+  }
   Result<Image> grid = MakeGrid(tiles, per_label, 2);
   if (!grid.ok()) return grid.status();
   const std::string path = (fs::path(dir) / "samples.png").string();
@@ -329,7 +334,7 @@ Result<TrainSummary> TrainWith(const TrainConfig& config, DataParallel* dp, cons
     return Status::NotFound(c.state_path + ": no training state to resume from");
   }
 
-  Result<Dataset> data = LoadDataset(c.data, c.height);
+  Result<Dataset> data = LoadDataset(c.data, c.height, c.channels);
   if (!data.ok()) return data.status();
   const int64_t n = data->size();
   if (n < c.batch_size * ranks) {
@@ -345,6 +350,7 @@ Result<TrainSummary> TrainWith(const TrainConfig& config, DataParallel* dp, cons
   info.name = c.name;
   info.arch.n_feat = c.n_feat;
   info.arch.height = c.height;
+  info.arch.in_channels = c.channels;
   info.arch.n_cfeat = static_cast<int>(data->labels.size());
   info.schedule = c.schedule;
   info.labels = data->labels;
@@ -421,6 +427,7 @@ Result<TrainSummary> TrainWith(const TrainConfig& config, DataParallel* dp, cons
                      {"data_format", data->format},
                      {"images", n},
                      {"class_counts", data->class_counts},
+                     {"channels", c.channels},
                      {"epochs", c.epochs},
                      {"batch_size", c.batch_size},
                      {"lr", c.lr},
@@ -448,6 +455,7 @@ Result<TrainSummary> TrainWith(const TrainConfig& config, DataParallel* dp, cons
     MeterOptions mo = c.eval.meter;
     mo.data = c.data;
     mo.height = c.height;
+    mo.channels = c.channels;
     mo.cache_dir = c.eval.cache_dir;
     Result<QualityMeter> opened = QualityMeter::Open(mo, nullptr);
     if (!opened.ok()) return opened.status();

@@ -45,6 +45,7 @@ struct TrainConfig {
   std::string state_path;  // resume state file; empty = <out>/train-state.pt
   std::string name;        // model name; empty = last component of out
   int height = 16;
+  int channels = 3;  // 3: RGB composited onto black; 4: premultiplied RGBA (core/dataset.h)
   int n_feat = 64;
   int epochs = 100;
   int batch_size = 64;

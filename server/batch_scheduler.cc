@@ -19,12 +19,12 @@ double MillisBetween(SteadyClock::time_point a, SteadyClock::time_point b) {
 // One CPU tensor [N, C, H, W] holding copies of the rows (the network's tensors move on).
 torch::Tensor CpuCopy(const std::vector<torch::Tensor>& rows) { return torch::stack(rows).to(torch::kCPU); }
 
-// PNG bytes for each row of a CPU tensor [N, C, H, W].
-Result<std::vector<std::string>> EncodeRows(const torch::Tensor& cpu) {
+// PNG bytes for each row of a CPU tensor [N, C, H, W], each finished as `finish` says.
+Result<std::vector<std::string>> EncodeRows(const torch::Tensor& cpu, const SpriteFinish& finish) {
   std::vector<std::string> out;
   out.reserve(static_cast<size_t>(cpu.size(0)));
   for (int64_t i = 0; i < cpu.size(0); ++i) {
-    Result<std::string> png = EncodePng(TensorToImage(cpu[i]));
+    Result<std::string> png = EncodePng(FinishSprite(cpu[i], finish));
     if (!png.ok()) return png.status();
     out.push_back(std::move(*png));
   }
@@ -191,7 +191,7 @@ void BatchScheduler::Answer(const std::shared_ptr<SampleJob>& job, JobOutcome ou
   Post([this, job, outcome = std::move(outcome), rows]() mutable {
     if (outcome.status.ok() && rows.defined()) {
       try {
-        Result<std::vector<std::string>> images = EncodeRows(rows);
+        Result<std::vector<std::string>> images = EncodeRows(rows, job->finish);
         if (images.ok()) outcome.images = std::move(*images);
         else outcome.status = Status::Internal("encoding the sprites failed: " + images.status().message());
       } catch (const std::exception& e) {
@@ -419,11 +419,13 @@ void BatchScheduler::StepOnce() {
         if (job->answered.load() || job->delivery_failed.load()) return;
         // A frame that cannot be encoded is skipped; the request goes on.
         try {
-          Result<std::vector<std::string>> images = EncodeRows(xs);
+          SpriteFinish frame_finish;  // frames show alpha as the Result will, but no palette
+          frame_finish.alpha = job->finish.alpha;
+          Result<std::vector<std::string>> images = EncodeRows(xs, frame_finish);
           if (!images.ok()) return;
           frame.images = std::move(*images);
           if (x0s.defined()) {
-            Result<std::vector<std::string>> x0 = EncodeRows(x0s);
+            Result<std::vector<std::string>> x0 = EncodeRows(x0s, frame_finish);
             if (x0.ok()) frame.x0_images = std::move(*x0);
           }
         } catch (const std::exception& e) {

@@ -32,6 +32,7 @@
 #include "common/thread_annotations.h"
 #include "core/checkpoint.h"
 #include "core/sampler.h"
+#include "core/sprite_finish.h"
 #include "core/step_graphs.h"
 #include "server/admission.h"
 
@@ -62,6 +63,7 @@ struct SampleJob {
   std::vector<RowSpec> rows;  // same sampler and steps; seeds differ
   int frame_every = 0;        // emit a frame every k steps; 0 = none
   bool include_x0 = false;
+  SpriteFinish finish;        // how the final sprites are finished (frames take only its alpha)
   SteadyClock::time_point arrived = SteadyClock::now();
   std::optional<SteadyClock::time_point> deadline;
   std::atomic<bool> cancelled{false};

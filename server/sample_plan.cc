@@ -93,6 +93,24 @@ grpc::Status PlanSample(const v1::SampleRequest& req, const ServedModel& model, 
   }
   plan->include_x0 = req.include_x0();
 
+  switch (req.alpha()) {
+    case v1::ALPHA_MODE_UNSPECIFIED:
+    case v1::ALPHA_MODE_BINARY: plan->finish.alpha = AlphaMode::kBinary; break;
+    case v1::ALPHA_MODE_SOFT: plan->finish.alpha = AlphaMode::kSoft; break;
+    default:
+      return Invalid("alpha must be ALPHA_MODE_UNSPECIFIED (binary), ALPHA_MODE_BINARY or ALPHA_MODE_SOFT, got " +
+                     std::to_string(req.alpha()));
+  }
+  if (req.palette_colors_size() > kMaxPaletteColors) {  // refused before a string is looked at
+    return Invalid("palette_colors: needs " + std::to_string(kMinPaletteColors) + ".." +
+                   std::to_string(kMaxPaletteColors) + " colours, got " + std::to_string(req.palette_colors_size()));
+  }
+  Result<std::optional<Palette>> palette = ResolvePalette(
+      req.palette(), std::vector<std::string>(req.palette_colors().begin(), req.palette_colors().end()));
+  if (!palette.ok()) return Invalid(palette.status().message());
+  plan->finish.palette = *palette;
+  plan->finish.dither = req.dither();
+
   std::vector<float> context(info.arch.n_cfeat, 0.0f);
   if (req.labels_size() > 0 && req.context_size() > 0) return Invalid("give labels or context, not both");
   if (req.context_size() > 0) {

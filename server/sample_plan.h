@@ -10,6 +10,7 @@
 #include "common/config.h"
 #include "common/grpc_status.h"
 #include "core/sampling_defaults.h"
+#include "core/sprite_finish.h"
 #include "server/model_registry.h"
 #include "spritediff/v1/sprites.pb.h"
 
@@ -23,6 +24,7 @@ struct SamplePlan {
   SamplerKind sampler = SamplerKind::kDdim;
   double eta = 0.0;  // 0 where the sampler ignores eta
   double guidance = 1.0;
+  SpriteFinish finish;  // alpha finish and palette lock of the Result's sprites
 };
 
 // Between the proto's Sampler and core's; false for SAMPLER_UNSPECIFIED and unknown values.

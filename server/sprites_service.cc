@@ -118,6 +118,12 @@ class SampleReactor : public grpc::ServerWriteReactor<v1::SampleEvent> {
         r->set_eta(static_cast<float>(used.eta));
         r->set_guidance_scale(static_cast<float>(used.guidance));
       }
+      const int channels = served_->info.arch.in_channels;
+      r->set_channels(static_cast<uint32_t>(channels));
+      if (channels == 4) {
+        r->set_alpha(job_->finish.alpha == AlphaMode::kSoft ? v1::ALPHA_MODE_SOFT : v1::ALPHA_MODE_BINARY);
+      }
+      if (job_->finish.palette) r->set_palette(job_->finish.palette->name);
       result_ = std::move(ev);
     }
     job_done_ = true;
@@ -210,6 +216,7 @@ grpc::ServerWriteReactor<v1::SampleEvent>* SpritesService::Sample(grpc::Callback
   job->rows = std::move(plan.rows);
   job->frame_every = plan.frame_every;
   job->include_x0 = plan.include_x0;
+  job->finish = plan.finish;
   const auto deadline = context->deadline();
   if (deadline != std::chrono::system_clock::time_point::max()) {
     job->deadline = SteadyClock::now() + std::chrono::duration_cast<SteadyClock::duration>(

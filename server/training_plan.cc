@@ -91,6 +91,7 @@ Result<TrainingPlan> PlanTraining(const v1::JobSpec& spec_in, const TrainingLimi
     if (!base) return Status::NotFound("base_model '" + Echo(spec->base_model()) + "' is not served; see ListModels");
     if (spec->image_size() == 0) spec->set_image_size(static_cast<uint32_t>(base->info.arch.height));
     if (spec->n_feat() == 0) spec->set_n_feat(static_cast<uint32_t>(base->info.arch.n_feat));
+    if (spec->channels() == 0) spec->set_channels(static_cast<uint32_t>(base->info.arch.in_channels));
   }
   // Every default is the trainer's own (core/trainer.h), except the seed: 0 in a spec means
   // "the default", which is 1 so that a job is reproducible.
@@ -100,6 +101,10 @@ Result<TrainingPlan> PlanTraining(const v1::JobSpec& spec_in, const TrainingLimi
     return Invalid("image_size must be 16 or 32, got " + std::to_string(spec->image_size()));
   }
   if (spec->n_feat() == 0) spec->set_n_feat(static_cast<uint32_t>(d.n_feat));
+  if (spec->channels() == 0) spec->set_channels(static_cast<uint32_t>(d.channels));
+  if (spec->channels() != 3 && spec->channels() != 4) {
+    return Invalid("channels must be 3 (RGB) or 4 (RGBA), got " + std::to_string(spec->channels()));
+  }
   if (spec->n_feat() > 512) return Invalid("n_feat must be in [1, 512], got " + std::to_string(spec->n_feat()));
   if (spec->epochs() == 0) spec->set_epochs(static_cast<uint32_t>(d.epochs));
   if (spec->epochs() > 100000) return Invalid("epochs must be in [1, 100000], got " + std::to_string(spec->epochs()));
@@ -147,9 +152,11 @@ Result<TrainingPlan> PlanTraining(const v1::JobSpec& spec_in, const TrainingLimi
                                      std::to_string(limits.max_n_feat_x_image_size) + " on this server, got " +
                                      std::to_string(spec->n_feat()) + " x " + std::to_string(spec->image_size()));
   }
-  if (base && (base->info.arch.height != arch.height || base->info.arch.n_feat != arch.n_feat)) {
+  if (base && (base->info.arch.height != arch.height || base->info.arch.n_feat != arch.n_feat ||
+               base->info.arch.in_channels != static_cast<int>(spec->channels()))) {
     return Invalid("base_model '" + base->name + "' has image_size " + std::to_string(base->info.arch.height) +
-                   " and n_feat " + std::to_string(base->info.arch.n_feat) + "; a fine-tune keeps both");
+                   ", n_feat " + std::to_string(base->info.arch.n_feat) + " and channels " +
+                   std::to_string(base->info.arch.in_channels) + "; a fine-tune keeps all three");
   }
   std::error_code ec;
   if (registry.Find(spec->model_name()) || fs::exists(fs::path(limits.models_dir) / spec->model_name(), ec)) {
@@ -171,7 +178,8 @@ Status CheckDataset(const v1::JobSpec& spec, const std::string& dataset_path, co
   const fs::path root = fs::weakly_canonical(fs::absolute(data_root), ec);
   Status tree = CheckDatasetTree(root, dataset_path, spec.dataset());
   if (!tree.ok()) return tree;
-  Result<Dataset> data = LoadDataset(dataset_path, static_cast<int>(spec.image_size()));
+  Result<Dataset> data = LoadDataset(dataset_path, static_cast<int>(spec.image_size()),
+                                     spec.channels() == 0 ? 3 : static_cast<int>(spec.channels()));
   if (!data.ok()) return Status::FailedPrecondition(what + ": " + data.status().message());
   if (max_epochs_x_images > 0 && static_cast<int64_t>(spec.epochs()) * data->size() > max_epochs_x_images) {
     return Status::ResourceExhausted("epochs x dataset images must be at most " + std::to_string(max_epochs_x_images) +
@@ -197,6 +205,7 @@ TrainConfig TrainConfigFor(const v1::JobSpec& spec, const std::string& job_dir, 
   tc.name = spec.model_name();
   tc.height = static_cast<int>(spec.image_size());
   tc.n_feat = static_cast<int>(spec.n_feat());
+  tc.channels = spec.channels() == 0 ? 3 : static_cast<int>(spec.channels());
   tc.epochs = static_cast<int>(spec.epochs());
   tc.batch_size = static_cast<int>(spec.batch_size());
   tc.lr = spec.lr();

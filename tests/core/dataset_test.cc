@@ -108,3 +108,40 @@ TEST(Dataset, MalformedNpyPairsAreClearErrors) {
 
 }  // namespace
 }  // namespace spritediff
+
+namespace spritediff {
+namespace {
+
+// RGBA: premultiplied colour plus alpha. The colour channels are the composited 3-channel
+// images exactly, and a transparent pixel is (-1, -1, -1, -1) whatever colour its file gave it.
+TEST(Dataset, RgbaIsPremultipliedColourPlusAlpha) {
+  Result<Dataset> rgb = LoadDataset(SPRITEDIFF_DATA_DIR, 32, 3);
+  Result<Dataset> rgba = LoadDataset(SPRITEDIFF_DATA_DIR, 32, 4);
+  ASSERT_TRUE(rgb.ok() && rgba.ok());
+  EXPECT_EQ(rgba->images.sizes(), (std::vector<int64_t>{2830, 4, 32, 32}));
+  EXPECT_TRUE(torch::equal(rgba->images.slice(1, 0, 3), rgb->images));
+  const torch::Tensor alpha = rgba->images.select(1, 3);
+  const torch::Tensor transparent = alpha.eq(-1.0f).unsqueeze(1).expand({-1, 3, -1, -1});
+  EXPECT_TRUE(rgba->images.slice(1, 0, 3).masked_select(transparent).eq(-1.0f).all().item<bool>());
+  // The data is mostly binary alpha and every sprite has transparent pixels and opaque ones.
+  const double partial = alpha.gt(-1.0f).logical_and(alpha.lt(1.0f)).to(torch::kFloat64).mean().item<double>();
+  EXPECT_LT(partial, 0.05);
+  EXPECT_GT(alpha.eq(-1.0f).to(torch::kFloat64).mean().item<double>(), 0.2);
+  // A 16px RGBA set is the box filter of the 32px one, alpha included.
+  Result<Dataset> small = LoadDataset(SPRITEDIFF_DATA_DIR, 16, 4);
+  ASSERT_TRUE(small.ok());
+  const torch::Tensor pooled = torch::avg_pool2d(rgba->images.slice(0, 0, 64), 2);
+  EXPECT_LT((pooled - small->images.slice(0, 0, 64)).abs().max().item<float>(), 1.5f / 127.5f);
+}
+
+TEST(Dataset, ChannelsOtherThanThreeOrFourAndRgbaFromNpyAreRefused) {
+  Result<Dataset> two = LoadDataset(SPRITEDIFF_DATA_DIR, 16, 2);
+  ASSERT_FALSE(two.ok());
+  EXPECT_NE(two.status().message().find("channels must be 3 (RGB) or 4 (RGBA)"), std::string::npos);
+  Result<Dataset> npy = LoadDataset(SPRITEDIFF_SOURCE_DIR "/tests/fixtures", 16, 4);
+  ASSERT_FALSE(npy.ok());
+  EXPECT_NE(npy.status().message().find("no alpha"), std::string::npos) << npy.status().message();
+}
+
+}  // namespace
+}  // namespace spritediff

@@ -179,23 +179,90 @@ TEST_F(QualityMeterTest, TrainsOnceThenLoadsTheCache) {
   EXPECT_NE(third->cache_path(), first->cache_path());
 }
 
-TEST_F(QualityMeterTest, HeldOutHalfAgainstTheOtherHasRatioOneAndReportsEveryClass) {
+TEST_F(QualityMeterTest, HeldOutRealSpritesHaveRatioOneAndNoFlags) {
   Result<QualityMeter> meter = QualityMeter::Open(options_, nullptr);
   ASSERT_TRUE(meter.ok()) << meter.status().message();
   Result<QualityReport> real = meter->MeasureHeldOutReal(100);
   ASSERT_TRUE(real.ok()) << real.status().message();
   ASSERT_EQ(real->classes.size(), 3u);
   EXPECT_DOUBLE_EQ(real->frechet_ratio, 1.0);
-  EXPECT_GT(real->frechet_real, 0.0);  // two different halves: a real distance, not 0 / 0
+  EXPECT_DOUBLE_EQ(real->worst_frechet_ratio, 1.0);
+  EXPECT_GT(real->frechet_real, 0.0);  // held-out against the training split: a real distance, not 0 / 0
+  EXPECT_TRUE(real->flags.empty());
   for (const ClassQuality& c : real->classes) {
-    EXPECT_EQ(c.count, 2);     // the query half of the 4 held-out images; never training images
-    EXPECT_EQ(c.fd_count, 2);
+    EXPECT_EQ(c.count, 4);     // the 4 held-out images of each class; never training images
+    EXPECT_EQ(c.fd_count, 4);
     EXPECT_DOUBLE_EQ(c.frechet_ratio, 1.0);
+    EXPECT_FALSE(c.copies) << c.label;
+    EXPECT_EQ(c.modes_judged, 0) << "4 sprites expect fewer than 4 in any mode";
   }
   // At most per_class images of each class.
   Result<QualityReport> fewer = meter->MeasureHeldOutReal(1);
   ASSERT_TRUE(fewer.ok());
   EXPECT_EQ(fewer->count, 3);
+}
+
+// The two failures the first meter could not see: a generator that copies training sprites,
+// and one that makes a single kind of sprite for a class (mode dropping).
+TEST_F(QualityMeterTest, FlagsCopiesAndDroppedModes) {
+  Result<QualityMeter> meter = QualityMeter::Open(options_, nullptr);
+  ASSERT_TRUE(meter.ok()) << meter.status().message();
+  Result<Dataset> data = LoadDataset(data_.string(), 16);
+  ASSERT_TRUE(data.ok());
+  const torch::Tensor classes = data->contexts.argmax(1);
+  // The real sprites themselves, as if generated: every one is a copy of itself.
+  std::vector<int64_t> ids(classes.data_ptr<int64_t>(), classes.data_ptr<int64_t>() + classes.numel());
+  Result<QualityReport> copies = meter->Measure(data->images, ids);
+  ASSERT_TRUE(copies.ok()) << copies.status().message();
+  for (const ClassQuality& c : copies->classes) {
+    EXPECT_DOUBLE_EQ(c.copy_share, 1.0) << c.label;
+    EXPECT_TRUE(c.copies) << c.label;
+    EXPECT_EQ(c.copied_sources, 20) << c.label;
+  }
+  EXPECT_EQ(copies->flags.size(), 3u);
+  // One hero sprite, 40 times, slightly noised so it is no copy: it covers one of hero's modes.
+  const torch::Tensor hero_rows = (classes == 0).nonzero().flatten();
+  torch::manual_seed(5);
+  const torch::Tensor one = data->images[hero_rows[0].item<int64_t>()];
+  const torch::Tensor same = (one.unsqueeze(0).expand({40, -1, -1, -1}) + 0.3 * torch::randn({40, 3, 16, 16})).clamp(-1, 1);
+  Result<QualityReport> dropped = meter->Measure(same, std::vector<int64_t>(40, 0));
+  ASSERT_TRUE(dropped.ok()) << dropped.status().message();
+  ASSERT_EQ(dropped->classes.size(), 1u);
+  const ClassQuality& hero = dropped->classes[0];
+  EXPECT_GE(hero.modes_judged, 2);
+  EXPECT_GE(hero.modes_missed, 1);
+  EXPECT_TRUE(hero.drops_modes);
+  EXPECT_FALSE(hero.copies);
+  EXPECT_LT(hero.mode_share_min, 0.25);
+  ASSERT_FALSE(dropped->flags.empty());
+  EXPECT_NE(dropped->flags[0].find("hero drops modes"), std::string::npos) << dropped->flags[0];
+  EXPECT_EQ(dropped->worst_frechet_class, "hero");
+}
+
+// An RGBA meter judges alpha too (its classifier sees 4 channels, its own cache); a 3-channel
+// meter judges RGBA sprites composited onto black, as the 3-channel data set holds them.
+TEST_F(QualityMeterTest, JudgesRgbaWithAlphaOrComposited) {
+  MeterOptions rgba_options = options_;
+  rgba_options.channels = 4;
+  Result<QualityMeter> rgba = QualityMeter::Open(rgba_options, nullptr);
+  ASSERT_TRUE(rgba.ok()) << rgba.status().message();
+  Result<QualityMeter> rgb = QualityMeter::Open(options_, nullptr);
+  ASSERT_TRUE(rgb.ok());
+  EXPECT_NE(rgba->cache_path(), rgb->cache_path());
+  Result<Dataset> data4 = LoadDataset(data_.string(), 16, 4);
+  Result<Dataset> data3 = LoadDataset(data_.string(), 16, 3);
+  ASSERT_TRUE(data4.ok() && data3.ok());
+  const torch::Tensor classes = data4->contexts.argmax(1);
+  std::vector<int64_t> ids(classes.data_ptr<int64_t>(), classes.data_ptr<int64_t>() + classes.numel());
+  Result<QualityReport> with_alpha = rgba->Measure(data4->images, ids);
+  ASSERT_TRUE(with_alpha.ok()) << with_alpha.status().message();
+  EXPECT_EQ(with_alpha->count, 60);
+  // The same sprites as RGBA and as composited RGB look alike to the 3-channel meter, up to the
+  // binary alpha finish of the soft-edged pixels (which un-premultiplies and makes them opaque).
+  Result<QualityReport> composited = rgb->Measure(data4->images, ids);
+  Result<QualityReport> plain = rgb->Measure(data3->images, ids);
+  ASSERT_TRUE(composited.ok() && plain.ok());
+  EXPECT_NEAR(composited->accuracy, plain->accuracy, 0.05);
 }
 
 TEST_F(QualityMeterTest, GeneratesEveryLabelAndRefusesUnknownOnes) {
@@ -220,7 +287,7 @@ TEST_F(QualityMeterTest, GeneratesEveryLabelAndRefusesUnknownOnes) {
   ASSERT_TRUE(report.ok()) << report.status().message();
   EXPECT_EQ(report->classes.size(), 2u);  // only the classes that had images
   EXPECT_EQ(report->classes[0].label, "hero");
-  EXPECT_EQ(report->classes[0].fd_count, 2);  // min(4 generated, 2 held-out query images)
+  EXPECT_EQ(report->classes[0].fd_count, 4);  // min(4 generated, 4 held-out images)
 
   Result<GeneratedSet> unknown =
       GenerateForMeter(*meter, net, arch, {"item", "food"}, schedule, sampling, torch::Device(torch::kCPU));

@@ -6,6 +6,8 @@
 #include <cmath>
 #include <tuple>
 
+#include "core/dataset.h"
+
 namespace spritediff {
 namespace {
 
@@ -378,6 +380,58 @@ TEST(Sampler, ContextFromLabelsMixesWeights) {
   Result<std::vector<float>> bad = ContextFromLabels(labels, {{"dragon", 1.0f}});
   ASSERT_FALSE(bad.ok());
   EXPECT_NE(bad.status().message().find("dragon"), std::string::npos);
+}
+
+}  // namespace
+}  // namespace spritediff
+
+namespace spritediff {
+namespace {
+
+// A real sprite with binary alpha survives premultiplied RGBA -> TensorToImage exactly: opaque
+// pixels keep their colour, transparent ones become (0, 0, 0, 0).
+TEST(AlphaFinish, BinaryAlphaRoundTripsRealSprites) {
+  Result<Dataset> ds = LoadDataset(SPRITEDIFF_DATA_DIR, 32, 4);
+  ASSERT_TRUE(ds.ok());
+  int checked = 0;
+  for (int64_t i = 0; i < ds->size() && checked < 20; i += 37) {
+    const torch::Tensor alpha = ds->images[i][3];
+    if (alpha.gt(-1.0f).logical_and(alpha.lt(1.0f)).any().item<bool>()) continue;  // soft-edged sprite
+    const Image back = TensorToImage(ds->images[i], AlphaMode::kBinary);
+    ASSERT_EQ(back.channels, 4);
+    const torch::Tensor u8 = ds->images[i].add(1).mul(127.5).round().to(torch::kUInt8).permute({1, 2, 0}).contiguous();
+    for (size_t p = 0; p < back.pixels.size(); p += 4) {
+      const uint8_t* want = u8.data_ptr<uint8_t>() + p;
+      ASSERT_EQ(back.pixels[p + 3], want[3]);
+      for (int c = 0; c < 3; ++c) ASSERT_EQ(back.pixels[p + c], want[3] == 0 ? 0 : want[c]);
+    }
+    ++checked;
+  }
+  EXPECT_GE(checked, 10);
+}
+
+TEST(AlphaFinish, BinaryLeavesNoPartialAlphaAndSoftKeepsIt) {
+  torch::manual_seed(3);
+  const torch::Tensor x = torch::rand({4, 8, 8}).mul(2).sub(1);
+  const Image binary = TensorToImage(x, AlphaMode::kBinary);
+  const Image soft = TensorToImage(x, AlphaMode::kSoft);
+  int partial = 0;
+  for (size_t p = 3; p < binary.pixels.size(); p += 4) {
+    ASSERT_TRUE(binary.pixels[p] == 0 || binary.pixels[p] == 255);
+    partial += soft.pixels[p] != 0 && soft.pixels[p] != 255;
+    // Un-premultiplied: colour = premultiplied / alpha, so opaque binary pixels of a half-alpha
+    // prediction are brighter than its premultiplied colour.
+    if (binary.pixels[p] == 0) {
+      for (int c = 1; c <= 3; ++c) ASSERT_EQ(binary.pixels[p - c], 0);
+    }
+  }
+  EXPECT_GT(partial, 40);
+  // Premultiplied colour 0.25 at alpha 0.5 is colour 0.5 (128) in both modes.
+  torch::Tensor one = torch::tensor({-0.5f, -0.5f, -0.5f, 0.0f}).view({4, 1, 1});
+  EXPECT_EQ(TensorToImage(one, AlphaMode::kBinary).pixels, (std::vector<uint8_t>{128, 128, 128, 255}));
+  EXPECT_EQ(TensorToImage(one, AlphaMode::kSoft).pixels, (std::vector<uint8_t>{128, 128, 128, 128}));
+  // Three channels are unchanged by the mode.
+  EXPECT_EQ(TensorToImage(x.slice(0, 0, 3), AlphaMode::kSoft).pixels, TensorToImage(x.slice(0, 0, 3)).pixels);
 }
 
 }  // namespace

@@ -21,6 +21,7 @@
 #include <fstream>
 #include <string>
 #include <thread>
+#include <tuple>
 #include <vector>
 
 #include "core/checkpoint.h"
@@ -55,11 +56,13 @@ inline void CopyMiniDataset(const fs::path& data_root, const std::string& name, 
 }
 
 // A randomly initialised small model: the protocol does not care how good the sprites are.
-inline void WriteTinyModel(const fs::path& dir, const std::string& name) {
+// channels 4 and height 32 make an RGBA model like sprites32.
+inline void WriteTinyModel(const fs::path& dir, const std::string& name, int channels = 3, int height = 16) {
   ModelInfo info;
   info.name = name;
   info.arch.n_feat = 16;
-  info.arch.height = 16;
+  info.arch.height = height;
+  info.arch.in_channels = channels;
   info.labels = {"hero", "non_hero", "food", "spell", "item"};
   torch::manual_seed(1);
   ContextUnet net(info.arch);
@@ -81,6 +84,7 @@ class Daemon {
       fs::create_directories(root_ / "models");
       fs::create_directories(root_ / "data");
       WriteTinyModel(root_ / "models", "tiny");
+      for (const auto& [name, channels, height] : extra_models_) WriteTinyModel(root_ / "models", name, channels, height);
     }
     std::ofstream(root_ / "config.json") << config_json;
     port_ = 0;
@@ -173,6 +177,8 @@ class Daemon {
   }
   std::shared_ptr<grpc::Channel> channel() const { return channel_; }
   const fs::path& root() const { return root_; }
+  // Before the first Start: another tiny model in the models dir (an RGBA one, say).
+  void AddTinyModel(const std::string& name, int channels, int height) { extra_models_.push_back({name, channels, height}); }
   std::string Log() const {
     std::ifstream in(root_ / "daemon.log");  // the current run's log
     return std::string(std::istreambuf_iterator<char>(in), {});
@@ -180,6 +186,7 @@ class Daemon {
 
  private:
   fs::path root_;
+  std::vector<std::tuple<std::string, int, int>> extra_models_;
   int port_ = 0;
   pid_t pid_ = -1;
   std::shared_ptr<grpc::Channel> channel_;
