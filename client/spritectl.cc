@@ -94,6 +94,7 @@ struct RequestOptions {
   std::vector<std::string> palette_colors;
   bool dither = false;
   std::string alpha;  // empty = the server's default (binary)
+  std::vector<double> guidance_interval;
 };
 
 void AddRequestOptions(CLI::App* cmd, RequestOptions& o, int default_count) {
@@ -111,6 +112,8 @@ void AddRequestOptions(CLI::App* cmd, RequestOptions& o, int default_count) {
   o.guidance_option = cmd->add_option("--guidance", o.guidance, "classifier-free guidance scale in [0, 20]; "
                                       "1 = conditional only (default: the model's)")->check(CLI::Range(0.0, 20.0));
   cmd->add_option("--seed", o.seed, "seed of the first sprite (sprite i uses seed+i); 0 = random")->capture_default_str();
+  cmd->add_option("--guidance-interval", o.guidance_interval, "LOW,HIGH in [0, 1]: guidance only at steps from "
+                  "t in (LOW*T, HIGH*T] (default: the model's)")->delimiter(',')->expected(2);
   cmd->add_option("--palette", o.palette, "lock the sprites' colours to a named palette: " + spritediff::PaletteNames());
   cmd->add_option("--palette-colors", o.palette_colors, "lock to your own palette: 2..256 colours #rrggbb, "
                   "comma separated")->delimiter(',');
@@ -133,6 +136,10 @@ v1::SampleRequest BuildRequest(const RequestOptions& o) {
   req.set_seed(o.seed);
   AddLabels(req, o.labels);
   if (!o.context.empty()) AddContext(req, o.context);
+  if (o.guidance_interval.size() == 2) {
+    req.set_guidance_interval_low(static_cast<float>(o.guidance_interval[0]));
+    req.set_guidance_interval_high(static_cast<float>(o.guidance_interval[1]));
+  }
   req.set_palette(o.palette);
   for (const std::string& c : o.palette_colors) req.add_palette_colors(c);
   req.set_dither(o.dither);
@@ -369,7 +376,8 @@ void SampleCommand(CLI::App& app) {
                                  {"sampler", SamplerLabel(result->sampler())},
                                  {"steps", result->steps()},
                                  {"eta", result->eta()},
-                                 {"guidance", result->guidance_scale()}};
+                                 {"guidance", result->guidance_scale()},
+                                 {"guidance_interval", {result->guidance_interval_low(), result->guidance_interval_high()}}};
         nlohmann::json labels = nlohmann::json::object();
         for (const auto& lw : req.labels()) labels[lw.label()] = lw.has_weight() ? lw.weight() : 1.0f;
         if (!labels.empty()) recipe["labels"] = labels;

@@ -33,13 +33,18 @@ std::vector<std::string> SplitList(const std::string& text, char delimiter = ','
 }
 
 std::string RowName(const SweepRow& r) {
-  char buf[128];
+  char buf[160];
   if (SamplerUsesEta(r.sampler)) {
     std::snprintf(buf, sizeof(buf), "%s-%d, eta %g, guidance %g", SamplerName(r.sampler), r.steps, r.eta, r.guidance);
   } else {
     std::snprintf(buf, sizeof(buf), "%s-%d, guidance %g", SamplerName(r.sampler), r.steps, r.guidance);
   }
-  return buf;
+  std::string name = buf;
+  if (r.guidance_low != 0 || r.guidance_high != 1) {
+    std::snprintf(buf, sizeof(buf), " in (%g, %g]", r.guidance_low, r.guidance_high);
+    name += buf;
+  }
+  return name;
 }
 
 std::string Fixed(double v, int digits) {
@@ -66,9 +71,16 @@ void PrintClassTable(const QualityReport& r) {
   std::printf("| **pooled** | %lld | %s | %s | %s | %s | | | | %s | %s |\n", static_cast<long long>(r.count),
               Fixed(r.accuracy, 3).c_str(), Fixed(r.frechet, 2).c_str(), Fixed(r.frechet_real, 2).c_str(),
               Fixed(r.frechet_ratio, 2).c_str(), Fixed(r.precision, 3).c_str(), Fixed(r.recall, 3).c_str());
-  std::printf("\nworst class Frechet ratio %s (%s)%s\n", Fixed(r.worst_frechet_ratio, 2).c_str(),
-              r.worst_frechet_class.c_str(), r.flags.empty() ? "; no class flagged" : "");
+  std::printf("\nworst class: %s, Frechet ratio %s (off by %sx)%s\n", r.worst_frechet_class.c_str(),
+              Fixed(r.worst_frechet_ratio, 2).c_str(), Fixed(r.worst_frechet_factor, 2).c_str(),
+              r.flags.empty() ? "; no class flagged" : "");
   for (const std::string& flag : r.flags) std::printf("flag: %s\n", flag.c_str());
+  for (const ClassQuality& c : r.classes) {
+    if (!std::isfinite(c.opaque_share)) continue;
+    std::printf("alpha %s: opaque %.3f of the pixels (real %.3f, %+.0f%%), partial alpha %.4f\n", c.label.c_str(),
+                c.opaque_share, c.opaque_share_real, 100 * (c.opaque_share / c.opaque_share_real - 1),
+                c.partial_alpha_share);
+  }
 }
 
 // The sprites of a PNG grid: rows x cols equal cells, each holding one sprite upscaled by an
@@ -124,8 +136,9 @@ int64_t LabelIndex(const std::vector<std::string>& labels, const std::string& na
 
 Result<SweepRow> ParseSweepRow(const std::string& text) {
   const std::vector<std::string> parts = SplitList(text, ':');
-  const std::string form = "--sweep-grid '" + text + "': expected SAMPLER:STEPS:ETA:GUIDANCE, e.g. ddim:25:1:2";
-  if (parts.size() != 4) return Status::InvalidArgument(form);
+  const std::string form = "--sweep-grid '" + text +
+                           "': expected SAMPLER:STEPS:ETA:GUIDANCE[:LOW-HIGH], e.g. ddim:25:1:2 or ddim:25:1:3:0-0.6";
+  if (parts.size() != 4 && parts.size() != 5) return Status::InvalidArgument(form);
   SweepRow row;
   if (!ParseSamplerName(parts[0], &row.sampler)) return Status::InvalidArgument(form + " (samplers: " + SamplerNames() + ")");
   try {
@@ -136,6 +149,15 @@ Result<SweepRow> ParseSweepRow(const std::string& text) {
     if (used != parts[2].size()) throw std::invalid_argument(parts[2]);
     row.guidance = std::stod(parts[3], &used);
     if (used != parts[3].size()) throw std::invalid_argument(parts[3]);
+    if (parts.size() == 5) {
+      const size_t dash = parts[4].find('-');
+      if (dash == std::string::npos) throw std::invalid_argument(parts[4]);
+      const std::string low = parts[4].substr(0, dash), high = parts[4].substr(dash + 1);
+      row.guidance_low = std::stod(low, &used);
+      if (used != low.size()) throw std::invalid_argument(low);
+      row.guidance_high = std::stod(high, &used);
+      if (used != high.size()) throw std::invalid_argument(high);
+    }
   } catch (const std::exception&) {
     return Status::InvalidArgument(form);
   }
@@ -257,6 +279,8 @@ void AddEvalCommand(CLI::App& app, const CommonOptions& common) {
         row.steps = used.steps;
         row.eta = SamplerUsesEta(used.sampler) ? used.eta : 0.0;
         row.guidance = used.guidance;
+        row.guidance_low = used.guidance_low;
+        row.guidance_high = used.guidance_high;
         rows.push_back(row);
       }
       for (const SweepRow& row : rows) {  // every row checked before any sampling starts
@@ -265,6 +289,8 @@ void AddEvalCommand(CLI::App& app, const CommonOptions& common) {
         spec.steps = row.steps;
         spec.eta = row.eta;
         spec.guidance = row.guidance;
+        spec.guidance_low = row.guidance_low;
+        spec.guidance_high = row.guidance_high;
         spec.context.assign(model.info.arch.n_cfeat, 0.0f);
         Status valid = ValidateRowSpec(spec, model.info.schedule.timesteps, model.info.arch.n_cfeat);
         if (!valid.ok()) Fail(RowName(row) + ": --" + valid.message());
@@ -347,6 +373,8 @@ void AddEvalCommand(CLI::App& app, const CommonOptions& common) {
       sampling.spec.steps = row.steps;
       sampling.spec.eta = row.eta;
       sampling.spec.guidance = row.guidance;
+      sampling.spec.guidance_low = row.guidance_low;
+      sampling.spec.guidance_high = row.guidance_high;
       sampling.per_class = a->per_class;
       sampling.seed = a->seed;
       sampling.batch_rows = a->batch_rows;
@@ -357,11 +385,13 @@ void AddEvalCommand(CLI::App& app, const CommonOptions& common) {
       Result<QualityReport> report = meter->Measure(set->images, set->classes);
       if (!report.ok()) Fail(report.status().message());
       const double per_s = set->images.size(0) / std::max(set->seconds, 1e-9);
-      spdlog::info("{}: accuracy {:.3f}, worst class Frechet ratio {:.2f} ({}), pooled {:.2f}, {} flags, {:.2f} sprites/s",
-                   RowName(row), report->accuracy, report->worst_frechet_ratio, report->worst_frechet_class,
-                   report->frechet_ratio, report->flags.size(), per_s);
+      spdlog::info("{}: accuracy {:.3f}, worst class {} (Frechet ratio {:.2f}, off by {:.2f}x), pooled {:.2f}, {} flags, "
+                   "{:.2f} sprites/s", RowName(row), report->accuracy, report->worst_frechet_class,
+                   report->worst_frechet_ratio, report->worst_frechet_factor, report->frechet_ratio, report->flags.size(),
+                   per_s);
       json j = {{"sampler", SamplerName(row.sampler)}, {"steps", row.steps}, {"eta", row.eta},
-                {"guidance", row.guidance}, {"sprites_per_s", per_s}, {"report", QualityReportToJson(*report)}};
+                {"guidance", row.guidance}, {"guidance_interval", {row.guidance_low, row.guidance_high}},
+                {"sprites_per_s", per_s}, {"report", QualityReportToJson(*report)}};
       out["rows"].push_back(j);
       table.push_back({RowName(row), {per_s, *report}});
     }
@@ -380,7 +410,7 @@ void AddEvalCommand(CLI::App& app, const CommonOptions& common) {
       PrintClassTable(table[0].second.second);
       return;
     }
-    std::printf("| sampling | sprites/s | accuracy | worst class accuracy | worst class Frechet ratio | pooled ratio | "
+    std::printf("| sampling | sprites/s | accuracy | worst class accuracy | worst class Frechet ratio (off by) | pooled ratio | "
                 "flags | precision | recall |\n");
     std::printf("|---|---|---|---|---|---|---|---|---|\n");
     auto print_row = [](const std::string& name, const std::string& rate, const QualityReport& r) {
@@ -394,9 +424,10 @@ void AddEvalCommand(CLI::App& app, const CommonOptions& common) {
       }
       std::string flags;
       for (const std::string& f : r.flags) flags += (flags.empty() ? "" : "; ") + f;
-      std::printf("| %s | %s | %s | %s %s | %s %s | %s | %s | %s | %s |\n", name.c_str(), rate.c_str(),
+      std::printf("| %s | %s | %s | %s %s | %s %s (%sx) | %s | %s | %s | %s |\n", name.c_str(), rate.c_str(),
                   Fixed(r.accuracy, 3).c_str(), worst_label.c_str(), Fixed(worst, 2).c_str(),
                   r.worst_frechet_class.c_str(), Fixed(r.worst_frechet_ratio, 2).c_str(),
+                  Fixed(r.worst_frechet_factor, 2).c_str(),
                   Fixed(r.frechet_ratio, 2).c_str(), flags.empty() ? "-" : flags.c_str(),
                   Fixed(r.precision, 3).c_str(), Fixed(r.recall, 3).c_str());
     };

@@ -33,6 +33,7 @@ void AddSampleCommand(CLI::App& app, const CommonOptions& common) {
     int steps = 0;
     double eta = 0.0;
     double guidance = 1.0;
+    std::vector<double> guidance_interval;
     uint64_t seed = 0;
     std::string out;
     int upscale = 4;
@@ -59,6 +60,8 @@ void AddSampleCommand(CLI::App& app, const CommonOptions& common) {
       cmd->add_option("--eta", a->eta, "eta in [0, 1] for ddim and dpmpp-2m-sde (default: the model's)");
   CLI::Option* guidance_opt = cmd->add_option(
       "--guidance", a->guidance, "classifier-free guidance scale w; 1 = conditional only (default: the model's)");
+  cmd->add_option("--guidance-interval", a->guidance_interval, "LOW,HIGH: guidance only at steps from t in "
+                  "(LOW*T, HIGH*T] (default: the model's; 0,1 = every step)")->delimiter(',')->expected(2);
   cmd->add_option("--seed", a->seed, "seed of sprite 0 (sprite i uses seed+i); 0 = random")->capture_default_str();
   cmd->add_option("--out", a->out, "output directory")->required();
   cmd->add_option("--upscale", a->upscale, "nearest-neighbour factor of grid.png")->check(CLI::Range(1, 32))
@@ -106,12 +109,18 @@ void AddSampleCommand(CLI::App& app, const CommonOptions& common) {
     if (a->steps > 0) choice.steps = a->steps;
     if (eta_opt->count() > 0) choice.eta = a->eta;
     if (guidance_opt->count() > 0) choice.guidance = a->guidance;
+    if (a->guidance_interval.size() == 2) {
+      choice.guidance_low = a->guidance_interval[0];
+      choice.guidance_high = a->guidance_interval[1];
+    }
     const SamplingDefaults used = ResolveSampling(choice, EffectiveSamplingDefaults(info), info.schedule.timesteps);
     RowSpec spec;
     spec.sampler = used.sampler;
     spec.steps = used.steps;
     spec.eta = SamplerUsesEta(used.sampler) ? used.eta : 0.0;
     spec.guidance = used.guidance;
+    spec.guidance_low = used.guidance_low;
+    spec.guidance_high = used.guidance_high;
     if (!a->labels.empty() && !a->context.empty()) Fail("give --label or --context, not both");
     if (a->per_label > 0 && (!a->labels.empty() || !a->context.empty())) {
       Fail("--per-label makes every label; leave out --label and --context");
@@ -180,7 +189,8 @@ void AddSampleCommand(CLI::App& app, const CommonOptions& common) {
                                  {"sampler", SamplerName(specs[i].sampler)},
                                  {"steps", specs[i].steps},
                                  {"eta", specs[i].eta},
-                                 {"guidance", specs[i].guidance}};
+                                 {"guidance", specs[i].guidance},
+                                 {"guidance_interval", {specs[i].guidance_low, specs[i].guidance_high}}};
         nlohmann::json labels = nlohmann::json::object();
         for (size_t k = 0; k < info.labels.size(); ++k) {
           if (specs[i].context[k] != 0.0f) labels[info.labels[k]] = specs[i].context[k];

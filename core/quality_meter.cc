@@ -159,6 +159,13 @@ constexpr double kModeMinExpected = 4;      // judged only where this many gener
 constexpr double kCopyPercentile = 0.05;    // of held-out -> training-split distances: the near-copy threshold
 constexpr double kCopyFlagShare = 0.2;      // a class with more near-copies than this is flagged
 constexpr int kFrechetSubsets = 16;         // generated subsets of m_c averaged per class
+constexpr int kThumbnailSide = 8;           // appearance space of the mode check: 8x8 box-downscaled pixels
+
+// Appearance: flattened [N, C*H*W] pixels of side x side sprites -> [N, C*8*8] box-downscaled.
+torch::Tensor Thumbnails(const torch::Tensor& pixels, int channels, int side) {
+  const torch::Tensor images = pixels.to(torch::kFloat64).view({pixels.size(0), channels, side, side});
+  return torch::adaptive_avg_pool2d(images, {kThumbnailSide, kThumbnailSide}).flatten(1);
+}
 
 }  // namespace
 
@@ -192,15 +199,19 @@ json QualityReportToJson(const QualityReport& r) {
   for (const ClassQuality& c : r.classes) {
     classes.push_back({{"label", c.label}, {"count", c.count}, {"fd_count", c.fd_count}, {"accuracy", c.accuracy},
                        {"frechet", c.frechet}, {"frechet_real", c.frechet_real}, {"frechet_ratio", c.frechet_ratio},
+                       {"frechet_factor", c.frechet_factor}, {"copy_share_real", c.copy_share_real},
                        {"precision", c.precision}, {"recall", c.recall}, {"modes", c.modes},
                        {"modes_judged", c.modes_judged}, {"modes_missed", c.modes_missed},
                        {"mode_share_min", c.mode_share_min}, {"drops_modes", c.drops_modes},
-                       {"copy_share", c.copy_share}, {"copied_sources", c.copied_sources}, {"copies", c.copies}});
+                       {"copy_share", c.copy_share}, {"copied_sources", c.copied_sources}, {"copies", c.copies},
+                       {"opaque_share", c.opaque_share}, {"opaque_share_real", c.opaque_share_real},
+                       {"partial_alpha_share", c.partial_alpha_share}});
   }
   // nlohmann writes NaN as null: "not measurable for this class".
   return json{{"count", r.count},         {"accuracy", r.accuracy},   {"frechet", r.frechet},
               {"frechet_real", r.frechet_real}, {"frechet_ratio", r.frechet_ratio},
-              {"worst_frechet_ratio", r.worst_frechet_ratio}, {"worst_frechet_class", r.worst_frechet_class},
+              {"worst_frechet_ratio", r.worst_frechet_ratio}, {"worst_frechet_factor", r.worst_frechet_factor},
+              {"worst_frechet_class", r.worst_frechet_class},
               {"precision", r.precision}, {"recall", r.recall}, {"flags", r.flags}, {"classes", classes}};
 }
 
@@ -348,12 +359,28 @@ Status QualityMeter::PrepareRealSets(const Dataset& data) {
   const torch::Tensor nearest = PixelDistances(held_out_pixels_, train_pixels_).amin(1);
   const torch::Tensor sorted = std::get<0>(nearest.sort());
   copy_threshold_ = sorted[static_cast<int64_t>(kCopyPercentile * (sorted.size(0) - 1))].item<double>();
-  // Each class's modes: k-means of its real features (both splits).
+  // RGBA: each class's mean opaque share (alpha >= 1/2, as binary finishing decides).
+  real_opaque_share_.assign(k, kNaN);
+  if (options_.channels == 4) {
+    const int64_t area = static_cast<int64_t>(options_.height) * options_.height;
+    const torch::Tensor opaque = pixels.slice(1, 3 * area, 4 * area).ge(0.0).to(torch::kFloat64).mean(1);
+    for (int64_t c = 0; c < k; ++c) real_opaque_share_[c] = opaque.index_select(0, RowsOf(classes, c)).mean().item<double>();
+  }
+  // Each class's share of held-out sprites that are near-copies of training ones.
+  real_copy_share_.assign(k, 0.0);
+  const torch::Tensor held_classes = classes.index_select(0, torch::tensor(split.held_out, torch::kInt64));
+  for (int64_t c = 0; c < k; ++c) {
+    const torch::Tensor rows = RowsOf(held_classes, c);
+    if (rows.numel() > 0) {
+      real_copy_share_[c] = nearest.index_select(0, rows).lt(copy_threshold_).to(torch::kFloat64).mean().item<double>();
+    }
+  }
+  // Each class's modes: k-means of its real sprites' thumbnails (both splits).
+  const torch::Tensor thumbs = Thumbnails(pixels, options_.channels, options_.height);
   mode_centres_.assign(k, torch::Tensor());
   mode_shares_.assign(k, {});
   for (int64_t c = 0; c < k; ++c) {
-    const torch::Tensor feats = torch::cat({train_features_.index_select(0, RowsOf(train_classes_, c)),
-                                            held_out_features_.index_select(0, RowsOf(held_out_classes_, c))});
+    const torch::Tensor feats = thumbs.index_select(0, RowsOf(classes, c));
     if (feats.size(0) < 4) continue;
     const int modes = static_cast<int>(std::clamp<int64_t>(std::llround(feats.size(0) / 10.0), 2, 6));
     mode_centres_[c] = KMeans(feats, modes, options_.split_seed * 7919 + static_cast<uint64_t>(c));
@@ -382,11 +409,12 @@ Result<QualityReport> QualityMeter::MeasureFeatures(const torch::Tensor& feature
   report.accuracy = (predicted == cls).to(torch::kFloat64).mean().item<double>();
   std::mt19937_64 rng(options_.split_seed * 104729 + 17);
   std::vector<torch::Tensor> pooled_gen, pooled_held, pooled_train, pooled_real;
-  report.worst_frechet_ratio = kNaN;
+  report.worst_frechet_ratio = report.worst_frechet_factor = kNaN;
   for (int64_t c = 0; c < k; ++c) {
     const torch::Tensor rows = RowsOf(cls, c);
     if (rows.numel() == 0) continue;
     ClassQuality q;
+    q.frechet_factor = kNaN;
     q.label = labels_[c];
     q.count = rows.numel();
     q.accuracy = (predicted.index_select(0, rows) == c).to(torch::kFloat64).mean().item<double>();
@@ -421,8 +449,10 @@ Result<QualityReport> QualityMeter::MeasureFeatures(const torch::Tensor& feature
       q.frechet = sum / subsets;
       q.frechet_real = *fd_real;
       q.frechet_ratio = q.frechet_real > 0 ? q.frechet / q.frechet_real : kNaN;
-      if (std::isfinite(q.frechet_ratio) &&
-          (!std::isfinite(report.worst_frechet_ratio) || q.frechet_ratio > report.worst_frechet_ratio)) {
+      q.frechet_factor = q.frechet_ratio > 0 ? std::max(q.frechet_ratio, 1.0 / q.frechet_ratio) : kNaN;
+      if (std::isfinite(q.frechet_factor) &&
+          (!std::isfinite(report.worst_frechet_factor) || q.frechet_factor > report.worst_frechet_factor)) {
+        report.worst_frechet_factor = q.frechet_factor;
         report.worst_frechet_ratio = q.frechet_ratio;
         report.worst_frechet_class = q.label;
       }
@@ -433,10 +463,12 @@ Result<QualityReport> QualityMeter::MeasureFeatures(const torch::Tensor& feature
       q.precision = pr->precision;
       q.recall = pr->recall;
     }
-    // Modes: the generated sprites' shares of the real class's k-means clusters.
+    // Modes: the images' shares of the real class's k-means clusters in appearance space.
     q.mode_share_min = kNaN;
-    if (mode_centres_.size() == static_cast<size_t>(k) && mode_centres_[c].defined()) {
-      const torch::Tensor assign = torch::cdist(gen.to(torch::kFloat64), mode_centres_[c]).argmin(1);
+    if (pixels.defined() && pixels.size(0) == features.size(0) && mode_centres_.size() == static_cast<size_t>(k) &&
+        mode_centres_[c].defined()) {
+      const torch::Tensor thumbs = Thumbnails(pixels.index_select(0, rows), options_.channels, options_.height);
+      const torch::Tensor assign = torch::cdist(thumbs, mode_centres_[c]).argmin(1);
       for (int64_t j = 0; j < mode_centres_[c].size(0); ++j) {
         const double real_share = mode_shares_[c][static_cast<size_t>(j)];
         if (real_share < kModeMinShare) continue;
@@ -456,7 +488,16 @@ Result<QualityReport> QualityMeter::MeasureFeatures(const torch::Tensor& feature
       const torch::Tensor copied = dist < copy_threshold_;
       q.copy_share = copied.to(torch::kFloat64).mean().item<double>();
       q.copied_sources = q.copy_share > 0 ? std::get<0>(torch::_unique(source.masked_select(copied))).numel() : 0;
-      q.copies = q.copy_share > kCopyFlagShare;
+      q.copy_share_real = real_copy_share_.size() == static_cast<size_t>(k) ? real_copy_share_[c] : 0.0;
+      q.copies = q.copy_share > kCopyFlagShare && q.copy_share > 2 * q.copy_share_real;
+    }
+    q.opaque_share = q.opaque_share_real = q.partial_alpha_share = kNaN;
+    if (options_.channels == 4 && pixels.defined() && pixels.size(0) == features.size(0)) {
+      const int64_t area = static_cast<int64_t>(options_.height) * options_.height;
+      const torch::Tensor alpha = pixels.index_select(0, rows).slice(1, 3 * area, 4 * area);
+      q.opaque_share = alpha.ge(0.0).to(torch::kFloat64).mean().item<double>();
+      q.partial_alpha_share = alpha.gt(-1.0).logical_and(alpha.lt(1.0)).to(torch::kFloat64).mean().item<double>();
+      q.opaque_share_real = real_opaque_share_[c];
     }
     if (q.drops_modes) {
       report.flags.push_back(q.label + " drops modes (" + std::to_string(q.modes_missed) + " of " +

@@ -15,8 +15,15 @@
 //                  distance is noise, and its headline pooled all classes with matched counts,
 //                  so food's failure weighed 3 sprites of 50: it read 1.54 for the sprites an
 //                  independent judge scored 34, most of it food);
-//   modes          the real sprites of c (both splits) clustered by k-means in feature space
-//                  into k = clamp(n_c / 10, 2, 6) modes; a mode holding >= 10% of them is
+//                  A ratio far below 1 is as bad as one far above: the sprites sit closer to
+//                  the training sprites than unseen real ones do (too typical, too little
+//                  variety: sprites16's food read 0.22 and its items 0.08 where an independent
+//                  judge put them far from real sprites), so the headline is the factor
+//                  max(ratio, 1 / ratio) of the worst class;
+//   modes          the real sprites of c (both splits) clustered by k-means in appearance
+//                  space (8x8 box-downscaled pixels, alpha included: the classifier's features
+//                  are trained to ignore what differs inside a class, and put bones and fruit
+//                  in one food cluster) into k = clamp(n_c / 10, 2, 6) modes; a mode holding >= 10% of them is
 //                  missed when the share of generated sprites nearest to it is below a quarter
 //                  of its real share (judged only where its expected count is >= 4), and
 //                  drops_modes flags a class that misses one (generated food without the bones
@@ -24,10 +31,13 @@
 //   copies         a generated sprite is a near-copy when its pixel distance (RMS over
 //                  8-bit channels, alpha included) to the nearest real sprite is below the
 //                  5th percentile of the distances of held-out real sprites to their nearest
-//                  training sprite; copy_share is the class's fraction of them (about 0.05
-//                  for real sprites by construction) and copies flags a class above 0.2;
+//                  training sprite; copy_share is the class's fraction of them, and copies
+//                  flags a class above 0.2 and above twice what its unseen real sprites show
+//                  (DCSS heroes are recolours of a few bodies: 21% of the held-out ones are
+//                  near-copies of training heroes);
 //   precision/recall  the k-NN manifold estimate (k = 3) against the held-out images of c.
-// Overall: accuracy over all images, worst_frechet_ratio the largest class ratio (the headline),
+// Overall: accuracy over all images, worst_frechet_ratio the ratio of the class with the largest
+// factor (the headline, worst_frechet_factor),
 // frechet_ratio one pooled distance with every class at its m_c, and flags naming each class
 // that drops modes or copies.
 // The classifier trains once per (dataset file list and sizes, image size, channels, split,
@@ -73,6 +83,7 @@ struct ClassQuality {
   double frechet = 0;
   double frechet_real = 0;
   double frechet_ratio = 0;
+  double frechet_factor = 0;  // max(ratio, 1 / ratio): how far off, either way
   double precision = 0;
   double recall = 0;
   int modes = 0;              // real modes of at least 10% (see above)
@@ -81,8 +92,15 @@ struct ClassQuality {
   double mode_share_min = 0;  // smallest generated/real share over the judged modes (1 = matched)
   bool drops_modes = false;
   double copy_share = 0;      // fraction of near-copies of real sprites
+  double copy_share_real = 0; // the same for the class's held-out real sprites (against the training split)
   int64_t copied_sources = 0; // distinct real sprites they copy
   bool copies = false;
+  // RGBA meters (NaN otherwise): the mean share of a sprite's pixels that are opaque (alpha >=
+  // 1/2) for these images and for all real sprites of the class, and the share of pixels with
+  // partial alpha (0 < alpha < 1) in these images.
+  double opaque_share = 0;
+  double opaque_share_real = 0;
+  double partial_alpha_share = 0;
 };
 
 struct QualityReport {
@@ -92,7 +110,8 @@ struct QualityReport {
   double frechet = 0;        // all classes pooled, class-matched by composition
   double frechet_real = 0;   // the same for held-out real sprites (query half vs reference half)
   double frechet_ratio = 0;  // frechet / frechet_real
-  double worst_frechet_ratio = 0;   // the largest class ratio: the headline
+  double worst_frechet_ratio = 0;   // the ratio of the class that is furthest off: the headline
+  double worst_frechet_factor = 0;  // its max(ratio, 1 / ratio)
   std::string worst_frechet_class;
   double precision = 0;      // pooled
   double recall = 0;         // pooled
@@ -151,8 +170,10 @@ class QualityMeter {
   // Pixels of every real sprite, flattened [N, C*H*W], held-out rows in held_out_rows_ order.
   torch::Tensor real_pixels_, train_pixels_, held_out_pixels_;
   double copy_threshold_ = 0;  // the 5th percentile of held-out -> training-split pixel distances
-  std::vector<torch::Tensor> mode_centres_;  // per class: [k, D] k-means centres of its real features
+  std::vector<torch::Tensor> mode_centres_;  // per class: [k, D] k-means centres of its real sprites' thumbnails
   std::vector<std::vector<double>> mode_shares_;  // per class: the real share of each centre
+  std::vector<double> real_opaque_share_;          // per class, RGBA meters only
+  std::vector<double> real_copy_share_;            // per class: held-out near-copies of the training split
 };
 
 // Sampler settings for an evaluation run: every class gets per_class sprites, sprite i of

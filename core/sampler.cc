@@ -73,6 +73,10 @@ Status ValidateRowSpec(const RowSpec& spec, int timesteps, int n_cfeat) {
   if (!(spec.guidance >= 0.0 && spec.guidance <= 20.0)) {
     return Status::InvalidArgument("guidance must be in [0, 20], got " + std::to_string(spec.guidance));
   }
+  if (!(spec.guidance_low >= 0.0 && spec.guidance_low < spec.guidance_high && spec.guidance_high <= 1.0)) {
+    return Status::InvalidArgument("guidance_interval must be [low, high] with 0 <= low < high <= 1, got [" +
+                                   std::to_string(spec.guidance_low) + ", " + std::to_string(spec.guidance_high) + "]");
+  }
   if (static_cast<int>(spec.context.size()) != n_cfeat) {
     return Status::InvalidArgument("context must have " + std::to_string(n_cfeat) + " values, got " +
                                    std::to_string(spec.context.size()));
@@ -178,14 +182,15 @@ void DenoiseStep(ContextUnet& net, const NoiseSchedule& schedule, const std::vec
     SampleRow* r = active[i];
     xs.push_back(r->x_);
     ctxs.push_back(r->context_);
-    if (r->spec_.guidance != 1.0) guided.push_back(i);
     const int t = r->current_t(), s = r->next_t();
+    const double w = GuidanceAt(r->spec_, t, schedule.timesteps());
+    if (w != 1.0) guided.push_back(i);
     const bool multistep = r->spec_.sampler == SamplerKind::kDpmpp2m || r->spec_.sampler == SamplerKind::kDpmpp2mSde;
     any_multistep = any_multistep || multistep;
     const StepRule rule = ComputeStepRule(schedule, r->spec_.sampler, r->spec_.eta, t, s, multistep ? r->prev_t_ : -1);
     float* row = coef.data() + i * kStepCoefs;
     row[kCoefTime] = static_cast<float>(t / T);
-    row[kCoefGuidance] = static_cast<float>(r->spec_.guidance);
+    row[kCoefGuidance] = static_cast<float>(w);
     row[kCoefA] = static_cast<float>(rule.a);
     row[kCoefB] = static_cast<float>(rule.b);
     row[kCoefC] = static_cast<float>(rule.c);
@@ -308,6 +313,11 @@ torch::Tensor FinishAlpha(const torch::Tensor& chw, AlphaMode mode) {
   return torch::cat({colour, finished}, 0);
 }
 }  // namespace
+
+double GuidanceAt(const RowSpec& spec, int t, int timesteps) {
+  const bool inside = t > spec.guidance_low * timesteps && t <= spec.guidance_high * timesteps;
+  return inside ? spec.guidance : 1.0;
+}
 
 Image TensorToImage(const torch::Tensor& chw, AlphaMode alpha) {
   torch::Tensor x = chw.detach().to(torch::kCPU, torch::kFloat32);

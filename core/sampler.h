@@ -29,6 +29,13 @@
 //     process for an exact x0 (SDE). The history lives in the row, so rows at different
 //     positions with different solvers still share one forward.
 //
+// Guidance: eps = eps_u + w (eps_c - eps_u) from the conditional and unconditional predictions
+// (classifier-free guidance, Ho & Salimans), applied only in the row's guidance interval: at a
+// step from t with low T < t <= high T; outside it eps = eps_c (w = 1, one forward). Guidance
+// at the highest noise levels is what drops modes (Kynkaanniemi et al., NeurIPS 2024, "Applying
+// guidance in a limited interval improves sample and distribution quality"); [0, 1] is guidance
+// at every step.
+//
 // Timesteps: every sampler visits the same time-uniform sequence T = t_0 > ... > t_steps = 0
 // (below). That is the spacing the DPM-Solver reference code uses in its examples for
 // discrete-time models and for multistep data-prediction (guided) sampling; its README suggests
@@ -80,12 +87,17 @@ struct RowSpec {
   int steps = kDefaultDdimSteps;  // 1..T denoising steps
   double eta = 0.0;       // DDIM and DPM++ 2M SDE; 0 deterministic, 1 DDPM-like / the SDE's variance
   double guidance = 1.0;  // classifier-free guidance w; 1 = conditional only (one forward)
+  double guidance_low = 0.0;   // the guidance interval (above) as fractions of T: 0 <= low < high <= 1
+  double guidance_high = 1.0;
   std::vector<float> context;  // n_cfeat values
   uint64_t seed = 0;
 };
 
-// Checks steps, eta, guidance and context length against a schedule and model; the message
-// names the field and its allowed range.
+// The guidance w a row uses at a step from timestep t (its guidance inside its interval, else 1).
+double GuidanceAt(const RowSpec& spec, int t, int timesteps);
+
+// Checks steps, eta, guidance, its interval and context length against a schedule and model;
+// the message names the field and its allowed range.
 Status ValidateRowSpec(const RowSpec& spec, int timesteps, int n_cfeat);
 
 // The descending timestep sequence a row visits: T = t_0 > t_1 > ... > t_steps = 0.

@@ -26,11 +26,17 @@ Status ValidateSamplingDefaults(const SamplingDefaults& d, int timesteps) {
   if (!(d.guidance >= 0.0 && d.guidance <= 20.0)) {
     return Status::InvalidArgument("sampling.guidance must be in [0, 20], got " + std::to_string(d.guidance));
   }
+  if (!(d.guidance_low >= 0.0 && d.guidance_low < d.guidance_high && d.guidance_high <= 1.0)) {
+    return Status::InvalidArgument("sampling.guidance_interval must be [low, high] with 0 <= low < high <= 1, got [" +
+                                   std::to_string(d.guidance_low) + ", " + std::to_string(d.guidance_high) + "]");
+  }
   return Status::Ok();
 }
 
 json SamplingDefaultsToJson(const SamplingDefaults& d) {
-  return json{{"sampler", SamplerName(d.sampler)}, {"steps", d.steps}, {"eta", d.eta}, {"guidance", d.guidance}};
+  json j{{"sampler", SamplerName(d.sampler)}, {"steps", d.steps}, {"eta", d.eta}, {"guidance", d.guidance}};
+  if (d.guidance_low != 0.0 || d.guidance_high != 1.0) j["guidance_interval"] = {d.guidance_low, d.guidance_high};
+  return j;
 }
 
 Result<SamplingDefaults> SamplingDefaultsFromJson(const json& j, int timesteps) {
@@ -49,9 +55,15 @@ Result<SamplingDefaults> SamplingDefaultsFromJson(const json& j, int timesteps) 
     } else if (key == "eta" || key == "guidance") {
       if (!value.is_number()) return Status::InvalidArgument("sampling." + key + " must be a number");
       (key == "eta" ? d.eta : d.guidance) = value.get<double>();
+    } else if (key == "guidance_interval") {
+      if (!value.is_array() || value.size() != 2 || !value[0].is_number() || !value[1].is_number()) {
+        return Status::InvalidArgument("sampling.guidance_interval must be [low, high], two numbers");
+      }
+      d.guidance_low = value[0].get<double>();
+      d.guidance_high = value[1].get<double>();
     } else {
       return Status::InvalidArgument("sampling: unknown key '" + key.substr(0, 40) +
-                                     "' (known: sampler, steps, eta, guidance)");
+                                     "' (known: sampler, steps, eta, guidance, guidance_interval)");
     }
   }
   Status s = ValidateSamplingDefaults(d, timesteps);
@@ -67,6 +79,8 @@ SamplingDefaults ResolveSampling(const SamplingChoice& request, const SamplingDe
                             : (models_sampler ? model.steps : DefaultSteps(out.sampler, timesteps));
   out.eta = request.eta ? *request.eta : (models_sampler ? model.eta : SamplerDefaultEta(out.sampler));
   out.guidance = request.guidance.value_or(model.guidance);
+  out.guidance_low = request.guidance_low.value_or(model.guidance_low);
+  out.guidance_high = request.guidance_high.value_or(model.guidance_high);
   return out;
 }
 

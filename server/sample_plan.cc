@@ -78,11 +78,15 @@ grpc::Status PlanSample(const v1::SampleRequest& req, const ServedModel& model, 
     }
     choice.guidance = req.guidance_scale();
   }
+  if (req.has_guidance_interval_low()) choice.guidance_low = req.guidance_interval_low();
+  if (req.has_guidance_interval_high()) choice.guidance_high = req.guidance_interval_high();
   const SamplingDefaults used = ResolveSampling(choice, EffectiveSamplingDefaults(info), T);
   plan->sampler = used.sampler;
   plan->steps = used.steps;
   plan->eta = SamplerUsesEta(used.sampler) ? used.eta : 0.0;
   plan->guidance = used.guidance;
+  plan->guidance_low = used.guidance_low;
+  plan->guidance_high = used.guidance_high;
   if (req.frame_every() > static_cast<uint32_t>(plan->steps)) {
     return Invalid("frame_every must be in [0, steps=" + std::to_string(plan->steps) + "], got " +
                    std::to_string(req.frame_every()));
@@ -148,6 +152,8 @@ grpc::Status PlanSample(const v1::SampleRequest& req, const ServedModel& model, 
     spec.steps = plan->steps;
     spec.eta = plan->eta;
     spec.guidance = plan->guidance;
+    spec.guidance_low = plan->guidance_low;
+    spec.guidance_high = plan->guidance_high;
     spec.context = context;
     spec.seed = seed + static_cast<uint64_t>(i);
     Status s = ValidateRowSpec(spec, T, info.arch.n_cfeat);

@@ -24,6 +24,7 @@ struct SamplePlan {
   SamplerKind sampler = SamplerKind::kDdim;
   double eta = 0.0;  // 0 where the sampler ignores eta
   double guidance = 1.0;
+  double guidance_low = 0.0, guidance_high = 1.0;  // the guidance interval
   SpriteFinish finish;  // alpha finish and palette lock of the Result's sprites
 };
 

@@ -47,6 +47,17 @@ void AddServeCommand(CLI::App& app, const CommonOptions& common) {
   cmd->add_option("--data-root", a->data_root, "folder that training datasets must lie under (overrides config)");
   cmd->add_option("--state-dir", a->state_dir, "training job records and checkpoints (overrides config)");
   cmd->callback([a, &common] {
+    // Signals are taken by sigwait below; every thread started from here on inherits the mask.
+    // First thing, before anything can start a thread: making gRPC's credentials runs
+    // grpc_init, which can start gRPC's timer and executor threads, and a SIGTERM the kernel
+    // hands to an unmasked thread takes the default action, ending the daemon with status 143
+    // instead of draining it (MemoryTest saw 143 once, under load, with the mask set later).
+    sigset_t signals;
+    sigemptyset(&signals);
+    sigaddset(&signals, SIGINT);
+    sigaddset(&signals, SIGTERM);
+    sigaddset(&signals, SIGHUP);  // must not kill the daemon: operators send it after renewing certificates
+    pthread_sigmask(SIG_BLOCK, &signals, nullptr);
     const std::string allocator = HeapAllocatorName();
 #ifdef __GLIBC__
     // With glibc's malloc (a build without tcmalloc): two arenas unless the operator set
@@ -77,14 +88,6 @@ void AddServeCommand(CLI::App& app, const CommonOptions& common) {
     Result<ServerCredentials> credentials = MakeServerCredentials(config);
     if (!credentials.ok()) Fail(credentials.status().message());
     TlsFiles* tls = credentials->files.get();
-
-    // Signals are taken by sigwait below; every thread started from here on inherits the mask.
-    sigset_t signals;
-    sigemptyset(&signals);
-    sigaddset(&signals, SIGINT);
-    sigaddset(&signals, SIGTERM);
-    sigaddset(&signals, SIGHUP);  // must not kill the daemon: operators send it after renewing certificates
-    pthread_sigmask(SIG_BLOCK, &signals, nullptr);
 
     Result<std::string> device = ResolveDevice(config.device);
     if (!device.ok()) Fail(device.status().message());

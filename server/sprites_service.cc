@@ -117,6 +117,8 @@ class SampleReactor : public grpc::ServerWriteReactor<v1::SampleEvent> {
         r->set_sampler(SamplerToProto(used.sampler));
         r->set_eta(static_cast<float>(used.eta));
         r->set_guidance_scale(static_cast<float>(used.guidance));
+        r->set_guidance_interval_low(static_cast<float>(used.guidance_low));
+        r->set_guidance_interval_high(static_cast<float>(used.guidance_high));
       }
       const int channels = served_->info.arch.in_channels;
       r->set_channels(static_cast<uint32_t>(channels));
@@ -246,6 +248,8 @@ void SpritesService::Describe(const ServedModel& model, v1::ModelInfo* out) cons
   sampling->set_steps(static_cast<uint32_t>(d.steps));
   sampling->set_eta(static_cast<float>(d.eta));
   sampling->set_guidance_scale(static_cast<float>(d.guidance));
+  sampling->set_guidance_interval_low(static_cast<float>(d.guidance_low));
+  sampling->set_guidance_interval_high(static_cast<float>(d.guidance_high));
 }
 
 grpc::ServerUnaryReactor* SpritesService::ListModels(grpc::CallbackServerContext* context,

@@ -174,6 +174,52 @@ TEST(Sampler, MixedTimestepBatchEqualsRowsRunAlone) {
   }
 }
 
+// The guidance interval: w applies at steps from t in (low T, high T] only.
+TEST(Sampler, GuidanceIntervalPicksTheStepsThatAreGuided) {
+  RowSpec spec = Spec(SamplerKind::kDdim, 25, 0.0, 3.0, 1, 1);
+  spec.guidance_low = 0.2;
+  spec.guidance_high = 0.6;
+  EXPECT_EQ(GuidanceAt(spec, 500, 500), 1.0);
+  EXPECT_EQ(GuidanceAt(spec, 301, 500), 1.0);
+  EXPECT_EQ(GuidanceAt(spec, 300, 500), 3.0);  // high T itself is inside
+  EXPECT_EQ(GuidanceAt(spec, 101, 500), 3.0);
+  EXPECT_EQ(GuidanceAt(spec, 100, 500), 1.0);  // low T itself is outside
+  spec.guidance_low = 0.0;
+  spec.guidance_high = 1.0;
+  for (int t : {1, 250, 500}) EXPECT_EQ(GuidanceAt(spec, t, 500), 3.0);
+  // Validation names the field.
+  for (auto [low, high] : std::vector<std::pair<double, double>>{{0.5, 0.5}, {-0.1, 1.0}, {0.0, 1.5}, {0.7, 0.2}}) {
+    spec.guidance_low = low;
+    spec.guidance_high = high;
+    Status s = ValidateRowSpec(spec, 500, 5);
+    ASSERT_FALSE(s.ok()) << low << " " << high;
+    EXPECT_EQ(s.message().rfind("guidance_interval", 0), 0u) << s.message();
+  }
+}
+
+// A guided row whose interval holds none of its steps is the unguided row, pixel for pixel; one
+// whose interval holds all of them is the plain guided row; a partial interval is neither, and
+// rows with intervals still step together exactly as alone.
+TEST(Sampler, GuidanceIntervalOutsideEveryStepIsTheConditionalRow) {
+  ContextUnet net = RandomNet();
+  NoiseSchedule schedule(ScheduleConfig{});
+  const RowSpec plain = Spec(SamplerKind::kDdim, 10, 1.0, 3.0, 2, 9);
+  RowSpec unguided = plain;
+  unguided.guidance = 1.0;
+  RowSpec never = plain;  // steps run from t = 500 down to t = 50: none at or below t = 5
+  never.guidance_high = 0.01;
+  RowSpec late = plain;  // guided only below t = 250
+  late.guidance_high = 0.5;
+  const torch::Tensor x = SampleAll(net, schedule, {plain, unguided, never, late}, torch::kCPU);
+  EXPECT_TRUE(torch::allclose(x[2], x[1], 1e-5, 1e-6));
+  EXPECT_FALSE(torch::allclose(x[3], x[0]));
+  EXPECT_FALSE(torch::allclose(x[3], x[1]));
+  const torch::Tensor alone = SampleAll(net, schedule, {late}, torch::kCPU);
+  EXPECT_TRUE(torch::allclose(alone[0], x[3], 1e-4, 1e-5));
+  const torch::Tensor everywhere = SampleAll(net, schedule, {plain}, torch::kCPU);
+  EXPECT_TRUE(torch::allclose(everywhere[0], x[0], 1e-4, 1e-5));
+}
+
 // ---- DPM-Solver++(2M) and its SDE variant -------------------------------------------------
 
 struct Vp {  // alpha_t, sigma_t, lambda_t of the schedule at t, computed here from alpha_bar

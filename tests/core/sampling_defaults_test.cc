@@ -78,6 +78,21 @@ TEST(SamplingDefaults, JsonRoundTripAndErrorsNameTheField) {
   EXPECT_EQ(back->eta, d.eta);
   EXPECT_EQ(back->guidance, d.guidance);
 
+  // The interval is written only when it is not every step, and read back.
+  EXPECT_FALSE(SamplingDefaultsToJson(d).contains("guidance_interval"));
+  d.guidance_low = 0.0;
+  d.guidance_high = 0.7;
+  ASSERT_TRUE(SamplingDefaultsToJson(d).contains("guidance_interval"));
+  Result<SamplingDefaults> interval = SamplingDefaultsFromJson(SamplingDefaultsToJson(d), 500);
+  ASSERT_TRUE(interval.ok()) << interval.status().message();
+  EXPECT_EQ(interval->guidance_low, 0.0);
+  EXPECT_EQ(interval->guidance_high, 0.7);
+  SamplingChoice none;
+  EXPECT_EQ(ResolveSampling(none, d, 500).guidance_high, 0.7) << "an unset interval is the model's";
+  SamplingChoice set;
+  set.guidance_high = 1.0;
+  EXPECT_EQ(ResolveSampling(set, d, 500).guidance_high, 1.0);
+
   Result<SamplingDefaults> partial = SamplingDefaultsFromJson(json{{"guidance", 3.0}}, 500);
   ASSERT_TRUE(partial.ok());
   EXPECT_EQ(partial->guidance, 3.0);
@@ -89,6 +104,10 @@ TEST(SamplingDefaults, JsonRoundTripAndErrorsNameTheField) {
       {json{{"steps", 2.5}}, "sampling.steps"},         {json{{"eta", 1.5}}, "sampling.eta"},
       {json{{"eta", "1"}}, "sampling.eta"},             {json{{"guidance", -1}}, "sampling.guidance"},
       {json{{"guidence", 2}}, "guidence"},              {json::array(), "object"},
+      {json{{"guidance_interval", {0.5, 0.2}}}, "sampling.guidance_interval"},
+      {json{{"guidance_interval", {0.0, 1.5}}}, "sampling.guidance_interval"},
+      {json{{"guidance_interval", 0.5}}, "sampling.guidance_interval"},
+      {json{{"guidance_interval", {0.1, "x"}}}, "sampling.guidance_interval"},
   };
   for (const auto& [j, field] : bad) {
     Result<SamplingDefaults> r = SamplingDefaultsFromJson(j, 500);
@@ -128,6 +147,8 @@ TEST(SamplingDefaults, TheBundledModelRecordsTheMetersBestSettings) {
   EXPECT_EQ(info->sampling->steps, 25);
   EXPECT_EQ(info->sampling->eta, 1.0);
   EXPECT_EQ(info->sampling->guidance, 2.5);  // models/sprites16/README.md: the meter's table
+  EXPECT_EQ(info->sampling->guidance_low, 0.0);
+  EXPECT_EQ(info->sampling->guidance_high, 0.6);
 }
 
 }  // namespace

@@ -6,6 +6,7 @@
 
 #include "common/image.h"
 #include "common/palette.h"
+#include "core/sprite_finish.h"
 #include "tests/e2e/daemon_fixture.h"
 
 namespace spritediff::e2e {

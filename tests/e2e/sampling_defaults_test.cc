@@ -16,6 +16,7 @@ using v1::SampleRequest;
 constexpr int kSteps = 6;
 constexpr float kEta = 0.5f;
 constexpr float kGuidance = 3.0f;
+constexpr float kGuidanceHigh = 0.75f;  // guided only at steps from t <= 0.75 T
 
 class SamplingDefaultsTest : public ::testing::Test {
  protected:
@@ -26,7 +27,8 @@ class SamplingDefaultsTest : public ::testing::Test {
     // Record defaults in tiny's model.json and restart on the same directory.
     const fs::path json_path = daemon_->root() / "models" / "tiny" / "model.json";
     nlohmann::json j = nlohmann::json::parse(std::ifstream(json_path));
-    j["sampling"] = {{"sampler", "dpmpp-2m-sde"}, {"steps", kSteps}, {"eta", kEta}, {"guidance", kGuidance}};
+    j["sampling"] = {{"sampler", "dpmpp-2m-sde"}, {"steps", kSteps}, {"eta", kEta}, {"guidance", kGuidance},
+                     {"guidance_interval", {0.0, kGuidanceHigh}}};
     std::ofstream(json_path) << j.dump(2);
     daemon_->Start(kConfig);
   }
@@ -84,6 +86,37 @@ TEST_F(SamplingDefaultsTest, ListModelsReportsTheRecordedDefaults) {
   EXPECT_EQ(info.sampling().steps(), static_cast<uint32_t>(kSteps));
   EXPECT_FLOAT_EQ(info.sampling().eta(), kEta);
   EXPECT_FLOAT_EQ(info.sampling().guidance_scale(), kGuidance);
+  EXPECT_FLOAT_EQ(info.sampling().guidance_interval_low(), 0.0f);
+  EXPECT_FLOAT_EQ(info.sampling().guidance_interval_high(), kGuidanceHigh);
+}
+
+// The guidance interval: unset is the model's, set is the request's, the Result says which, and a
+// bad one is INVALID_ARGUMENT naming the field.
+TEST_F(SamplingDefaultsTest, GuidanceIntervalIsTheModelsUnlessSetAndChecked) {
+  const Done implicit = Sample(LabelsOnly(31));
+  ASSERT_TRUE(implicit.status.ok()) << implicit.status.error_message();
+  EXPECT_FLOAT_EQ(implicit.result.guidance_interval_low(), 0.0f);
+  EXPECT_FLOAT_EQ(implicit.result.guidance_interval_high(), kGuidanceHigh);
+  SampleRequest everywhere = LabelsOnly(31);
+  everywhere.set_guidance_interval_high(1.0f);
+  const Done all = Sample(everywhere);
+  ASSERT_TRUE(all.status.ok()) << all.status.error_message();
+  EXPECT_FLOAT_EQ(all.result.guidance_interval_high(), 1.0f);
+  // Spelled out, the model's interval gives the model's sprites (what the interval does to the
+  // pixels is core's test, GuidanceIntervalOutsideEveryStepIsTheConditionalRow: this tiny random
+  // network's guidance barely moves a pixel).
+  SampleRequest spelled = LabelsOnly(31);
+  spelled.set_guidance_interval_low(0.0f);
+  spelled.set_guidance_interval_high(kGuidanceHigh);
+  const Done same = Sample(spelled);
+  ASSERT_TRUE(same.status.ok());
+  EXPECT_LE(MaxPixelDifference(implicit.result.images(0), same.result.images(0)), 1);
+  SampleRequest bad = LabelsOnly(31);
+  bad.set_guidance_interval_low(0.9f);
+  bad.set_guidance_interval_high(0.2f);
+  const Done refused = Sample(bad);
+  EXPECT_EQ(refused.status.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  EXPECT_EQ(refused.status.error_message().rfind("guidance_interval", 0), 0u) << refused.status.error_message();
 }
 
 TEST_F(SamplingDefaultsTest, UnsetFieldsTakeTheModelsDefaultsAndResultSaysSo) {
