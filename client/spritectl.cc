@@ -154,6 +154,9 @@ Image DecodeOrFail(const std::string& png) {
   return *image;
 }
 
+// A float from the wire as the decimal the user wrote (0.6f would print as 0.6000000238).
+double Decimal(float v) { return std::round(static_cast<double>(v) * 1e6) / 1e6; }
+
 // --background: "checker" or "#rrggbb", for grids and GIFs of RGBA sprites.
 spritediff::Background ParseBackground(const std::string& text) {
   spritediff::Background background;
@@ -375,9 +378,10 @@ void SampleCommand(CLI::App& app) {
                                  {"seed", result->seeds(i)},
                                  {"sampler", SamplerLabel(result->sampler())},
                                  {"steps", result->steps()},
-                                 {"eta", result->eta()},
-                                 {"guidance", result->guidance_scale()},
-                                 {"guidance_interval", {result->guidance_interval_low(), result->guidance_interval_high()}}};
+                                 {"eta", Decimal(result->eta())},
+                                 {"guidance", Decimal(result->guidance_scale())},
+                                 {"guidance_interval", {Decimal(result->guidance_interval_low()),
+                                                        Decimal(result->guidance_interval_high())}}};
         nlohmann::json labels = nlohmann::json::object();
         for (const auto& lw : req.labels()) labels[lw.label()] = lw.has_weight() ? lw.weight() : 1.0f;
         if (!labels.empty()) recipe["labels"] = labels;
