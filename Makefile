@@ -8,7 +8,7 @@ SANITIZE_DIR ?= build-sanitize
 # What `make sanitize` runs (a ctest -R regex); the default is the whole suite.
 SANITIZE_TESTS ?= .
 
-.PHONY: deps configure build test serve clean sanitize thread-safety
+.PHONY: deps configure build test serve clean sanitize thread-safety deb
 
 deps:
 	./scripts/install-deps.sh
@@ -34,14 +34,16 @@ sanitize: deps
 serve: build
 	./$(BUILD_DIR)/bin/spritediffd serve
 
-# Clang's thread-safety analysis over the daemon's library (GUARDED_BY and friends from
-# common/thread_annotations.h): a separate build directory, clang++, warnings as errors.
-TSA_BUILD_DIR ?= build-thread-safety
-thread-safety: deps
-	@if [ ! -f $(TSA_BUILD_DIR)/CMakeCache.txt ]; then \
-	  cmake -S . -B $(TSA_BUILD_DIR) -DCMAKE_BUILD_TYPE=Release -DCMAKE_CXX_COMPILER=clang++ \
-	    -DCMAKE_CXX_FLAGS="-Wthread-safety -Werror=thread-safety"; fi
-	cmake --build $(TSA_BUILD_DIR) -j $(JOBS) --target spritediff_server
+# Clang's thread-safety analysis over the daemon's sources (GUARDED_BY and friends from
+# common/thread_annotations.h), warnings as errors: clang -fsyntax-only with the main build's
+# flags (scripts/thread-safety.sh), so it needs the main build's compile_commands.json only.
+thread-safety: build
+	BUILD_DIR=$(BUILD_DIR) JOBS=$(JOBS) ./scripts/thread-safety.sh
+
+# The Debian package (CPack; cmake/packaging.cmake): $(BUILD_DIR)/spritediff_*.deb.
+# deploy/verify-deb.sh installs it on a bare Debian 12 root and proves it.
+deb: build
+	cd $(BUILD_DIR) && cpack -G DEB
 
 clean:
 	rm -rf $(BUILD_DIR)

@@ -26,6 +26,7 @@
 #include "common/file_util.h"
 #include "common/image.h"
 #include "common/palette.h"
+#include "common/sampling_rules.h"
 #include "common/sprite_sheet.h"
 #include "grpc/health/v1/health.grpc.pb.h"
 #include "spritediff/v1/sprites.grpc.pb.h"
@@ -58,21 +59,22 @@ void AddContext(v1::SampleRequest& req, const std::string& text) {
   for (float v : *values) req.add_context(v);
 }
 
-// The --sampler names and their proto values.
-const std::vector<std::pair<std::string, v1::Sampler>> kSamplers{{"ddpm", v1::SAMPLER_DDPM},
-                                                                 {"ddim", v1::SAMPLER_DDIM},
-                                                                 {"dpmpp-2m", v1::SAMPLER_DPMPP_2M},
-                                                                 {"dpmpp-2m-sde", v1::SAMPLER_DPMPP_2M_SDE}};
+// Each sampler's proto value (its --sampler name is SamplerName, common/sampling_rules.h).
+const std::vector<std::pair<spritediff::SamplerKind, v1::Sampler>> kSamplers{
+    {spritediff::SamplerKind::kDdpm, v1::SAMPLER_DDPM},
+    {spritediff::SamplerKind::kDdim, v1::SAMPLER_DDIM},
+    {spritediff::SamplerKind::kDpmpp2m, v1::SAMPLER_DPMPP_2M},
+    {spritediff::SamplerKind::kDpmpp2mSde, v1::SAMPLER_DPMPP_2M_SDE}};
 
 v1::Sampler SamplerValue(const std::string& name) {
-  for (const auto& [n, v] : kSamplers)
-    if (n == name) return v;
+  for (const auto& [kind, value] : kSamplers)
+    if (spritediff::SamplerName(kind) == name) return value;
   return v1::SAMPLER_UNSPECIFIED;
 }
 
 std::string SamplerLabel(v1::Sampler sampler) {
-  for (const auto& [n, v] : kSamplers)
-    if (v == sampler) return n;
+  for (const auto& [kind, value] : kSamplers)
+    if (value == sampler) return spritediff::SamplerName(kind);
   return "unspecified";
 }
 
@@ -103,14 +105,15 @@ void AddRequestOptions(CLI::App* cmd, RequestOptions& o, int default_count) {
   cmd->add_option("--label", o.labels, "condition on a label, NAME or NAME:WEIGHT; repeat to mix (e.g. --label hero --label food:0.5)");
   cmd->add_option("--context", o.context, "raw context vector instead of labels, e.g. 1,0,0,0,0");
   cmd->add_option("--count", o.count, "sprites per request")->check(CLI::Range(1, 4096))->capture_default_str();
-  cmd->add_option("--sampler", o.sampler, "ddpm, ddim, dpmpp-2m or dpmpp-2m-sde (default: the model's; see `models`)")
-      ->check(CLI::IsMember({"ddpm", "ddim", "dpmpp-2m", "dpmpp-2m-sde"}));
+  cmd->add_option("--sampler", o.sampler, spritediff::SamplerNames() + " (default: the model's; see `models`)")
+      ->check(CLI::IsMember(spritediff::SamplerNameList()));
   cmd->add_option("--steps", o.steps, "denoising steps; 0 = the server's default (the model's; T for ddpm)")
       ->check(CLI::Range(0, 100000))->capture_default_str();
   o.eta_option = cmd->add_option("--eta", o.eta, "eta in [0, 1] for ddim (0 = deterministic) and dpmpp-2m-sde "
-                                 "(default: the model's)")->check(CLI::Range(0.0, 1.0));
+                                 "(default: the model's)")->check(CLI::Range(spritediff::kMinEta, spritediff::kMaxEta));
   o.guidance_option = cmd->add_option("--guidance", o.guidance, "classifier-free guidance scale in [0, 20]; "
-                                      "1 = conditional only (default: the model's)")->check(CLI::Range(0.0, 20.0));
+                                      "1 = conditional only (default: the model's)")
+                                      ->check(CLI::Range(spritediff::kMinGuidance, spritediff::kMaxGuidance));
   cmd->add_option("--seed", o.seed, "seed of the first sprite (sprite i uses seed+i); 0 = random")->capture_default_str();
   cmd->add_option("--guidance-interval", o.guidance_interval, "LOW,HIGH in [0, 1]: guidance only at steps from "
                   "t in (LOW*T, HIGH*T] (default: the model's)")->delimiter(',')->expected(2);
@@ -683,7 +686,7 @@ void BenchCommand(CLI::App& app) {
   cmd->add_option("--mix-steps", a->mix_steps, "each request's steps drawn from these, e.g. 10,25,50")
       ->delimiter(',')->check(CLI::Range(1, 100000));
   cmd->add_option("--mix-guidance", a->mix_guidance, "each request's guidance drawn from these, e.g. 1,2,3")
-      ->delimiter(',')->check(CLI::Range(0.0, 20.0));
+      ->delimiter(',')->check(CLI::Range(spritediff::kMinGuidance, spritediff::kMaxGuidance));
   cmd->add_option("--mix-seed", a->mix_seed, "seed of the draws (and of the open loop's arrival times)")->capture_default_str();
   cmd->add_option("--channels", a->channels, "open loop: connections the requests are spread over")
       ->check(CLI::Range(1, 1024))->capture_default_str();

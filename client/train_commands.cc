@@ -7,6 +7,7 @@
 #include <filesystem>
 
 #include "client/cli_common.h"
+#include "common/cli_rules.h"
 #include "common/image.h"
 #include "common/proto_json.h"
 #include "spritediff/v1/training.grpc.pb.h"
@@ -116,22 +117,25 @@ void SubmitCommand(CLI::App* train) {
   cmd->add_option("--dataset", a->dataset,
                   "folder under the daemon's data root: one folder of PNGs per class (or the course's .npy pair)")
       ->required();
-  cmd->add_option("--image-size", a->image_size, "16 or 32 (default 16, or the base model's)");
-  cmd->add_option("--n-feat", a->n_feat, "network width (default 64, or the base model's)")->check(CLI::Range(1, 512));
+  using namespace spritediff::training;  // NOLINT: the settings' table
+  cmd->add_option("--image-size", a->image_size, "16 or 32 (default " + std::to_string(kDefaultImageSize) +
+                  ", or the base model's)")->check(CLI::IsMember({16, 32}));
+  cmd->add_option("--n-feat", a->n_feat, kNFeat.Help() + "; a fine-tune keeps the base model's")
+      ->check(spritediff::SettingCheck(kNFeat));
   cmd->add_option("--channels", a->channels, "3 (RGB on black) or 4 (RGBA, the sprites' own transparency); "
                   "default 3, or the base model's")->check(CLI::IsMember({3, 4}));
-  cmd->add_option("--epochs", a->epochs, "passes over the dataset (default 100)")->check(CLI::Range(1, 100000));
-  cmd->add_option("--batch-size", a->batch_size, "images per step (default 64)")->check(CLI::Range(2, 4096));
-  cmd->add_option("--lr", a->lr, "Adam learning rate, decayed linearly to 0 (default 1e-3)")->check(CLI::Range(1e-9, 1.0));
-  cmd->add_option("--context-dropout", a->context_dropout, "fraction of rows trained unconditionally (default 0.1)")
-      ->check(CLI::Range(0.0, 1.0));
-  cmd->add_option("--ema-decay", a->ema_decay, "EMA decay of the saved weights, 0 = off (default 0.999)")
-      ->check(CLI::Range(0.0, 0.999999));
-  cmd->add_option("--checkpoint-every", a->checkpoint_every, "epochs between checkpoints and sample grids (default 10)")
-      ->check(CLI::Range(1, 100000));
+  for (const auto& [setting, value] :
+       {std::pair{&kEpochs, &a->epochs}, {&kBatchSize, &a->batch_size}, {&kCheckpointEvery, &a->checkpoint_every}}) {
+    cmd->add_option(setting->flag, *value, setting->Help())->check(spritediff::SettingCheck(*setting));
+  }
+  for (const auto& [setting, value] :
+       {std::pair{&kLr, &a->lr}, {&kContextDropout, &a->context_dropout}, {&kEmaDecay, &a->ema_decay}}) {
+    cmd->add_option(setting->flag, *value, setting->Help())->check(spritediff::SettingCheck(*setting));
+  }
   cmd->add_option("--seed", a->seed, "training seed (default 1)");
   cmd->add_option("--base-model", a->base_model, "a served model to fine-tune from");
-  cmd->add_option("--class-balance", a->class_balance, "none or sqrt (default none)")
+  cmd->add_option("--class-balance", a->class_balance,
+                  std::string("none or sqrt: class c weighted 1/sqrt(n_c) (default ") + kDefaultClassBalance + ")")
       ->check(CLI::IsMember({"none", "sqrt"}));
   cmd->add_flag("--no-flip", a->no_flip, "no random horizontal flips");
   cmd->add_option("--precision", a->precision, "fp32, bf16 (mixed: bf16 convolutions, float32 weights) or auto "

@@ -96,7 +96,7 @@ void AddBenchCommand(CLI::App& app, const CommonOptions& common) {
       ->check(CLI::Range(0, 1024))->capture_default_str();
   cmd->add_option("--steps", a->steps, "sampling steps")->check(CLI::Range(1, 100000))->capture_default_str();
   cmd->add_option("--sampler", a->sampler, "sampler of the sampling run: " + SamplerNames())
-      ->check(CLI::IsMember({"ddpm", "ddim", "dpmpp-2m", "dpmpp-2m-sde"}))
+      ->check(CLI::IsMember(SamplerNameList()))
       ->capture_default_str();
   cmd->add_option("--repeats", a->repeats, "timed forwards per batch size")->check(CLI::Range(1, 10000))
       ->capture_default_str();

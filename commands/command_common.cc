@@ -15,10 +15,12 @@ namespace fs = std::filesystem;
 
 AppConfig ResolveConfig(const CommonOptions& common) {
   AppConfig config;
-  if (common.config_given || fs::exists(common.config_path)) {
-    Result<AppConfig> loaded = LoadConfig(common.config_path);
-    if (!loaded.ok()) Fail(loaded.status().message());
+  const ConfigFile file = FindConfigFile(common.config_path);
+  if (!file.path.empty()) {
+    Result<AppConfig> loaded = LoadConfig(file.path);
+    if (!loaded.ok()) Fail(loaded.status().message() + " (config file from " + file.why + ")");
     config = *loaded;
+    config.loaded_from = file.path + " (" + file.why + ")";
   }
   if (common.threads >= 0) config.threads = common.threads;
   if (!common.device.empty()) config.device = common.device;
@@ -30,7 +32,8 @@ std::string PrepareCompute(const AppConfig& config) {
   Result<std::string> device = ResolveDevice(config.device);
   if (!device.ok()) Fail(device.status().message());
   const int threads = ConfigureThreads(config.threads);
-  spdlog::info("device {} with {} intra-op threads, CPU BLAS {}", *device, threads, CpuBlasName());
+  spdlog::info("device {} with {} intra-op threads, CPU BLAS {}, config {}", *device, threads, CpuBlasName(),
+               config.loaded_from);
   const std::string blas_warning = SlowBlasWarning(*device);
   if (!blas_warning.empty()) spdlog::warn(blas_warning);
   return *device;

@@ -11,8 +11,7 @@ namespace spritediff {
 
 // Options every subcommand shares; parsed before the subcommand runs.
 struct CommonOptions {
-  std::string config_path = "configs/default.json";
-  bool config_given = false;
+  std::string config_path;  // --config; empty: FindConfigFile's other choices
   int threads = -1;     // -1: from the config
   std::string device;   // empty: from the config
   std::string precision;  // empty: from the config
@@ -27,8 +26,9 @@ bool PrepareForInference(ContextUnet& net, const AppConfig& config, const std::s
 // Prints "spritediffd: error: <message>" and makes the command exit 1.
 [[noreturn]] void Fail(const std::string& message);
 
-// Loads the config (a missing default file is fine; a missing --config file is not) and
-// applies the shared flag overrides. Fails with a message on error.
+// Loads the config file FindConfigFile picks (none: the built-in defaults; a named file that is
+// missing is an error), records which in loaded_from, and applies the shared flag overrides.
+// Fails with a message on error.
 AppConfig ResolveConfig(const CommonOptions& common);
 
 // The device and thread count for an offline command (libtorch configured), logged once.

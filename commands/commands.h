@@ -14,5 +14,7 @@ void AddSampleCommand(CLI::App& app, const CommonOptions& common);
 void AddBenchCommand(CLI::App& app, const CommonOptions& common);
 void AddImportCommand(CLI::App& app, const CommonOptions& common);
 void AddPreviewCommand(CLI::App& app, const CommonOptions& common);
+// `config`: the config a command would use and where it came from, the defaults, the docs page.
+void AddConfigCommand(CLI::App& app, const CommonOptions& common);
 
 }  // namespace spritediff

@@ -205,7 +205,7 @@ void AddEvalCommand(CLI::App& app, const CommonOptions& common) {
   cmd->add_option("--data", a->data, "dataset the meter's classifier learns (default: the model's training data)");
   cmd->add_option("--cache-dir", a->cache_dir, "where the trained classifier is cached (default STATE_DIR/eval-cache)");
   cmd->add_option("--sampler", a->sampler, SamplerNames() + " (default: the model's)")
-      ->check(CLI::IsMember({"ddpm", "ddim", "dpmpp-2m", "dpmpp-2m-sde"}));
+      ->check(CLI::IsMember(SamplerNameList()));
   CLI::Option* steps_opt = cmd->add_option("--steps", a->steps, "denoising steps, 1..T (default: the model's)");
   CLI::Option* eta_opt = cmd->add_option("--eta", a->eta, "eta in [0, 1] (default: the model's)");
   CLI::Option* guidance_opt =

@@ -54,7 +54,7 @@ void AddSampleCommand(CLI::App& app, const CommonOptions& common) {
   cmd->add_option("--context", a->context, "raw context vector, comma separated (instead of --label)");
   cmd->add_option("--count", a->count, "sprites to make")->check(CLI::Range(1, 4096))->capture_default_str();
   cmd->add_option("--sampler", a->sampler, SamplerNames() + " (default: the model's)")
-      ->check(CLI::IsMember({"ddpm", "ddim", "dpmpp-2m", "dpmpp-2m-sde"}));
+      ->check(CLI::IsMember(SamplerNameList()));
   cmd->add_option("--steps", a->steps, "denoising steps, 1..T (default: the model's; T for ddpm)");
   CLI::Option* eta_opt =
       cmd->add_option("--eta", a->eta, "eta in [0, 1] for ddim and dpmpp-2m-sde (default: the model's)");

@@ -1,4 +1,4 @@
-// Durable file writes (the README's "written atomically"): write a temporary file next to
+// Durable file writes (docs/training.md's "written atomically"): write a temporary file next to
 // the target, fsync it, rename it over the target, fsync the directory. A crash leaves the old
 // file or the new one, never half of one, and a finished write survives a power cut.
 #pragma once

@@ -10,8 +10,6 @@
 namespace spritediff {
 
 namespace {
-constexpr SamplerKind kAllSamplers[] = {SamplerKind::kDdpm, SamplerKind::kDdim, SamplerKind::kDpmpp2m,
-                                        SamplerKind::kDpmpp2mSde};
 
 // A CPU tensor made ready for an asynchronous copy to device: on a CUDA device, its copy in
 // pinned memory, which a non-blocking copy sends without a host sync (the caching host allocator
@@ -31,51 +29,15 @@ torch::Tensor HostToDevice(const torch::Tensor& host, torch::Device device) {
 }
 }  // namespace
 
-const char* SamplerName(SamplerKind kind) {
-  switch (kind) {
-    case SamplerKind::kDdpm: return "ddpm";
-    case SamplerKind::kDdim: return "ddim";
-    case SamplerKind::kDpmpp2m: return "dpmpp-2m";
-    case SamplerKind::kDpmpp2mSde: return "dpmpp-2m-sde";
-  }
-  return "unknown";
-}
-
-bool ParseSamplerName(const std::string& name, SamplerKind* kind) {
-  for (SamplerKind k : kAllSamplers) {
-    if (name == SamplerName(k)) {
-      *kind = k;
-      return true;
-    }
-  }
-  return false;
-}
-
-std::string SamplerNames() {
-  std::string names;
-  for (SamplerKind k : kAllSamplers) names += (names.empty() ? "" : " | ") + std::string(SamplerName(k));
-  return names;
-}
-
-bool SamplerUsesEta(SamplerKind kind) { return kind == SamplerKind::kDdim || kind == SamplerKind::kDpmpp2mSde; }
 
 Status ValidateRowSpec(const RowSpec& spec, int timesteps, int n_cfeat) {
   bool known = false;
   for (SamplerKind k : kAllSamplers) known = known || spec.sampler == k;
   if (!known) return Status::InvalidArgument("sampler must be one of " + SamplerNames());
-  if (spec.steps < 1 || spec.steps > timesteps) {
-    return Status::InvalidArgument("steps must be in [1, " + std::to_string(timesteps) + "], got " +
-                                   std::to_string(spec.steps));
-  }
-  if (!(spec.eta >= 0.0 && spec.eta <= 1.0)) {
-    return Status::InvalidArgument("eta must be in [0, 1], got " + std::to_string(spec.eta));
-  }
-  if (!(spec.guidance >= 0.0 && spec.guidance <= 20.0)) {
-    return Status::InvalidArgument("guidance must be in [0, 20], got " + std::to_string(spec.guidance));
-  }
-  if (!(spec.guidance_low >= 0.0 && spec.guidance_low < spec.guidance_high && spec.guidance_high <= 1.0)) {
-    return Status::InvalidArgument("guidance_interval must be [low, high] with 0 <= low < high <= 1, got [" +
-                                   std::to_string(spec.guidance_low) + ", " + std::to_string(spec.guidance_high) + "]");
+  for (const Status& s : {CheckSteps(spec.steps, timesteps, "steps"), CheckEta(spec.eta, "eta"),
+                          CheckGuidance(spec.guidance, "guidance"),
+                          CheckGuidanceInterval(spec.guidance_low, spec.guidance_high, "guidance_interval")}) {
+    if (!s.ok()) return s;
   }
   if (static_cast<int>(spec.context.size()) != n_cfeat) {
     return Status::InvalidArgument("context must have " + std::to_string(n_cfeat) + " values, got " +

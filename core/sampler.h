@@ -54,6 +54,7 @@
 #include <vector>
 
 #include "common/image.h"
+#include "common/sampling_rules.h"
 #include "core/model.h"
 #include "core/schedule.h"
 #include "common/status.h"
@@ -62,24 +63,8 @@ namespace spritediff {
 
 class StepGraphs;  // core/step_graphs.h
 
-enum class SamplerKind { kDdpm, kDdim, kDpmpp2m, kDpmpp2mSde };
-
-// "ddpm", "ddim", "dpmpp-2m", "dpmpp-2m-sde": the names the CLIs and model.json use.
-const char* SamplerName(SamplerKind kind);
-// The inverse of SamplerName; false for an unknown name.
-bool ParseSamplerName(const std::string& name, SamplerKind* kind);
-// The names above, joined with " | " (for help text and error messages).
-std::string SamplerNames();
-// Whether eta changes the sampler's steps (DDIM, DPM-Solver++(2M) SDE); DDPM and 2M ignore it.
-bool SamplerUsesEta(SamplerKind kind);
-
-// The step count a request runs when it names none: every timestep for DDPM, 25 for DDIM (at
-// most T). The one place for this default: the daemon, the offline sampler and the trainer's
-// checkpoint grids use it, and clients read Result.steps.
-constexpr int kDefaultDdimSteps = 25;
-inline int DefaultSteps(SamplerKind sampler, int timesteps) {
-  return sampler == SamplerKind::kDdpm ? timesteps : (timesteps < kDefaultDdimSteps ? timesteps : kDefaultDdimSteps);
-}
+// SamplerKind, the sampler names, the eta rule, the default step count and the ranges of steps,
+// eta, guidance and its interval: common/sampling_rules.h (torch-free, so spritectl shares them).
 
 // One sprite's recipe, validated.
 struct RowSpec {

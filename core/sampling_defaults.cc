@@ -13,22 +13,11 @@ SamplingDefaults BuiltinSamplingDefaults(int timesteps) {
   return d;
 }
 
-double SamplerDefaultEta(SamplerKind sampler) { return sampler == SamplerKind::kDpmpp2mSde ? 1.0 : 0.0; }
-
 Status ValidateSamplingDefaults(const SamplingDefaults& d, int timesteps) {
-  if (d.steps < 1 || d.steps > timesteps) {
-    return Status::InvalidArgument("sampling.steps must be in [1, " + std::to_string(timesteps) + "], got " +
-                                   std::to_string(d.steps));
-  }
-  if (!(d.eta >= 0.0 && d.eta <= 1.0)) {
-    return Status::InvalidArgument("sampling.eta must be in [0, 1], got " + std::to_string(d.eta));
-  }
-  if (!(d.guidance >= 0.0 && d.guidance <= 20.0)) {
-    return Status::InvalidArgument("sampling.guidance must be in [0, 20], got " + std::to_string(d.guidance));
-  }
-  if (!(d.guidance_low >= 0.0 && d.guidance_low < d.guidance_high && d.guidance_high <= 1.0)) {
-    return Status::InvalidArgument("sampling.guidance_interval must be [low, high] with 0 <= low < high <= 1, got [" +
-                                   std::to_string(d.guidance_low) + ", " + std::to_string(d.guidance_high) + "]");
+  for (const Status& s : {CheckSteps(d.steps, timesteps, "sampling.steps"), CheckEta(d.eta, "sampling.eta"),
+                          CheckGuidance(d.guidance, "sampling.guidance"),
+                          CheckGuidanceInterval(d.guidance_low, d.guidance_high, "sampling.guidance_interval")}) {
+    if (!s.ok()) return s;
   }
   return Status::Ok();
 }

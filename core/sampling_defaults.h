@@ -44,9 +44,8 @@ struct SamplingChoice {
 
 SamplingDefaults BuiltinSamplingDefaults(int timesteps);
 
-// A sampler's own eta, used when a request picks a sampler other than the model's (its own
-// step count is DefaultSteps in core/sampler.h).
-double SamplerDefaultEta(SamplerKind sampler);
+// A sampler's own eta and step count, used when a request picks a sampler other than the
+// model's: SamplerDefaultEta and DefaultSteps in common/sampling_rules.h.
 
 // Steps in [1, T], eta in [0, 1], guidance in [0, 20]; the message names the field.
 Status ValidateSamplingDefaults(const SamplingDefaults& d, int timesteps);

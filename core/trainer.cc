@@ -18,15 +18,14 @@ using Clock = std::chrono::steady_clock;
 Status TrainConfig::Validate() const {
   if (data.empty()) return Status::InvalidArgument("--data is required");
   if (out.empty()) return Status::InvalidArgument("--out is required");
-  if (height != 16 && height != 32) return Status::InvalidArgument("--height must be 16 or 32");
-  if (channels != 3 && channels != 4) return Status::InvalidArgument("--channels must be 3 (RGB) or 4 (RGBA)");
-  if (epochs < 1 || epochs > 100000) return Status::InvalidArgument("--epochs must be in [1, 100000]");
-  if (batch_size < 2 || batch_size > 4096) return Status::InvalidArgument("--batch-size must be in [2, 4096]");
-  if (!(lr > 0 && lr <= 1)) return Status::InvalidArgument("--lr must be in (0, 1]");
-  if (!(context_dropout >= 0 && context_dropout <= 1)) return Status::InvalidArgument("--context-dropout must be in [0, 1]");
-  if (!(ema_decay >= 0 && ema_decay < 1)) return Status::InvalidArgument("--ema-decay must be in [0, 1)");
-  if (class_balance != "none" && class_balance != "sqrt") {
-    return Status::InvalidArgument("--class-balance must be none or sqrt");
+  using namespace training;  // NOLINT: the settings' table
+  for (const Status& s :
+       {CheckImageSize(height, "--height"), CheckChannels(channels, "--channels"), kEpochs.Check(epochs, kEpochs.flag),
+        kBatchSize.Check(batch_size, kBatchSize.flag), kLr.Check(lr, kLr.flag),
+        kContextDropout.Check(context_dropout, kContextDropout.flag), kEmaDecay.Check(ema_decay, kEmaDecay.flag),
+        CheckClassBalance(class_balance, "--class-balance"), kNFeat.Check(n_feat, kNFeat.flag),
+        kCheckpointEvery.Check(checkpoint_every, kCheckpointEvery.flag), kEvalPerClass.Check(eval.per_class, kEvalPerClass.flag)}) {
+    if (!s.ok()) return s;
   }
   if (simulate_ranks < 1 || simulate_ranks > 64) return Status::InvalidArgument("--simulate-ranks must be in [1, 64]");
   if (simulate_ranks > 1 && distributed.enabled()) {
@@ -36,10 +35,6 @@ Status TrainConfig::Validate() const {
   if (!(distributed.timeout_s > 0)) return Status::InvalidArgument("--dist-timeout must be > 0 seconds");
   if (!(distributed.bucket_mb > 0 && distributed.bucket_mb <= 1024)) {
     return Status::InvalidArgument("--bucket-mb must be in (0, 1024]");
-  }
-  if (checkpoint_every < 1) return Status::InvalidArgument("--checkpoint-every must be >= 1");
-  if (eval.per_class < 0 || eval.per_class > 1000) {
-    return Status::InvalidArgument("--eval-per-class must be in [0, 1000]");
   }
   if (sample_grid_per_label < 0 || sample_grid_per_label > 64) {
     return Status::InvalidArgument("--grid-per-label must be in [0, 64]");

@@ -18,6 +18,7 @@
 #include "core/checkpoint.h"
 #include "core/dataset.h"
 #include "common/status.h"
+#include "common/training_rules.h"
 #include "core/distributed.h"
 #include "core/quality_meter.h"
 
@@ -44,17 +45,18 @@ struct TrainConfig {
   std::string out;         // model directory written at checkpoints and at the end
   std::string state_path;  // resume state file; empty = <out>/train-state.pt
   std::string name;        // model name; empty = last component of out
-  int height = 16;
-  int channels = 3;  // 3: RGB composited onto black; 4: premultiplied RGBA (core/dataset.h)
-  int n_feat = 64;
-  int epochs = 100;
-  int batch_size = 64;
-  double lr = 1e-3;
-  double context_dropout = 0.1;
-  double ema_decay = 0.999;  // 0 disables EMA (the live weights are saved)
+  // Defaults and ranges: common/training_rules.h (shared with the daemon's jobs and spritectl).
+  int height = training::kDefaultImageSize;
+  int channels = training::kDefaultChannels;  // 3: RGB composited onto black; 4: premultiplied RGBA
+  int n_feat = static_cast<int>(training::kNFeat.default_value);
+  int epochs = static_cast<int>(training::kEpochs.default_value);
+  int batch_size = static_cast<int>(training::kBatchSize.default_value);
+  double lr = training::kLr.default_value;
+  double context_dropout = training::kContextDropout.default_value;
+  double ema_decay = training::kEmaDecay.default_value;  // 0 disables EMA (the live weights are saved)
   bool flip = true;
-  std::string class_balance = "none";  // none | sqrt: per-image sampling weight 1/sqrt(class size)
-  int checkpoint_every = 10;  // epochs
+  std::string class_balance = training::kDefaultClassBalance;  // none | sqrt: weight 1/sqrt(class size)
+  int checkpoint_every = static_cast<int>(training::kCheckpointEvery.default_value);  // epochs
   int log_every = 50;         // optimizer steps
   uint64_t seed = 0;
   bool resume = false;

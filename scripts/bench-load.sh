@@ -3,7 +3,7 @@
 # daemon's capacity for a request mix (closed loop: one client per batch row, one-sprite requests, steps
 # drawn from 10/25/50 and guidance from 1/2/3), then offers Poisson arrivals at 25, 50, 80 and
 # 120% of it for DURATION seconds each and prints goodput, latency p50/p99 and refusals per
-# level. The daemon runs with the shipped configs/default.json (max_queue_wait_s: overload is
+# level. The daemon runs with the built-in defaults, or CONFIG (max_queue_wait_s: overload is
 # refused at once with RESOURCE_EXHAUSTED). Client and daemon share this machine's cores.
 # CAPACITY=N skips the capacity measurement (runs compared side by side then offer the same
 # rates); CAP_CLIENTS, CAP_REQUESTS, LEVELS, DURATION and CONFIG as below. Needs `make build` first.
@@ -19,9 +19,10 @@ LEVELS=${LEVELS:-"25 50 80 120"}
 # and nothing queues, so requests/s is what the daemon sustains. 16 clients left a 64-row batch
 # a quarter full and measured 14.2 requests/s where 64 measured 19.3 (2026-11-26), so "120%"
 # of it was not overload.
-key() { sed -n "s/.*\"$1\": *\([0-9]*\).*/\1/p" "${CONFIG:-configs/default.json}" | head -1; }
-batch_rows=$(key max_batch_rows); batch_rows=${batch_rows:-64}
-cpu_rows=$(key cpu_batch_rows); cpu_rows=${cpu_rows:-0}
+# The values the daemon will use (CONFIG, else the usual lookup and the built-in defaults).
+key() { $BIN/spritediffd ${CONFIG:+--config "$CONFIG"} config | sed -n "s/^ *\"$1\": *\([0-9]*\).*/\1/p" | head -1; }
+batch_rows=$(key max_batch_rows)
+cpu_rows=$(key cpu_batch_rows)
 if [ "$cpu_rows" -gt 0 ] && [ "$cpu_rows" -lt "$batch_rows" ]; then batch_rows=$cpu_rows; fi
 CAP_CLIENTS=${CAP_CLIENTS:-$batch_rows}
 # Requests per closed-loop client: 6 (the default until 2026-11-26 22:00) measured 16.2 to 18.5

@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
-# Prints the serving figures of README's performance section, all measured in one run on
+# Prints the serving figures of docs/performance.md ("Serving"), all measured in one run on
 # this machine: offline batch-32 DDIM-25 sampling, the daemon under 32 concurrent
 # one-sprite clients, the daemon one request at a time, and the time to first frame for a
 # request that arrives while a DDPM-500 batch is running. The daemon runs with CONFIG if set,
-# else the shipped configs/default.json. Needs `make build` first.
+# else the built-in defaults (docs/configuration.md). Needs `make build` first.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 BIN=build/bin

@@ -164,16 +164,15 @@ for v in "${VARIANTS[@]}"; do
   timeout 90 $BIN --threads 8 --device cuda bench $BENCH_ARGS $v
 done
 
-# The daemon on cuda:0 as a user runs it (build/bin, the shipped config, "device": "auto"): the
+# The daemon on cuda:0 as a user runs it (build/bin, the built-in defaults, "device": "auto"): the
 # same request answered by it and by a CPU daemon (fp32) compared pixel by pixel, then the
 # serving figures and the open-loop sweep (CAP_CLIENTS max_batch_rows: a GPU fills to it).
 if [ -x build-gpu/bin/spritectl ] && [ "$(left)" -gt 200 ]; then
   rm -rf build && ln -s build-gpu build
   el "daemon on cuda and on the CPU: the same request"
-  sed 's/"precision": *"auto"/"precision": "fp32"/' configs/default.json > /tmp/cpu-fp32.json
   build/bin/spritediffd --threads 8 serve --port 50061 --metrics-port 0 > $OUT/daemon-cuda.log 2>&1 &
   gpu_pid=$!
-  build/bin/spritediffd --threads 8 --device cpu --config /tmp/cpu-fp32.json serve --port 50062 --metrics-port 0 \
+  build/bin/spritediffd --threads 8 --device cpu --precision fp32 serve --port 50062 --metrics-port 0 \
     > /tmp/daemon-cpu.log 2>&1 &
   cpu_pid=$!
   wait_health 50061 $gpu_pid || echo "the daemon on cuda did not answer; its log: $OUT/daemon-cuda.log"

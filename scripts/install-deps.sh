@@ -18,6 +18,7 @@ PACKAGES=(
   libssl-dev   # SHA-256 and the CSPRNG for bearer tokens (server/auth.cc)
   openssl      # the auth tests make a throwaway CA and certificates with its CLI
   python3 python3-yaml
+  clang        # make thread-safety: clang's -Wthread-safety over the daemon (scripts/thread-safety.sh)
 )
 
 missing=()

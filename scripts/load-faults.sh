@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Load and faults against a real daemon on loopback, printing the figures README quotes:
+# Load and faults against a real daemon on loopback, printing the figures docs/performance.md quotes:
 #   1. 200 concurrent streams for DURATION seconds, PERIODS times (2): errors, and the daemon's
 #      peak and median RSS (sampled every second) in each period, and its settled RSS: 3 s
 #      after the period's last wave, once the batch has drained. That is what a period left

@@ -213,8 +213,8 @@ int BatchScheduler::FillRowsLocked() const {
   // Refusing requests means the load is past what the daemon serves. Joining past
   // cpu_batch_rows would then keep the batch near max_batch_rows and slow every accepted
   // request (at 120% of capacity one sweep's p50 went from 1.6 to 2.5 s when it did); a batch
-  // held at cpu_overload_batch_rows runs each step faster for little less throughput (README,
-  // "Open-loop load"), so accepted requests keep about the latency they have below capacity,
+  // held at cpu_overload_batch_rows runs each step faster for little less throughput (docs/performance.md,
+  // "Evidence for the CPU batch settings"), so accepted requests keep about the latency they have below capacity,
   // and the excess queues, and is refused, instead. Below capacity nothing is refused.
   if (OverloadedLocked()) return overload_rows_;
   if (fill_rows_ >= limits_.max_batch_rows || limits_.cpu_batch_wait_steps <= 0 || queue_.empty()) return fill_rows_;

@@ -13,8 +13,10 @@ int main(int argc, char** argv) {
   CLI::App app{"spritediffd: trains and serves small diffusion models for pixel-art sprites"};
   app.require_subcommand(1);
   spritediff::CommonOptions common;
-  app.add_option("--config", common.config_path, "JSON config file (default configs/default.json)")
-      ->each([&](const std::string&) { common.config_given = true; });
+  app.add_option("--config", common.config_path,
+                 "JSON config file; else $SPRITEDIFF_CONFIG, else /etc/spritediff/config.json if present, else the "
+                 "built-in defaults (docs/configuration.md)")
+      ->check([](const std::string& path) { return path.empty() ? std::string("--config must name a file") : ""; });
   app.add_option("--threads", common.threads, "intra-op CPU threads; 0 = all cores (overrides config)")
       ->check(CLI::Range(0, 1024));
   app.add_option("--device", common.device, "auto | cpu | cuda | cuda:N (overrides config)");
@@ -32,6 +34,7 @@ int main(int argc, char** argv) {
   spritediff::AddImportCommand(app, common);
   spritediff::AddPreviewCommand(app, common);
   spritediff::AddEvalCommand(app, common);
+  spritediff::AddConfigCommand(app, common);
 
   try {
     app.parse(argc, argv);

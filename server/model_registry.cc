@@ -2,11 +2,37 @@
 
 #include <spdlog/spdlog.h>
 
+#include <sys/stat.h>
+
 #include <filesystem>
+
+#include "core/checkpoint.h"
 
 namespace spritediff {
 
 namespace fs = std::filesystem;
+
+namespace {
+
+// "inode:size:mtime_ns" of path; empty when it cannot be stat'ed.
+std::string FileIdentity(const fs::path& path) {
+  struct stat st {};
+  if (::stat(path.c_str(), &st) != 0 || !S_ISREG(st.st_mode)) return "";
+  return std::to_string(st.st_ino) + ":" + std::to_string(st.st_size) + ":" + std::to_string(st.st_mtim.tv_sec) +
+         "." + std::to_string(st.st_mtim.tv_nsec);
+}
+
+}  // namespace
+
+std::string ModelDirFingerprint(const std::string& dir) {
+  const std::string json = FileIdentity(fs::path(dir) / "model.json");
+  if (json.empty()) return "";
+  Result<std::string> weights = ReadModelWeightsName(dir);
+  if (!weights.ok() || weights->empty()) return "";
+  const std::string data = FileIdentity(fs::path(dir) / *weights);
+  if (data.empty()) return "";
+  return json + "|" + *weights + ":" + data;
+}
 
 ModelRegistry::ModelRegistry(std::string models_dir, std::string default_model, torch::Device device,
                              SchedulerLimits limits)
@@ -42,6 +68,8 @@ Status ModelRegistry::LoadAll() {
 }
 
 Status ModelRegistry::Add(const std::string& name, const std::string& dir) {
+  // Taken before loading: files that change while loading make the watcher load them again.
+  const std::string fingerprint = ModelDirFingerprint(dir);
   Result<LoadedModel> loaded = LoadModel(dir);
   if (!loaded.ok()) return loaded.status();
   auto served = std::make_shared<ServedModel>();
@@ -49,27 +77,70 @@ Status ModelRegistry::Add(const std::string& name, const std::string& dir) {
   served->dir = dir;
   served->info = loaded->info;
   served->parameters = ParameterCount(*loaded->net);
+  served->fingerprint = fingerprint;
   try {
     served->scheduler = std::make_unique<BatchScheduler>(name, *loaded, device_, limits_);
   } catch (const std::exception& e) {
     return Status::Internal("cannot place model " + name + " on " + device_.str() + ": " + e.what());
   }
-  std::shared_ptr<ServedModel> previous;
   {
     MutexLock lock(mu_);
     auto it = models_.find(name);
-    if (it != models_.end()) previous = it->second;
+    if (it != models_.end()) {
+      RetireLocked(it->second, "model '" + name + "' was replaced by a newer version and this request did not finish "
+                                   "within the drain limit; retry to use the new one");
+    }
     models_[name] = served;
-  }
-  // Requests on the replaced model end with UNAVAILABLE saying so; new ones go to the new model.
-  if (previous) {
-    previous->scheduler->Stop(Status::Unavailable("model '" + name +
-                                                  "' was replaced by a newly published version while this request "
-                                                  "ran; retry to use the new one"));
   }
   spdlog::info("model {} loaded from {} ({}x{}, labels {}, {} parameters)", name, dir, served->info.arch.height,
                served->info.arch.height, served->info.labels.size(), served->parameters);
   return Status::Ok();
+}
+
+Status ModelRegistry::Remove(const std::string& name) {
+  MutexLock lock(mu_);
+  auto it = models_.find(name);
+  if (it == models_.end()) return Status::NotFound("model '" + name + "' is not served");
+  if (name == default_model_) spdlog::warn("the default model {} is retired: requests that name no model now fail", name);
+  RetireLocked(it->second, "model '" + name + "' was removed and this request did not finish within the drain limit");
+  models_.erase(it);
+  return Status::Ok();
+}
+
+void ModelRegistry::RetireLocked(std::shared_ptr<ServedModel> model, std::string why) {
+  retired_.push_back(Retired{std::move(model), std::chrono::steady_clock::now(), std::move(why)});
+}
+
+void ModelRegistry::ReapRetired() {
+  // A request that found the model just before it was retired may still be on its way to the
+  // scheduler: a retired model is stopped once idle and retired for at least this long.
+  constexpr std::chrono::seconds kGrace{1};
+  const auto now = std::chrono::steady_clock::now();
+  std::vector<Retired> done;
+  {
+    MutexLock lock(mu_);
+    for (auto it = retired_.begin(); it != retired_.end();) {
+      const SchedulerStats stats = it->model->scheduler->stats();
+      const bool idle = stats.queued_rows == 0 && stats.running_rows == 0 && now - it->since >= kGrace;
+      if (idle || now - it->since >= kRetiredModelDrainLimit) {
+        done.push_back(std::move(*it));
+        it = retired_.erase(it);
+      } else {
+        ++it;
+      }
+    }
+  }
+  for (Retired& r : done) {  // joins its threads: outside the lock
+    r.model->scheduler->Stop(Status::Unavailable(r.why));
+    spdlog::info("model {} (from {}) retired", r.model->name, r.model->dir);
+  }
+}
+
+std::map<std::string, std::string> ModelRegistry::Fingerprints() const {
+  MutexLock lock(mu_);
+  std::map<std::string, std::string> out;
+  for (const auto& [name, model] : models_) out[name] = model->fingerprint;
+  return out;
 }
 
 std::shared_ptr<ServedModel> ModelRegistry::Find(const std::string& name) const {
@@ -91,6 +162,12 @@ std::string ModelRegistry::default_model() const {
 }
 
 void ModelRegistry::StopAll() {
+  std::vector<Retired> retired;
+  {
+    MutexLock lock(mu_);
+    retired.swap(retired_);
+  }
+  for (const Retired& r : retired) r.model->scheduler->Stop();
   for (const auto& model : List()) model->scheduler->Stop();
 }
 

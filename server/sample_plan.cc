@@ -62,20 +62,19 @@ grpc::Status PlanSample(const v1::SampleRequest& req, const ServedModel& model, 
     }
     choice.sampler = kind;
   }
-  if (req.steps() > static_cast<uint32_t>(T)) {
-    return Invalid("steps must be in [1, " + std::to_string(T) + "] (0 = default), got " + std::to_string(req.steps()));
+  if (req.steps() != 0) {  // 0 = the default
+    Status steps = CheckSteps(req.steps(), T, "steps");
+    if (!steps.ok()) return Invalid(steps.message() + " (0 = default)");
+    choice.steps = static_cast<int>(req.steps());
   }
-  if (req.steps() != 0) choice.steps = static_cast<int>(req.steps());
   if (req.has_eta()) {
-    if (!(req.eta() >= 0.0f && req.eta() <= 1.0f)) {
-      return Invalid("eta must be in [0, 1], got " + std::to_string(req.eta()));
-    }
+    Status eta = CheckEta(req.eta(), "eta");
+    if (!eta.ok()) return Invalid(eta.message());
     choice.eta = req.eta();
   }
   if (req.has_guidance_scale()) {
-    if (!(req.guidance_scale() >= 0.0f && req.guidance_scale() <= 20.0f)) {
-      return Invalid("guidance_scale must be in [0, 20], got " + std::to_string(req.guidance_scale()));
-    }
+    Status guidance = CheckGuidance(req.guidance_scale(), "guidance_scale");
+    if (!guidance.ok()) return Invalid(guidance.message());
     choice.guidance = req.guidance_scale();
   }
   if (req.has_guidance_interval_low()) choice.guidance_low = req.guidance_interval_low();

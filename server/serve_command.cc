@@ -16,6 +16,7 @@
 
 #include "core/runtime.h"
 #include "server/model_registry.h"
+#include "server/model_watcher.h"
 #include "server/auth.h"
 #include "server/job_runner.h"
 #include "server/listen_security.h"
@@ -118,6 +119,14 @@ void AddServeCommand(CLI::App& app, const CommonOptions& common) {
     ModelRegistry registry(config.models_dir, config.default_model, torch::Device(*device), limits);
     Status loaded = registry.LoadAll();
     if (!loaded.ok()) Fail(loaded.message());
+    std::unique_ptr<ModelWatcher> watcher;
+    if (config.watch_models_dir) {
+      // A change must stay put this long before it is loaded: a copy still writing is not.
+      constexpr std::chrono::milliseconds kSettle{1000};
+      watcher = std::make_unique<ModelWatcher>(registry, config.models_dir,
+                                               std::chrono::seconds(config.models_poll_s), kSettle);
+      watcher->Start();
+    }
 
     TrainingLimits training;
     training.data_root = config.data_root;
@@ -161,14 +170,14 @@ void AddServeCommand(CLI::App& app, const CommonOptions& common) {
     health->SetServingStatus("spritediff.v1.Sprites", true);
     health->SetServingStatus("spritediff.v1.Training", config.max_concurrent_jobs > 0);
     spdlog::info("spritediffd listening on {}:{} (device {}, {}, {} threads, CPU BLAS {}, heap {}, default model {}, "
-                 "metrics {}, TLS {}, tokens {})",
+                 "metrics {}, TLS {}, tokens {}, config {})",
                  config.bind, bound_port, *device, limits.bf16 ? "bf16" : "fp32", threads, CpuBlasName(), allocator,
                  registry.default_model(),
                  config.metrics_port > 0
                      ? "http://" + config.metrics_bind + ":" + std::to_string(config.metrics_port) + "/metrics"
                      : std::string("off"),
                  config.tls_cert_file.empty() ? "off" : (config.tls_client_ca_file.empty() ? "on" : "mutual"),
-                 auth.enabled() ? "required" : "off");
+                 auth.enabled() ? "required" : "off", config.loaded_from);
 
     // SIGHUP re-reads the token file and the TLS files; the TLS files are also polled every
     // tls_reload_s, so a renewal that sends no signal is picked up too.
@@ -214,6 +223,7 @@ void AddServeCommand(CLI::App& app, const CommonOptions& common) {
       received = sigtimedwait(&signals, nullptr, &tick);
       if (received < 0) {  // the tick (EAGAIN) or EINTR
         const Clock::time_point now = Clock::now();
+        if (!watcher) registry.ReapRetired();  // a model a job replaced (the watcher's thread does it otherwise)
         if (allocator == "tcmalloc") {
           // Once the daemon has been idle for release_idle_s (AppConfig says why not sooner).
           if (active()) {
@@ -247,6 +257,7 @@ void AddServeCommand(CLI::App& app, const CommonOptions& common) {
     jobs.Stop();  // running jobs save their state; their watchers are told to come back later
     // New calls are refused at once; calls in flight get the grace period, then are cancelled.
     server->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(config.shutdown_grace_s));
+    if (watcher) watcher->Stop();
     registry.StopAll();
     server->Wait();
     metrics.Stop();

@@ -96,45 +96,29 @@ Result<TrainingPlan> PlanTraining(const v1::JobSpec& spec_in, const TrainingLimi
   // Every default is the trainer's own (core/trainer.h), except the seed: 0 in a spec means
   // "the default", which is 1 so that a job is reproducible.
   const TrainConfig d;
+  // Unset fields (0, absent, empty) take the trainer's defaults; every range is the shared one
+  // (common/training_rules.h), named by the JobSpec field.
   if (spec->image_size() == 0) spec->set_image_size(static_cast<uint32_t>(d.height));
-  if (spec->image_size() != 16 && spec->image_size() != 32) {
-    return Invalid("image_size must be 16 or 32, got " + std::to_string(spec->image_size()));
-  }
   if (spec->n_feat() == 0) spec->set_n_feat(static_cast<uint32_t>(d.n_feat));
   if (spec->channels() == 0) spec->set_channels(static_cast<uint32_t>(d.channels));
-  if (spec->channels() != 3 && spec->channels() != 4) {
-    return Invalid("channels must be 3 (RGB) or 4 (RGBA), got " + std::to_string(spec->channels()));
-  }
-  if (spec->n_feat() > 512) return Invalid("n_feat must be in [1, 512], got " + std::to_string(spec->n_feat()));
   if (spec->epochs() == 0) spec->set_epochs(static_cast<uint32_t>(d.epochs));
-  if (spec->epochs() > 100000) return Invalid("epochs must be in [1, 100000], got " + std::to_string(spec->epochs()));
   if (spec->batch_size() == 0) spec->set_batch_size(static_cast<uint32_t>(d.batch_size));
-  if (spec->batch_size() < 2 || spec->batch_size() > 4096) {
-    return Invalid("batch_size must be in [2, 4096], got " + std::to_string(spec->batch_size()));
-  }
   if (!spec->has_lr()) spec->set_lr(static_cast<float>(d.lr));
-  if (!(std::isfinite(spec->lr()) && spec->lr() > 0 && spec->lr() <= 1)) {
-    return Invalid("lr must be in (0, 1], got " + std::to_string(spec->lr()));
-  }
   if (!spec->has_context_dropout()) spec->set_context_dropout(static_cast<float>(d.context_dropout));
-  if (!(spec->context_dropout() >= 0 && spec->context_dropout() <= 1)) {
-    return Invalid("context_dropout must be in [0, 1], got " + std::to_string(spec->context_dropout()));
-  }
   if (!spec->has_ema_decay()) spec->set_ema_decay(static_cast<float>(d.ema_decay));
-  if (!(spec->ema_decay() >= 0 && spec->ema_decay() < 1)) {
-    return Invalid("ema_decay must be in [0, 1), got " + std::to_string(spec->ema_decay()));
-  }
   if (spec->checkpoint_every() == 0) spec->set_checkpoint_every(static_cast<uint32_t>(d.checkpoint_every));
-  if (spec->checkpoint_every() > 100000) {
-    return Invalid("checkpoint_every must be in [1, 100000] epochs, got " + std::to_string(spec->checkpoint_every()));
-  }
-  if (spec->eval_per_class() > 1000) {
-    return Invalid("eval_per_class must be in [0, 1000], got " + std::to_string(spec->eval_per_class()));
-  }
   if (spec->seed() == 0) spec->set_seed(1);
   if (spec->class_balance().empty()) spec->set_class_balance(d.class_balance);
-  if (spec->class_balance() != "none" && spec->class_balance() != "sqrt") {
-    return Invalid("class_balance must be none or sqrt, got '" + Echo(spec->class_balance()) + "'");
+  using namespace training;  // NOLINT: the settings' table
+  for (const Status& s : {CheckImageSize(spec->image_size(), "image_size"), CheckChannels(spec->channels(), "channels"),
+                          kNFeat.Check(spec->n_feat(), kNFeat.name), kEpochs.Check(spec->epochs(), kEpochs.name),
+                          kBatchSize.Check(spec->batch_size(), kBatchSize.name), kLr.Check(spec->lr(), kLr.name),
+                          kContextDropout.Check(spec->context_dropout(), kContextDropout.name),
+                          kEmaDecay.Check(spec->ema_decay(), kEmaDecay.name),
+                          kCheckpointEvery.Check(spec->checkpoint_every(), kCheckpointEvery.name),
+                          kEvalPerClass.Check(spec->eval_per_class(), kEvalPerClass.name),
+                          CheckClassBalance(Echo(spec->class_balance()), "class_balance")}) {
+    if (!s.ok()) return Invalid(s.message());
   }
   // Stored resolved ("auto" becomes what this server's device runs), so GetJob says what the job
   // runs with and a resume elsewhere keeps it.
@@ -165,6 +149,17 @@ Result<TrainingPlan> PlanTraining(const v1::JobSpec& spec_in, const TrainingLimi
   }
   Result<std::string> path = ResolveDataset(limits.data_root, spec->dataset());
   if (!path.ok()) return path.status();
+  // A stat costs nothing on the RPC thread, so a dataset that is not there is refused at once;
+  // scanning and reading it stay on the worker (CheckDataset).
+  ec.clear();
+  const fs::file_status found = fs::status(*path, ec);
+  if (!fs::exists(found)) {
+    return Status::FailedPrecondition("dataset '" + Echo(spec->dataset()) + "' (" + *path +
+                                      "): no such directory under the server's data root");
+  }
+  if (!fs::is_directory(found)) {
+    return Status::FailedPrecondition("dataset '" + Echo(spec->dataset()) + "' (" + *path + "): not a directory");
+  }
   plan.dataset_path = *path;
   return plan;
 }

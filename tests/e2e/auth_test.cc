@@ -199,7 +199,7 @@ TEST(AuthTest, SighupReReadsTheTokenFile) {
   // A broken file on SIGHUP keeps the tokens in use.
   scratch.Write("tokens", "nonsense\n");
   ASSERT_EQ(kill(pid, SIGHUP), 0);
-  std::this_thread::sleep_for(std::chrono::milliseconds(300));
+  EXPECT_TRUE(d.WaitForLog("SIGHUP: keeping the previous tokens")) << d.Log();
   EXPECT_EQ(list_with("admin"), grpc::StatusCode::OK);
   EXPECT_EQ(d.Stop(), 0) << d.Log();
   EXPECT_NE(d.Log().find("SIGHUP: keeping the previous tokens"), std::string::npos) << d.Log();
@@ -348,9 +348,8 @@ TEST(AuthTest, SighupReloadsTheTlsCertificate) {
   // Half a renewal (b's certificate, a's key) is refused, and a's certificate stays in use.
   install(b, a);
   ASSERT_EQ(kill(pid, SIGHUP), 0);
-  std::this_thread::sleep_for(std::chrono::milliseconds(2500));
+  EXPECT_TRUE(d.WaitForLog("SIGHUP: keeping the TLS certificate in use: tls_key_file")) << d.Log();
   EXPECT_EQ(ListModelsWith(d.address(), Tls(a, "ca.pem", false)), grpc::StatusCode::OK);
-  EXPECT_NE(d.Log().find("SIGHUP: keeping the TLS certificate in use: tls_key_file"), std::string::npos) << d.Log();
 
   // The whole renewal, then SIGHUP: b's certificate is served, a's is not.
   install(b, b);

@@ -3,6 +3,7 @@
 // stops it with SIGTERM (checking that it exits 0). Shared by the end-to-end tests.
 #pragma once
 
+#include <nlohmann/json.hpp>
 #include <grpcpp/grpcpp.h>
 #include <gtest/gtest.h>
 #include <fcntl.h>
@@ -86,7 +87,11 @@ class Daemon {
       WriteTinyModel(root_ / "models", "tiny");
       for (const auto& [name, channels, height] : extra_models_) WriteTinyModel(root_ / "models", name, channels, height);
     }
-    std::ofstream(root_ / "config.json") << config_json;
+    // Test daemons run side by side and beside a developer's own: no metrics listener on the
+    // default port unless the test asks for one.
+    nlohmann::json config = nlohmann::json::parse(config_json.empty() ? "{}" : config_json);
+    if (!config.contains("metrics_port")) config["metrics_port"] = 0;
+    std::ofstream(root_ / "config.json") << config.dump();
     port_ = 0;
     const std::string log = (root_ / "daemon.log").string();
     // The bound port is read from this run's log: the previous run's must be gone before the
@@ -179,6 +184,16 @@ class Daemon {
   const fs::path& root() const { return root_; }
   // Before the first Start: another tiny model in the models dir (an RGBA one, say).
   void AddTinyModel(const std::string& name, int channels, int height) { extra_models_.push_back({name, channels, height}); }
+  // Waits up to timeout for text to appear in this run's log (what a signal's handling writes):
+  // synchronisation on what the daemon did, not on a guess of how long it takes.
+  bool WaitForLog(const std::string& text, std::chrono::seconds timeout = std::chrono::seconds(20)) const {
+    const auto end = std::chrono::steady_clock::now() + timeout;
+    while (std::chrono::steady_clock::now() < end) {
+      if (Log().find(text) != std::string::npos) return true;
+      std::this_thread::sleep_for(std::chrono::milliseconds(20));
+    }
+    return false;
+  }
   std::string Log() const {
     std::ifstream in(root_ / "daemon.log");  // the current run's log
     return std::string(std::istreambuf_iterator<char>(in), {});
@@ -198,9 +213,10 @@ struct Output {
   std::string text;  // stdout and stderr together
 };
 
-// Runs build/bin/<program> with args, collecting its output.
-inline Output RunBin(const std::string& program, const std::string& args) {
-  const std::string cmd = std::string(SPRITEDIFF_BIN_DIR) + "/" + program + " " + args + " 2>&1";
+// Runs a shell command line (its own cwd and environment changes included), collecting its
+// stdout and stderr.
+inline Output RunShell(const std::string& command) {
+  const std::string cmd = command + " 2>&1";
   Output out;
   FILE* pipe = popen(cmd.c_str(), "r");
   std::array<char, 4096> buf;
@@ -209,6 +225,11 @@ inline Output RunBin(const std::string& program, const std::string& args) {
   const int status = pclose(pipe);
   out.exit_code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
   return out;
+}
+
+// Runs build/bin/<program> with args, collecting its output.
+inline Output RunBin(const std::string& program, const std::string& args) {
+  return RunShell(std::string(SPRITEDIFF_BIN_DIR) + "/" + program + " " + args);
 }
 
 inline Output RunCtl(const std::string& args) { return RunBin("spritectl", args); }

@@ -10,8 +10,9 @@ namespace {
 using v1::SampleEvent;
 using v1::SampleRequest;
 
+// No wait limit (max_queue_wait_s): these tests fill the queue to max_queued_rows on purpose.
 constexpr const char* kConfig = R"({"max_batch_rows": 8, "max_queued_rows": 16, "max_rows_per_request": 8,
-  "max_frames_per_request": 100, "max_pending_frames": 1000, "shutdown_grace_s": 5})";
+  "max_frames_per_request": 100, "max_pending_frames": 1000, "shutdown_grace_s": 5, "max_queue_wait_s": 0})";
 
 class DaemonTest : public ::testing::Test {
  protected:

@@ -7,7 +7,9 @@
 #include <cmath>
 #include <filesystem>
 #include <fstream>
+#include <set>
 #include <utility>
+#include <variant>
 
 #include "common/config.h"
 
@@ -68,23 +70,42 @@ TEST(Config, MaxQueueWaitMustBeAFiniteNonNegativeNumberOfSeconds) {
   EXPECT_TRUE(off.Validate().ok());
 }
 
-TEST(Config, TheShippedConfigLoadsAndBoundsQueueWait) {
-  Result<AppConfig> shipped = LoadConfig(std::string(SPRITEDIFF_SOURCE_DIR) + "/configs/default.json");
-  ASSERT_TRUE(shipped.ok()) << shipped.status().message();
-  EXPECT_GT(shipped->max_queue_wait_s, 0.0);
-  EXPECT_TRUE(shipped->cuda_graphs);
-  EXPECT_EQ(shipped->max_batch_rows, 64);
-  EXPECT_EQ(shipped->cpu_batch_rows, 32);  // on a CPU: see README, "Open-loop load"
-  EXPECT_EQ(shipped->cpu_batch_wait_steps, 4);  // joins behind big requests at the next step
-  EXPECT_EQ(shipped->cpu_overload_batch_rows, 12);  // past capacity: faster steps for accepted requests
-  EXPECT_EQ(shipped->fold_batchnorm, "auto");  // folded on a GPU only
-  EXPECT_EQ(shipped->precision, "auto");
-  EXPECT_EQ(shipped->training_precision, "auto");
+// The compiled-in defaults are the values we ship (docs/serving.md says why each of these).
+TEST(Config, BuiltInDefaultsAreTheShippedValues) {
+  const AppConfig shipped;
+  EXPECT_TRUE(shipped.Validate().ok()) << shipped.Validate().message();
+  EXPECT_GT(shipped.max_queue_wait_s, 0.0);
+  EXPECT_TRUE(shipped.cuda_graphs);
+  EXPECT_EQ(shipped.max_batch_rows, 64);
+  EXPECT_EQ(shipped.cpu_batch_rows, 32);
+  EXPECT_EQ(shipped.cpu_batch_wait_steps, 4);  // joins behind big requests at the next step
+  EXPECT_EQ(shipped.cpu_overload_batch_rows, 12);  // past capacity: faster steps for accepted requests
+  EXPECT_EQ(shipped.fold_batchnorm, "auto");  // folded on a GPU only
+  EXPECT_EQ(shipped.precision, "auto");
+  EXPECT_EQ(shipped.training_precision, "auto");
+  EXPECT_EQ(shipped.metrics_port, 9464);
+  EXPECT_EQ(shipped.bind, "127.0.0.1");
+  EXPECT_EQ(shipped.loaded_from, "built-in defaults");
+}
+
+// The shipped files carry only what their deployment changes, and may carry comments.
+TEST(Config, ShippedFilesLoadAndChangeOnlyWhatTheyName) {
+  Result<AppConfig> checkout = LoadConfig(std::string(SPRITEDIFF_SOURCE_DIR) + "/configs/default.json");
+  ASSERT_TRUE(checkout.ok()) << checkout.status().message();
+  EXPECT_EQ(CommentedConfigText(*checkout, "x"), CommentedConfigText(AppConfig(), "x"));
+  Result<AppConfig> container = LoadConfig(std::string(SPRITEDIFF_SOURCE_DIR) + "/docker/container.json");
+  ASSERT_TRUE(container.ok()) << container.status().message();
+  EXPECT_EQ(container->bind, "0.0.0.0");
+  EXPECT_EQ(container->port, AppConfig().port);
+  Result<AppConfig> debian = LoadConfig(std::string(SPRITEDIFF_SOURCE_DIR) + "/configs/debian.json");
+  ASSERT_TRUE(debian.ok()) << debian.status().message();
+  EXPECT_EQ(debian->models_dir, "/var/lib/spritediff/models");
+  EXPECT_EQ(debian->bind, "127.0.0.1");  // the package serves on loopback
 }
 
 TEST(Config, PrecisionAndReleaseMemoryAreCheckedByName) {
   AppConfig config;
-  EXPECT_EQ(config.precision, "fp32");
+  EXPECT_EQ(config.precision, "auto");
   EXPECT_EQ(config.release_memory_s, 1);
   config.precision = "fp16";
   Status s = config.Validate();
@@ -94,7 +115,7 @@ TEST(Config, PrecisionAndReleaseMemoryAreCheckedByName) {
     config.precision = ok;
     EXPECT_TRUE(config.Validate().ok()) << ok;
   }
-  EXPECT_EQ(config.training_precision, "fp32");
+  EXPECT_EQ(config.training_precision, "auto");
   config.training_precision = "fp16";
   s = config.Validate();
   ASSERT_FALSE(s.ok());
@@ -124,7 +145,16 @@ TEST(Config, ValuesOfTheWrongTypeAreRefusedByName) {
   };
   const std::pair<const char*, const char*> bad[] = {
       {R"({"port": "50051"})", "port must be a whole number"},
-      {R"({"port": 1e12})", "port must be a whole number in [-2147483648, 2147483647], got 1000000000000.0"},
+      {R"({"port": 1e12})", "port must be a whole number in [0, 65535], got 1000000000000.0"},
+      {R"({"port": -1})", "port must be a whole number in [0, 65535], got -1"},
+      {R"({"max_epochs_x_images": 0})", "max_epochs_x_images must be a whole number in [1, 1000000000000], got 0"},
+      {R"({"precision": "fp16"})", "precision must be fp32, bf16 or auto, got 'fp16'"},
+      {R"({"bind": ""})", "bind must not be empty"},
+      {R"({"max_queue_wait_s": -0.5})", "max_queue_wait_s must be in [0, 86400] s, got -0.5"},
+      {R"({"prot": 1})", "unknown key 'prot'"},
+      {R"({"comment": 1})", "comment must be a string"},
+      {R"([1, 2])", "config must be a JSON object"},
+      {R"({"port": 1,})", "not JSON"},
       {R"({"threads": 2.5})", "threads must be a whole number"},
       {R"({"max_batch_rows": 99999999999999999999})", "max_batch_rows must be a whole number"},
       {R"({"max_epochs_x_images": 1e30})", "max_epochs_x_images must be a whole number"},
@@ -159,11 +189,102 @@ TEST(Config, ValuesOfTheWrongTypeAreRefusedByName) {
   }
   Result<AppConfig> range = load(R"({"port": 70000})");
   ASSERT_FALSE(range.ok());
-  EXPECT_NE(range.status().message().find("port must be in [0, 65535], got 70000"), std::string::npos)
+  EXPECT_NE(range.status().message().find("port must be a whole number in [0, 65535], got 70000"), std::string::npos)
       << range.status().message();
   std::filesystem::remove(path);
   Result<AppConfig> device = LoadConfig("/dev/zero");
   EXPECT_EQ(device.status().code(), Status::Code::kInvalidArgument);
+}
+
+// The key table: one row a key, every default valid by its own rule, every row documented.
+TEST(Config, TheKeyTableIsWellFormed) {
+  std::set<std::string> names;
+  for (const ConfigKey& key : ConfigKeys()) {
+    EXPECT_TRUE(names.insert(key.name).second) << "two rows for " << key.name;
+    EXPECT_GT(std::string(key.doc).size(), 10u) << key.name;
+    EXPECT_FALSE(std::string(key.section).empty()) << key.name;
+    EXPECT_FALSE(ConfigKeyRule(key).empty()) << key.name;
+  }
+  EXPECT_GE(names.size(), 40u);
+  EXPECT_TRUE(AppConfig().Validate().ok()) << AppConfig().Validate().message();
+  // Two rows naming one field would leave another field without a default.
+  const std::vector<ConfigKey>& keys = ConfigKeys();
+  for (size_t i = 0; i < keys.size(); ++i) {
+    for (size_t j = i + 1; j < keys.size(); ++j) {
+      EXPECT_FALSE(keys[i].field == keys[j].field) << keys[i].name << " and " << keys[j].name;
+    }
+  }
+}
+
+// `config --defaults` round-trips: its text (comments and all) parses back to the defaults.
+TEST(Config, CommentedDefaultsParseBackToTheDefaults) {
+  const std::string text = DefaultConfigText();
+  EXPECT_NE(text.find("// "), std::string::npos);
+  Result<AppConfig> parsed = ParseConfig(text, "defaults");
+  ASSERT_TRUE(parsed.ok()) << parsed.status().message();
+  const AppConfig defaults;
+  for (const ConfigKey& key : ConfigKeys()) {
+    EXPECT_EQ(ConfigValueJson(key, *parsed), ConfigValueJson(key, defaults)) << key.name;
+    EXPECT_EQ(ConfigValueJson(key, defaults), ConfigKeyDefaultJson(key)) << key.name;
+    EXPECT_NE(text.find("\"" + std::string(key.name) + "\": " + ConfigKeyDefaultJson(key)), std::string::npos)
+        << key.name;
+  }
+}
+
+// A config that differs from the defaults round-trips too, and its text names each default it changes.
+TEST(Config, CommentedConfigRoundTripsChangedValues) {
+  AppConfig changed;
+  changed.port = 6000;
+  changed.max_queue_wait_s = 1.5;
+  changed.fold_batchnorm = "false";
+  changed.reflection = false;
+  changed.max_epochs_x_images = 123456789012;
+  changed.precision = "bf16";
+  changed.tls_cert_file = "/x.crt";
+  changed.tls_key_file = "/x.key";
+  const std::string text = CommentedConfigText(changed, "changed");
+  EXPECT_NE(text.find("\"fold_batchnorm\": false"), std::string::npos) << text;
+  EXPECT_NE(text.find("// (default: 50051)\n  \"port\": 6000"), std::string::npos) << text;
+  Result<AppConfig> parsed = ParseConfig(text, "changed");
+  ASSERT_TRUE(parsed.ok()) << parsed.status().message();
+  for (const ConfigKey& key : ConfigKeys()) {
+    EXPECT_EQ(ConfigValueJson(key, *parsed), ConfigValueJson(key, changed)) << key.name;
+  }
+}
+
+TEST(Config, FilesMayCarryCommentsOfBothKinds) {
+  Result<AppConfig> parsed = ParseConfig("// a line\n{ /* a block */ \"port\": 7000 // after\n}", "commented");
+  ASSERT_TRUE(parsed.ok()) << parsed.status().message();
+  EXPECT_EQ(parsed->port, 7000);
+}
+
+// The lookup is explicit: --config, else $SPRITEDIFF_CONFIG, else the installed file, else none.
+TEST(Config, LookupOrderIsFlagThenEnvironmentThenInstalledThenDefaults) {
+  const std::filesystem::path dir =
+      std::filesystem::temp_directory_path() / ("spritediff-lookup-" + std::to_string(::getpid()));
+  std::filesystem::create_directories(dir);
+  const std::string installed = (dir / "config.json").string();
+  const std::string absent = (dir / "absent.json").string();
+  ::unsetenv("SPRITEDIFF_CONFIG");
+  ConfigFile found = FindConfigFile("", absent);
+  EXPECT_EQ(found.path, "");
+  std::ofstream(installed) << "{}";
+  found = FindConfigFile("", installed);
+  EXPECT_EQ(found.path, installed);
+  EXPECT_EQ(found.why, "installed");
+  ::setenv("SPRITEDIFF_CONFIG", "/env.json", 1);
+  found = FindConfigFile("", installed);
+  EXPECT_EQ(found.path, "/env.json");
+  EXPECT_EQ(found.why, "$SPRITEDIFF_CONFIG");
+  found = FindConfigFile("/flag.json", installed);
+  EXPECT_EQ(found.path, "/flag.json");
+  EXPECT_EQ(found.why, "--config");
+  ::unsetenv("SPRITEDIFF_CONFIG");
+  // A named file that is missing is an error, never skipped.
+  Result<AppConfig> missing = LoadConfig(absent);
+  EXPECT_FALSE(missing.ok());
+  EXPECT_NE(missing.status().message().find(absent), std::string::npos) << missing.status().message();
+  std::filesystem::remove_all(dir);
 }
 
 }  // namespace

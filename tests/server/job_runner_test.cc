@@ -111,13 +111,33 @@ class JobRunnerTest : public ::testing::Test {
   std::unique_ptr<JobRunner> runner_;
 };
 
-TEST_F(JobRunnerTest, AMissingDatasetIsQueuedThenFailsOnTheWorkerWithItsPath) {
-  const v1::Job job = Submit("mine", "nope", 2);
+TEST_F(JobRunnerTest, AMissingDatasetIsRefusedAtOnceAndOneThatVanishesFailsOnTheWorkerWithItsPath) {
+  v1::JobSpec missing;
+  missing.set_model_name("mine");
+  missing.set_dataset("nope");
+  Result<TrainingPlan> refused = runner_->Plan(missing);
+  ASSERT_FALSE(refused.ok());
+  EXPECT_EQ(refused.status().code(), Status::Code::kFailedPrecondition);
+  EXPECT_NE(refused.status().message().find((root_ / "data" / "nope").string()), std::string::npos)
+      << refused.status().message();
+  // There when the job was submitted, gone when the worker reads it.
+  std::filesystem::create_directories(root_ / "data" / "vanishing");
+  v1::JobSpec spec;
+  spec.set_model_name("mine");
+  spec.set_dataset("vanishing");
+  spec.set_n_feat(8);
+  spec.set_batch_size(2);
+  spec.set_epochs(2);
+  Result<TrainingPlan> plan = runner_->Plan(spec);
+  ASSERT_TRUE(plan.ok()) << plan.status().message();
+  std::filesystem::remove(root_ / "data" / "vanishing");
+  v1::Job job;
+  ASSERT_TRUE(runner_->Submit(std::move(*plan), &job).ok());
   EXPECT_EQ(job.state(), v1::JOB_STATE_QUEUED);
   ASSERT_TRUE(WaitJob(job.id(), [](const v1::Job& j) { return j.state() == v1::JOB_STATE_FAILED; }));
   v1::Job failed;
   ASSERT_TRUE(runner_->Get(job.id(), &failed).ok());
-  EXPECT_NE(failed.message().find((root_ / "data" / "nope").string()), std::string::npos) << failed.message();
+  EXPECT_NE(failed.message().find((root_ / "data" / "vanishing").string()), std::string::npos) << failed.message();
   EXPECT_NE(failed.message().find("no such file"), std::string::npos) << failed.message();
   EXPECT_EQ(OnDiskState(job.id(), v1::JOB_STATE_FAILED), v1::JOB_STATE_FAILED);
   // The name is free again: the failed job does not hold it.

@@ -600,7 +600,10 @@ TEST(Scheduler, AThrowingDoneCallbackDoesNotStopTheScheduler) {
   EXPECT_EQ(thrower->DoneCalls(), 1);
 }
 
-TEST(Scheduler, AModelReplacedWhileItsRequestsRunEndsThemSayingSo) {
+// A model replaced (a job published a new version, or the models-dir watcher saw one) or
+// removed while its requests run: new requests find the new version (or none), the old one
+// finishes what it has, and is stopped once idle (ReapRetired), so a swap fails no request.
+TEST(Scheduler, AModelReplacedOrRemovedWhileItsRequestsRunFinishesThemThenStops) {
   namespace fs = std::filesystem;
   const fs::path dir = fs::temp_directory_path() / ("spritediff-replace-" + std::to_string(::getpid()));
   fs::remove_all(dir);
@@ -608,17 +611,32 @@ TEST(Scheduler, AModelReplacedWhileItsRequestsRunEndsThemSayingSo) {
   ASSERT_TRUE(SaveModel((dir / "tiny").string(), m.info, m.net).ok());
   ModelRegistry registry(dir.string(), "tiny", torch::kCPU, Limits(8, 16));
   ASSERT_TRUE(registry.Add("tiny", (dir / "tiny").string()).ok());
+  EXPECT_NE(registry.Fingerprints().at("tiny"), "");
   std::shared_ptr<ServedModel> old = registry.Find("tiny");
   auto probe = std::make_shared<Probe>();
-  ASSERT_TRUE(old->scheduler->Submit(LongJob("on-old", 1, probe)).ok());
+  ASSERT_TRUE(old->scheduler->Submit(MakeJob("on-old", 1, 3000, SamplerKind::kDdim, probe)).ok());
   ASSERT_TRUE(WaitStats(*old->scheduler, [](const SchedulerStats& st) { return st.running_rows == 1; }));
-  // Publishing a new version under the same name (what a finished training job does).
   ASSERT_TRUE(registry.Add("tiny", (dir / "tiny").string()).ok());
-  ASSERT_EQ(probe->DoneCalls(), 1);
-  EXPECT_EQ(probe->outcome.status.code(), Status::Code::kUnavailable);
-  EXPECT_NE(probe->outcome.status.message().find("replaced"), std::string::npos) << probe->outcome.status.message();
-  EXPECT_EQ(probe->outcome.status.message().find("shutting down"), std::string::npos);
-  EXPECT_NE(registry.Find("tiny"), old);
+  std::shared_ptr<ServedModel> replacement = registry.Find("tiny");
+  EXPECT_NE(replacement, old);
+  registry.ReapRetired();  // busy: kept running
+  EXPECT_EQ(probe->DoneCalls(), 0) << "the request on the replaced version was ended, not drained";
+  ASSERT_TRUE(probe->WaitDone());
+  EXPECT_TRUE(probe->outcome.status.ok()) << probe->outcome.status.message();
+  // Idle and past the grace second: stopped; nothing reaches it any more.
+  std::this_thread::sleep_for(std::chrono::milliseconds(1100));
+  registry.ReapRetired();
+  EXPECT_EQ(old->scheduler->Submit(MakeJob("late", 1, 2, SamplerKind::kDdim, std::make_shared<Probe>())).code(),
+            Status::Code::kUnavailable);
+  // Removed the same way: gone from Find at once, its running request finishes.
+  auto on_removed = std::make_shared<Probe>();
+  ASSERT_TRUE(replacement->scheduler->Submit(MakeJob("on-removed", 1, 3000, SamplerKind::kDdim, on_removed)).ok());
+  ASSERT_TRUE(WaitStats(*replacement->scheduler, [](const SchedulerStats& st) { return st.running_rows == 1; }));
+  ASSERT_TRUE(registry.Remove("tiny").ok());
+  EXPECT_EQ(registry.Find("tiny"), nullptr);
+  EXPECT_EQ(registry.Remove("tiny").code(), Status::Code::kNotFound);
+  ASSERT_TRUE(on_removed->WaitDone());
+  EXPECT_TRUE(on_removed->outcome.status.ok()) << on_removed->outcome.status.message();
   registry.StopAll();
   fs::remove_all(dir);
 }

@@ -8,6 +8,7 @@
 #include <unistd.h>
 
 #include <filesystem>
+#include <fstream>
 #include <functional>
 
 #include "server/model_registry.h"
@@ -143,10 +144,24 @@ TEST_F(TrainingPlanTest, BadFieldsAreRefusedByName) {
   EXPECT_EQ(PlanTraining(spec, limits_, *registry_).status().code(), Status::Code::kAlreadyExists);
 }
 
-TEST_F(TrainingPlanTest, TheDatasetIsReadOnTheWorkerNotWhilePlanning) {
-  // Planning a missing dataset inside the root succeeds (no scan); the worker's check names it.
+TEST_F(TrainingPlanTest, AMissingDatasetIsRefusedWhilePlanningAndReadOnlyOnTheWorker) {
+  // Planning stats the dataset (a missing one or a file is refused at once, naming it) but does
+  // not scan it.
   Result<TrainingPlan> plan = PlanTraining(Spec("nope"), limits_, *registry_);
+  ASSERT_FALSE(plan.ok());
+  EXPECT_EQ(plan.status().code(), Status::Code::kFailedPrecondition);
+  EXPECT_NE(plan.status().message().find("dataset 'nope'"), std::string::npos) << plan.status().message();
+  EXPECT_NE(plan.status().message().find((root_ / "data" / "nope").string()), std::string::npos)
+      << plan.status().message();
+  std::ofstream(root_ / "data" / "a-file") << "x";
+  plan = PlanTraining(Spec("a-file"), limits_, *registry_);
+  ASSERT_FALSE(plan.ok());
+  EXPECT_NE(plan.status().message().find("not a directory"), std::string::npos) << plan.status().message();
+  // One that goes away after planning (or before a restarted job resumes) is the worker's to report.
+  fs::create_directories(root_ / "data" / "gone");
+  plan = PlanTraining(Spec("gone"), limits_, *registry_);
   ASSERT_TRUE(plan.ok()) << plan.status().message();
+  fs::remove(root_ / "data" / "gone");
   Status missing = CheckDataset(plan->spec, plan->dataset_path, limits_.data_root, 0);
   EXPECT_EQ(missing.code(), Status::Code::kFailedPrecondition);
   EXPECT_NE(missing.message().find(plan->dataset_path), std::string::npos) << missing.message();
