@@ -25,6 +25,7 @@
 #include "common/labels.h"
 #include "common/file_util.h"
 #include "common/image.h"
+#include "common/config.h"
 #include "common/palette.h"
 #include "common/sampling_rules.h"
 #include "common/sprite_sheet.h"
@@ -111,7 +112,9 @@ void AddRequestOptions(CLI::App* cmd, RequestOptions& o, int default_count) {
       ->check(CLI::Range(0, 100000))->capture_default_str();
   o.eta_option = cmd->add_option("--eta", o.eta, "eta in [0, 1] for ddim (0 = deterministic) and dpmpp-2m-sde "
                                  "(default: the model's)")->check(CLI::Range(spritediff::kMinEta, spritediff::kMaxEta));
-  o.guidance_option = cmd->add_option("--guidance", o.guidance, "classifier-free guidance scale in [0, 20]; "
+  o.guidance_option = cmd->add_option("--guidance", o.guidance, "classifier-free guidance scale in [" +
+                                      spritediff::FormatConfigNumber(spritediff::kMinGuidance) + ", " +
+                                      spritediff::FormatConfigNumber(spritediff::kMaxGuidance) + "]; "
                                       "1 = conditional only (default: the model's)")
                                       ->check(CLI::Range(spritediff::kMinGuidance, spritediff::kMaxGuidance));
   cmd->add_option("--seed", o.seed, "seed of the first sprite (sprite i uses seed+i); 0 = random")->capture_default_str();

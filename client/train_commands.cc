@@ -9,6 +9,7 @@
 #include "client/cli_common.h"
 #include "common/cli_rules.h"
 #include "common/image.h"
+#include "common/precision.h"
 #include "common/proto_json.h"
 #include "spritediff/v1/training.grpc.pb.h"
 
@@ -140,7 +141,7 @@ void SubmitCommand(CLI::App* train) {
   cmd->add_flag("--no-flip", a->no_flip, "no random horizontal flips");
   cmd->add_option("--precision", a->precision, "fp32, bf16 (mixed: bf16 convolutions, float32 weights) or auto "
                   "(default: the daemon's training_precision)")
-      ->check(CLI::IsMember({"fp32", "bf16", "auto"}));
+      ->check(CLI::IsMember(spritediff::PrecisionNames()));
   cmd->add_flag("--watch", a->watch, "then watch the job to its end (exit 0 only if it succeeds)");
   cmd->add_option("--grids", a->grids, "with --watch: write each checkpoint's sample grid into this folder");
   cmd->add_flag("--quiet", a->quiet, "no progress output");

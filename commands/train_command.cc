@@ -1,4 +1,5 @@
 #include "commands/commands.h"
+#include "common/precision.h"
 
 #include <spdlog/spdlog.h>
 
@@ -54,7 +55,7 @@ void AddTrainCommand(CLI::App& app, const CommonOptions& common) {
   cmd->add_option("--training-precision", *precision, "fp32, bf16 (mixed: bf16 convolutions, float32 weights; "
                   "about 1.4x the images/s on a CPU with AVX-512 BF16) or auto (bf16 there, else fp32); default: "
                   "the config's training_precision (with --resume: the state's)")
-      ->check(CLI::IsMember({"fp32", "bf16", "auto"}));
+      ->check(CLI::IsMember(PrecisionNames()));
   cmd->add_option("--checkpoint-every", cfg->checkpoint_every, "epochs between checkpoints")->capture_default_str();
   cmd->add_option("--log-every", cfg->log_every, "optimizer steps between progress lines")->capture_default_str();
   cmd->add_option("--grid-per-label", cfg->sample_grid_per_label, "samples per label in the checkpoint grid")

@@ -7,6 +7,7 @@
 #include <nlohmann/json.hpp>
 
 #include "common/config.h"
+#include "common/precision.h"
 
 namespace spritediff {
 
@@ -92,7 +93,7 @@ std::vector<ConfigKey> MakeKeys() {
            "Model used when a request names none (empty: the first model by name)."),
       Text("device", kModels, &C::device, "auto", 1, "auto (CUDA when there is one), cpu, cuda or cuda:N."),
       Int("threads", kModels, &C::threads, 0, 0, 1024, "threads", "Intra-op CPU threads for serving; 0 = all cores."),
-      Choice("precision", kModels, &C::precision, "auto", "fp32|bf16|auto",
+      Choice("precision", kModels, &C::precision, "auto", kPrecisionChoices,
              "Inference precision; auto is bf16 on a CPU with native bf16 (AVX-512 BF16 or AMX), fp32 "
              "elsewhere (CUDA included)."),
       BoolOrAuto("fold_batchnorm", kModels, &C::fold_batchnorm, "auto",
@@ -137,7 +138,7 @@ std::vector<ConfigKey> MakeKeys() {
           "Jobs training at once; more wait QUEUED (0 = service Training disabled)."),
       Int("training_threads", kTraining, &C::training_threads, 1, 1, 1024, "threads",
           "Intra-op threads each job uses; serving keeps `threads`."),
-      Choice("training_precision", kTraining, &C::training_precision, "auto", "fp32|bf16|auto",
+      Choice("training_precision", kTraining, &C::training_precision, "auto", kPrecisionChoices,
              "Training jobs and `spritediffd train`; bf16 is mixed (bf16 convolutions, float32 "
              "weights); auto as for precision."),
       Flag("resume_interrupted_jobs", kTraining, &C::resume_interrupted_jobs, true,

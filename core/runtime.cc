@@ -1,6 +1,7 @@
 #include "core/runtime.h"
 
 #include "common/client_text.h"
+#include "common/precision.h"
 
 #include <dlfcn.h>
 #ifdef __GLIBC__
@@ -141,7 +142,7 @@ Result<bool> ResolveBFloat16(const std::string& precision, const std::string& de
   if (precision == "fp32") return false;
   if (precision == "bf16") return true;
   if (precision == "auto") return device == "cpu" && CpuHasNativeBFloat16();
-  return Status::InvalidArgument("precision must be fp32, bf16 or auto, got '" + Echo(precision, 32) + "'");
+  return Status::InvalidArgument("precision must be " + PrecisionNamesText() + ", got '" + Echo(precision, 32) + "'");
 }
 
 Result<bool> ResolveFoldBatchNorm(const std::string& setting, const std::string& device) {

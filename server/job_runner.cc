@@ -7,6 +7,7 @@
 #include <fstream>
 #include <iterator>
 
+#include "common/precision.h"
 #include "common/client_text.h"
 #include "common/file_util.h"
 #include "common/image.h"
@@ -378,7 +379,7 @@ void JobRunner::RunJob(const std::shared_ptr<Entry>& entry) {
   spdlog::info("job {}: {} training model {} ({} threads, {})", id, tc.resume ? "resuming" : "starting", tc.name,
                limits_.threads, tc.bf16_convolutions ? "mixed precision: bf16 convolutions" : "fp32");
   if (!spec.precision().empty() && !ResolveBFloat16(spec.precision(), limits_.device).ok()) {
-    spdlog::warn("job {}: its recorded precision is not fp32, bf16 or auto; training in fp32", id);
+    spdlog::warn("job {}: its recorded precision is not {}; training in fp32", id, PrecisionNamesText());
   }
 
   auto on_progress = [&](const TrainProgress& p) {

@@ -4,6 +4,7 @@
 #include <iostream>
 
 #include "commands/commands.h"
+#include "common/precision.h"
 #include "commands/eval_command.h"
 #ifndef SPRITEDIFF_OFFLINE_ONLY  // CMake option: the offline subcommands alone, no daemon
 #include "server/serve_command.h"
@@ -22,7 +23,7 @@ int main(int argc, char** argv) {
   app.add_option("--device", common.device, "auto | cpu | cuda | cuda:N (overrides config)");
   app.add_option("--precision", common.precision,
                  "inference precision: fp32 | bf16 | auto (bf16 on a CPU with native bf16; overrides config)")
-      ->check(CLI::IsMember({"fp32", "bf16", "auto"}));
+      ->check(CLI::IsMember(spritediff::PrecisionNames()));
   app.fallthrough();
 
   spritediff::AddTrainCommand(app, common);
