@@ -25,8 +25,8 @@
 #include "common/labels.h"
 #include "common/file_util.h"
 #include "common/image.h"
-#include "common/config.h"
 #include "common/palette.h"
+#include "common/rule_text.h"
 #include "common/sampling_rules.h"
 #include "common/sprite_sheet.h"
 #include "grpc/health/v1/health.grpc.pb.h"
@@ -113,8 +113,8 @@ void AddRequestOptions(CLI::App* cmd, RequestOptions& o, int default_count) {
   o.eta_option = cmd->add_option("--eta", o.eta, "eta in [0, 1] for ddim (0 = deterministic) and dpmpp-2m-sde "
                                  "(default: the model's)")->check(CLI::Range(spritediff::kMinEta, spritediff::kMaxEta));
   o.guidance_option = cmd->add_option("--guidance", o.guidance, "classifier-free guidance scale in [" +
-                                      spritediff::FormatConfigNumber(spritediff::kMinGuidance) + ", " +
-                                      spritediff::FormatConfigNumber(spritediff::kMaxGuidance) + "]; "
+                                      spritediff::FormatNumber(spritediff::kMinGuidance) + ", " +
+                                      spritediff::FormatNumber(spritediff::kMaxGuidance) + "]; "
                                       "1 = conditional only (default: the model's)")
                                       ->check(CLI::Range(spritediff::kMinGuidance, spritediff::kMaxGuidance));
   cmd->add_option("--seed", o.seed, "seed of the first sprite (sprite i uses seed+i); 0 = random")->capture_default_str();

@@ -12,6 +12,7 @@
 #include <nlohmann/json.hpp>
 
 #include "common/file_util.h"
+#include "common/rule_text.h"
 
 namespace spritediff {
 
@@ -24,25 +25,15 @@ std::string ShownJson(const json& v) {
   return shown.size() > 40 ? shown.substr(0, 40) + "..." : shown;
 }
 
-std::string ChoicesText(const ConfigKey& key) {
-  const std::vector<std::string> items = ConfigKeyChoices(key);
-  std::string out;
-  for (size_t i = 0; i < items.size(); ++i) {
-    if (i > 0) out += i + 1 == items.size() ? " or " : ", ";
-    out += items[i];
-  }
-  return out;
-}
-
 // The key's own rule, checked against a value the struct holds (after reading or flags).
 Status CheckKey(const ConfigKey& key, const AppConfig& c) {
   const std::string name = key.name;
   if (const auto* p = std::get_if<std::string AppConfig::*>(&key.field)) {
     const std::string& v = c.**p;
     if (*key.choices != '\0') {
-      const std::vector<std::string> items = ConfigKeyChoices(key);
+      const std::vector<std::string> items = SplitChoices(key.choices);
       if (std::find(items.begin(), items.end(), v) == items.end()) {
-        return Status::InvalidArgument(name + " must be " + ChoicesText(key) + ", got '" + v.substr(0, 32) +
+        return Status::InvalidArgument(name + " must be " + OrList(SplitChoices(key.choices)) + ", got '" + v.substr(0, 32) +
                                        "'");
       }
     } else if (v.size() < key.min) {
@@ -59,7 +50,7 @@ Status CheckKey(const ConfigKey& key, const AppConfig& c) {
     std::string unit = *key.unit != '\0' && std::holds_alternative<double AppConfig::*>(key.field)
                            ? std::string(" ") + key.unit
                            : "";
-    return Status::InvalidArgument(name + " must be in " + ConfigKeyRange(key) + unit + ", got " + FormatConfigNumber(v));
+    return Status::InvalidArgument(name + " must be in " + ConfigKeyRange(key) + unit + ", got " + FormatNumber(v));
   }
   return Status::Ok();
 }

@@ -113,10 +113,7 @@ const std::vector<ConfigKey>& ConfigKeys();
 std::string ConfigKeyRule(const ConfigKey& key);
 // "[min, max]" of a number key.
 std::string ConfigKeyRange(const ConfigKey& key);
-// The allowed values of a key with choices ({"fp32", "bf16", "auto"}); empty otherwise.
-std::vector<std::string> ConfigKeyChoices(const ConfigKey& key);
-// A number as config messages write it: whole numbers without a fraction (65535, 0.25).
-std::string FormatConfigNumber(double v);
+// The allowed values of a key with choices are SplitChoices(key.choices) (common/rule_text.h).
 // The key's default as JSON text ("50051", "\"auto\"").
 std::string ConfigKeyDefaultJson(const ConfigKey& key);
 

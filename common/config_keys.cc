@@ -8,6 +8,7 @@
 
 #include "common/config.h"
 #include "common/precision.h"
+#include "common/rule_text.h"
 
 namespace spritediff {
 
@@ -185,30 +186,8 @@ std::vector<ConfigKey> MakeKeys() {
 
 }  // namespace
 
-std::string FormatConfigNumber(double v) {
-  if (v == std::floor(v) && std::fabs(v) < 1e18) return std::to_string(static_cast<int64_t>(v));
-  std::ostringstream out;
-  out << v;
-  return out.str();
-}
-
-std::vector<std::string> ConfigKeyChoices(const ConfigKey& key) {
-  std::vector<std::string> out;
-  std::string item;
-  for (const char* p = key.choices;; ++p) {
-    if (*p == '|' || *p == '\0') {
-      if (!item.empty()) out.push_back(item);
-      item.clear();
-      if (*p == '\0') break;
-    } else {
-      item += *p;
-    }
-  }
-  return out;
-}
-
 std::string ConfigKeyRange(const ConfigKey& key) {
-  return "[" + FormatConfigNumber(key.min) + ", " + FormatConfigNumber(key.max) + "]";
+  return "[" + FormatNumber(key.min) + ", " + FormatNumber(key.max) + "]";
 }
 
 const std::vector<ConfigKey>& ConfigKeys() {
@@ -239,7 +218,7 @@ std::string ConfigKeyRule(const ConfigKey& key) {
   if (key.bool_or_auto) return "true, false or \"auto\"";
   if (*key.choices != '\0') {
     std::string out = "one of ";
-    const std::vector<std::string> items = ConfigKeyChoices(key);
+    const std::vector<std::string> items = SplitChoices(key.choices);
     for (size_t i = 0; i < items.size(); ++i) out += (i ? ", " : "") + ("\"" + items[i] + "\"");
     return out;
   }

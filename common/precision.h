@@ -6,25 +6,15 @@
 #include <string>
 #include <vector>
 
+#include "common/rule_text.h"
+
 namespace spritediff {
 
 inline constexpr const char* kPrecisionChoices = "fp32|bf16|auto";
 
 // {"fp32", "bf16", "auto"}, for a CLI's IsMember check.
-inline std::vector<std::string> PrecisionNames() {
-  std::vector<std::string> names(1);
-  for (const char* p = kPrecisionChoices; *p != '\0'; ++p) {
-    if (*p == '|') names.emplace_back(); else names.back() += *p;
-  }
-  return names;
-}
-
+inline std::vector<std::string> PrecisionNames() { return SplitChoices(kPrecisionChoices); }
 // "fp32, bf16 or auto", for messages.
-inline std::string PrecisionNamesText() {
-  const std::vector<std::string> names = PrecisionNames();
-  std::string out;
-  for (size_t i = 0; i < names.size(); ++i) out += (i == 0 ? "" : i + 1 == names.size() ? " or " : ", ") + names[i];
-  return out;
-}
+inline std::string PrecisionNamesText() { return OrList(PrecisionNames()); }
 
 }  // namespace spritediff

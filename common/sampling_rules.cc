@@ -2,22 +2,15 @@
 
 #include <algorithm>
 
+#include "common/rule_text.h"
+
 namespace spritediff {
 
 namespace {
 
-// A number as the messages write it: 2.5, not 2.500000.
-std::string Shown(double v) {
-  std::string s = std::to_string(v);
-  if (s.find('.') != std::string::npos) {
-    s.erase(s.find_last_not_of('0') + 1);
-    if (s.back() == '.') s.pop_back();
-  }
-  return s;
-}
-
 Status OutOfRange(const std::string& field, double lo, double hi, double got) {
-  return Status::InvalidArgument(field + " must be in [" + Shown(lo) + ", " + Shown(hi) + "], got " + Shown(got));
+  return Status::InvalidArgument(field + " must be in [" + FormatNumber(lo) + ", " + FormatNumber(hi) + "], got " +
+                                 FormatNumber(got));
 }
 
 }  // namespace
@@ -81,8 +74,8 @@ Status CheckGuidance(double guidance, const std::string& field) {
 
 Status CheckGuidanceInterval(double low, double high, const std::string& field) {
   if (low >= 0.0 && low < high && high <= 1.0) return Status::Ok();
-  return Status::InvalidArgument(field + " must be [low, high] with 0 <= low < high <= 1, got [" + Shown(low) + ", " +
-                                 Shown(high) + "]");
+  return Status::InvalidArgument(field + " must be [low, high] with 0 <= low < high <= 1, got [" +
+                                 FormatNumber(low) + ", " + FormatNumber(high) + "]");
 }
 
 }  // namespace spritediff

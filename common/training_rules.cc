@@ -1,22 +1,14 @@
 #include "common/training_rules.h"
 
 #include <cmath>
-#include <sstream>
+
+#include "common/client_text.h"
+#include "common/rule_text.h"
 
 namespace spritediff {
 
-namespace {
-
-std::string Shown(double v) {
-  std::ostringstream out;
-  out << v;
-  return out.str();
-}
-
-}  // namespace
-
 std::string TrainingSetting::Range() const {
-  return std::string(min_open ? "(" : "[") + Shown(min) + ", " + Shown(max) + (max_open ? ")" : "]");
+  return std::string(min_open ? "(" : "[") + FormatNumber(min) + ", " + FormatNumber(max) + (max_open ? ")" : "]");
 }
 
 bool TrainingSetting::Allows(double value) const {
@@ -26,11 +18,11 @@ bool TrainingSetting::Allows(double value) const {
 
 Status TrainingSetting::Check(double value, const std::string& field) const {
   if (Allows(value)) return Status::Ok();
-  return Status::InvalidArgument(field + " must be in " + Range() + ", got " + Shown(value));
+  return Status::InvalidArgument(field + " must be in " + Range() + ", got " + FormatNumber(value));
 }
 
 std::string TrainingSetting::Help() const {
-  return std::string(doc) + ", in " + Range() + " (default " + Shown(default_value) + ")";
+  return std::string(doc) + ", in " + Range() + " (default " + FormatNumber(default_value) + ")";
 }
 
 Status CheckImageSize(long long value, const std::string& field) {
@@ -45,7 +37,7 @@ Status CheckChannels(long long value, const std::string& field) {
 
 Status CheckClassBalance(const std::string& value, const std::string& field) {
   if (value == "none" || value == "sqrt") return Status::Ok();
-  return Status::InvalidArgument(field + " must be none or sqrt, got '" + value.substr(0, 32) + "'");
+  return Status::InvalidArgument(field + " must be none or sqrt, got '" + Echo(value, 32) + "'");
 }
 
 }  // namespace spritediff

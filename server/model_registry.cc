@@ -24,6 +24,20 @@ std::string FileIdentity(const fs::path& path) {
 
 }  // namespace
 
+Result<std::vector<std::string>> ModelDirNames(const std::string& models_dir) {
+  std::vector<std::string> names;
+  std::error_code ec;
+  for (const auto& entry : fs::directory_iterator(models_dir, ec)) {
+    const std::string name = entry.path().filename().string();
+    std::error_code entry_ec;
+    if (name.rfind('.', 0) == 0 || !entry.is_directory(entry_ec)) continue;
+    if (fs::exists(entry.path() / "model.json", entry_ec)) names.push_back(name);
+  }
+  if (ec) return Status::IoError("models_dir " + models_dir + ": " + ec.message());
+  std::sort(names.begin(), names.end());
+  return names;
+}
+
 std::string ModelDirFingerprint(const std::string& dir) {
   const std::string json = FileIdentity(fs::path(dir) / "model.json");
   if (json.empty()) return "";
@@ -43,18 +57,12 @@ ModelRegistry::~ModelRegistry() { StopAll(); }
 Status ModelRegistry::LoadAll() {
   std::error_code ec;
   if (!fs::is_directory(models_dir_, ec)) return Status::NotFound("models_dir " + models_dir_ + " is not a directory");
-  std::vector<fs::path> dirs;
-  for (const auto& entry : fs::directory_iterator(models_dir_, ec)) {
-    std::error_code entry_ec;
-    // Dot-directories are half-published models (see JobRunner::Publish), never served.
-    if (entry.path().filename().string().rfind('.', 0) == 0) continue;
-    if (entry.is_directory(entry_ec) && fs::exists(entry.path() / "model.json", entry_ec)) dirs.push_back(entry.path());
-  }
-  if (ec) return Status::IoError("models_dir " + models_dir_ + ": " + ec.message());
-  std::sort(dirs.begin(), dirs.end());
-  for (const fs::path& dir : dirs) {
-    Status s = Add(dir.filename().string(), dir.string());
-    if (!s.ok()) spdlog::warn("skipping model {}: {}", dir.string(), s.message());
+  Result<std::vector<std::string>> names = ModelDirNames(models_dir_);
+  if (!names.ok()) return names.status();
+  for (const std::string& name : *names) {
+    const std::string dir = (fs::path(models_dir_) / name).string();
+    Status s = Add(name, dir);
+    if (!s.ok()) spdlog::warn("skipping model {}: {}", dir, s.message());
   }
   MutexLock lock(mu_);
   if (models_.empty()) return Status::NotFound("no loadable model under " + models_dir_);

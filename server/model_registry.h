@@ -27,6 +27,11 @@ struct ServedModel {
   std::string fingerprint;  // of dir when it was loaded (ModelDirFingerprint)
 };
 
+// The names of the model directories under models_dir, sorted: directories holding a model.json,
+// dot-directories skipped (half-published models: JobRunner's publish, an operator's staged
+// copy). An error when models_dir cannot be listed.
+Result<std::vector<std::string>> ModelDirNames(const std::string& models_dir);
+
 // Identifies the files of a model directory as they are now: model.json's and its weights'
 // inode, size and modification time. Empty when the directory is not complete (no model.json,
 // one that cannot be read, or weights that are not there).

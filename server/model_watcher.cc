@@ -16,17 +16,11 @@ namespace spritediff {
 
 namespace fs = std::filesystem;
 
-std::map<std::string, std::string> ScanModelsDir(const std::string& models_dir) {
+Result<std::map<std::string, std::string>> ScanModelsDir(const std::string& models_dir) {
+  Result<std::vector<std::string>> names = ModelDirNames(models_dir);
+  if (!names.ok()) return names.status();
   std::map<std::string, std::string> found;
-  std::error_code ec;
-  for (const auto& entry : fs::directory_iterator(models_dir, ec)) {
-    const std::string name = entry.path().filename().string();
-    std::error_code entry_ec;
-    // Dot-directories are half-published models (JobRunner's publish, an operator's copy), never served.
-    if (name.rfind('.', 0) == 0 || !entry.is_directory(entry_ec)) continue;
-    if (!fs::exists(entry.path() / "model.json", entry_ec)) continue;
-    found[name] = ModelDirFingerprint(entry.path().string());
-  }
+  for (const std::string& name : *names) found[name] = ModelDirFingerprint((fs::path(models_dir) / name).string());
   return found;
 }
 
@@ -129,7 +123,16 @@ void ModelWatcher::Loop() {
 }
 
 void ModelWatcher::Rescan() {
-  const std::map<std::string, std::string> scanned = ScanModelsDir(models_dir_);
+  Result<std::map<std::string, std::string>> listed = ScanModelsDir(models_dir_);
+  // A listing that fails (a network volume gone for a moment) is no evidence that the models
+  // are gone: nothing is loaded or retired until a listing succeeds again.
+  if (!listed.ok()) {
+    if (!listing_failed_) spdlog::warn("models_dir: {}; keeping the models served", listed.status().message());
+    listing_failed_ = true;
+    return;
+  }
+  listing_failed_ = false;
+  const std::map<std::string, std::string>& scanned = *listed;
   for (const auto& [name, fingerprint] : scanned) WatchDirectory((fs::path(models_dir_) / name).string());
   const ModelDirChanges changes = tracker_.Update(registry_.Fingerprints(), scanned, ModelDirTracker::Clock::now());
   for (const std::string& name : changes.load) {

@@ -17,13 +17,16 @@
 #include <thread>
 #include <vector>
 
+#include "common/status.h"
+
 namespace spritediff {
 
 class ModelRegistry;
 
-// name -> fingerprint of every model directory under models_dir (dot-directories skipped): ""
-// when model.json is there but its weights are not, or model.json cannot be read.
-std::map<std::string, std::string> ScanModelsDir(const std::string& models_dir);
+// name -> fingerprint of every model directory under models_dir (ModelDirNames): "" when
+// model.json is there but its weights are not, or model.json cannot be read. An error when
+// models_dir cannot be listed.
+Result<std::map<std::string, std::string>> ScanModelsDir(const std::string& models_dir);
 
 struct ModelDirChanges {
   std::vector<std::string> load;    // new or changed, settled: load (or reload) from models_dir/name
@@ -77,7 +80,8 @@ class ModelWatcher {
   ModelRegistry& registry_;
   const std::string models_dir_;
   const std::chrono::milliseconds poll_;
-  ModelDirTracker tracker_;  // the watcher thread's
+  ModelDirTracker tracker_;      // the watcher thread's
+  bool listing_failed_ = false;  // the watcher thread's: the last listing failed (logged once)
   int inotify_fd_ = -1;
   std::atomic<bool> stop_{false};
   std::thread thread_;

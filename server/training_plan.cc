@@ -117,7 +117,7 @@ Result<TrainingPlan> PlanTraining(const v1::JobSpec& spec_in, const TrainingLimi
                           kEmaDecay.Check(spec->ema_decay(), kEmaDecay.name),
                           kCheckpointEvery.Check(spec->checkpoint_every(), kCheckpointEvery.name),
                           kEvalPerClass.Check(spec->eval_per_class(), kEvalPerClass.name),
-                          CheckClassBalance(Echo(spec->class_balance()), "class_balance")}) {
+                          CheckClassBalance(spec->class_balance(), "class_balance")}) {
     if (!s.ok()) return Invalid(s.message());
   }
   // Stored resolved ("auto" becomes what this server's device runs), so GetJob says what the job

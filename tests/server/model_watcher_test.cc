@@ -103,9 +103,13 @@ TEST(ModelDirFingerprint, IsEmptyUntilTheWeightsModelJsonNamesExistAndChangesWit
   std::ofstream(dir / "models" / ".hidden" / "model.json") << "{}";
   fs::create_directories(dir / "models" / "m");
   std::ofstream(dir / "models" / "m" / "model.json") << "{}";
-  const std::map<std::string, std::string> scanned = ScanModelsDir((dir / "models").string());
-  EXPECT_EQ(scanned.size(), 1u);
-  EXPECT_EQ(scanned.count("m"), 1u);
+  Result<std::map<std::string, std::string>> scanned = ScanModelsDir((dir / "models").string());
+  ASSERT_TRUE(scanned.ok()) << scanned.status().message();
+  EXPECT_EQ(scanned->size(), 1u);
+  EXPECT_EQ(scanned->count("m"), 1u);
+  // A directory that cannot be listed is an error, not an empty directory (which would retire
+  // every served model).
+  EXPECT_FALSE(ScanModelsDir((dir / "no-such-models-dir").string()).ok());
   fs::remove_all(dir);
 }
 
